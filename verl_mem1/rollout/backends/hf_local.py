@@ -1,0 +1,204 @@
+"""Local Hugging Face transformers backend, batched across concurrent episodes (the CPU default).
+
+Concurrent ``generate`` calls are queued; a worker takes whatever is waiting (up to ``max_batch_size``),
+left-pads it and decodes the batch with a KV cache in a thread, so the event loop keeps serving
+environment calls meanwhile. Each row keeps its own sampling settings, stop strings and length budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from verl_mem1.rollout.backends.base import Generation, SamplingConfig, find_stop
+
+logger = logging.getLogger(__name__)
+
+_STOP_TAIL_TOKENS = 16  # stop strings are matched in the decoded text of the last few tokens
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    sampling: SamplingConfig
+    future: asyncio.Future
+
+
+def load_model_and_tokenizer(name_or_path: str | Path, *, device: str = "cpu", dtype: str = "float32"):
+    """Load through the real ``from_pretrained`` code: a hub name when online, a local path offline."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch_dtype).to(device)
+    model.eval()
+    return model, tokenizer
+
+
+class HFLocalBackend:
+    """Generate with a local transformers causal LM; safe to call from many coroutines at once."""
+
+    def __init__(
+        self,
+        model_name_or_path: str | Path | None = None,
+        *,
+        model=None,
+        tokenizer=None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_batch_size: int = 16,
+        batch_wait_s: float = 0.005,
+        seed: int = 0,
+    ) -> None:
+        if model is None:
+            if model_name_or_path is None:
+                raise ValueError("give a model name or path, or a loaded model and tokenizer")
+            model, tokenizer = load_model_and_tokenizer(model_name_or_path, device=device, dtype=dtype)
+        if tokenizer is None:
+            raise ValueError("a tokenizer is required with a preloaded model")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self._queue: asyncio.Queue[_Request] | None = None
+        self._worker: asyncio.Task | None = None
+        self._model_lock = threading.Lock()
+        self.batch_sizes: list[int] = []  # observed batch sizes, for tests and metrics
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingConfig) -> Generation:
+        if not prompt_ids:
+            raise ValueError("prompt_ids is empty")
+        if self.max_positions is not None and len(prompt_ids) >= self.max_positions:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens exceeds the model's {self.max_positions} positions")
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            self._queue = asyncio.Queue()
+            self._worker = loop.create_task(self._serve())
+        future = loop.create_future()
+        await self._queue.put(_Request(list(prompt_ids), sampling, future))
+        return await future
+
+    async def _serve(self) -> None:
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            await asyncio.sleep(self.batch_wait_s)  # let concurrent episodes join this batch
+            while len(batch) < self.max_batch_size and not queue.empty():
+                batch.append(queue.get_nowait())
+            self.batch_sizes.append(len(batch))
+            try:
+                results = await asyncio.to_thread(self._generate_batch, [(r.prompt_ids, r.sampling) for r in batch])
+            except Exception as exc:  # deliver the failure to every waiting caller, keep serving
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(exc)
+                continue
+            for r, res in zip(batch, results, strict=True):
+                if not r.future.done():
+                    r.future.set_result(res)
+
+    def generate_batch(self, requests: list[tuple[list[int], SamplingConfig]]) -> list[Generation]:
+        """Synchronous batched generation (used by the async worker; handy in scripts)."""
+        return self._generate_batch(requests)
+
+    @torch.no_grad()
+    def _generate_batch(self, requests: list[tuple[list[int], SamplingConfig]]) -> list[Generation]:
+        from transformers import DynamicCache
+
+        with self._model_lock:
+            n = len(requests)
+            lengths = [len(p) for p, _ in requests]
+            width = max(lengths)
+            input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+            attention = torch.zeros((n, width), dtype=torch.long)
+            for i, (prompt, _) in enumerate(requests):
+                input_ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+                attention[i, width - len(prompt) :] = 1
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            budgets = []
+            for length, (_, s) in zip(lengths, requests, strict=True):
+                room = s.max_new_tokens if self.max_positions is None else min(s.max_new_tokens, self.max_positions - length)
+                budgets.append(room)
+            temps = torch.tensor([s.temperature for _, s in requests], dtype=torch.float32)
+
+            outputs: list[list[int]] = [[] for _ in range(n)]
+            logprobs: list[list[float]] = [[] for _ in range(n)]
+            finish: list[str | None] = [None] * n
+            cache = DynamicCache()
+            step_ids, step_attention, step_positions = input_ids, attention, positions
+            for _step in range(max(budgets)):
+                out = self.model(
+                    input_ids=step_ids.to(self.device),
+                    attention_mask=step_attention.to(self.device),
+                    position_ids=step_positions.to(self.device),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                cache = out.past_key_values
+                logits = out.logits[:, -1, :].float().cpu()
+                next_tokens = torch.full((n,), self.pad_id, dtype=torch.long)
+                for i, (_, s) in enumerate(requests):
+                    if finish[i] is not None:
+                        continue
+                    token, logprob = self._sample(logits[i], s, float(temps[i]))
+                    outputs[i].append(token)
+                    logprobs[i].append(logprob)
+                    next_tokens[i] = token
+                    if token in self.eos_ids:
+                        finish[i] = "eos"
+                    elif s.stop and find_stop(self._tail_text(outputs[i]), s.stop):
+                        finish[i] = "stop"
+                    elif len(outputs[i]) >= budgets[i]:
+                        finish[i] = "length"
+                if all(f is not None for f in finish):
+                    break
+                step_ids = next_tokens[:, None]
+                attention = torch.cat([attention, torch.ones((n, 1), dtype=torch.long)], dim=1)
+                step_attention = attention
+                step_positions = step_positions[:, -1:] + 1
+            return [
+                Generation(token_ids=o, logprobs=lp, finish_reason=f or "length")
+                for o, lp, f in zip(outputs, logprobs, finish, strict=True)
+            ]
+
+    def _tail_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids[-_STOP_TAIL_TOKENS:], skip_special_tokens=False)
+
+    def _sample(self, logits: torch.Tensor, s: SamplingConfig, temperature: float) -> tuple[int, float]:
+        if temperature == 0:
+            token = int(torch.argmax(logits))
+            return token, float(torch.log_softmax(logits, dim=-1)[token])
+        scaled = logits / temperature
+        logp = torch.log_softmax(scaled, dim=-1)
+        probs = logp.exp()
+        if s.top_k > 0 or s.top_p < 1.0:
+            probs = _truncate(probs, s.top_k, s.top_p)
+        token = int(torch.multinomial(probs, 1, generator=self.generator))
+        return token, float(logp[token])
+
+
+def _truncate(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Zero out tokens outside top-k / the top-p nucleus (the sampled distribution, not the recorded one)."""
+    sorted_probs, order = torch.sort(probs, descending=True)
+    keep = torch.ones_like(sorted_probs, dtype=torch.bool)
+    if top_k > 0:
+        keep[top_k:] = False
+    if top_p < 1.0:
+        cumulative = sorted_probs.cumsum(0)
+        keep &= (cumulative - sorted_probs) < top_p  # always keeps the most likely token
+    kept = torch.zeros_like(probs)
+    kept[order[keep]] = sorted_probs[keep]
+    return kept / kept.sum()

@@ -1,0 +1,49 @@
+"""verl's own rollout server client (``LLMServerClient.generate``) as a backend, for training on GPU clusters.
+
+Inside a verl agent loop the server manager routes token-id prompts to vLLM/SGLang replicas and returns a
+``TokenOutput`` with token ids and log-probs; this adapter gives it the episode loop's interface.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from verl_mem1.rollout.backends.base import Generation, SamplingConfig
+
+
+class VerlServerBackend:
+    """Wrap a verl ``LLMServerClient`` (``agent_loop.server_manager``)."""
+
+    def __init__(self, server_manager: Any, *, eos_token_ids: set[int] | None = None, request_id: str | None = None):
+        self.server_manager = server_manager
+        self.eos_token_ids = eos_token_ids or set()
+        self.request_id = request_id or uuid.uuid4().hex  # sticky: one episode stays on one replica (prefix cache)
+
+    @staticmethod
+    def sampling_params(sampling: SamplingConfig) -> dict[str, Any]:
+        """vLLM/SGLang sampling params as verl forwards them to the server."""
+        return {
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "stop": list(sampling.stop),
+            "include_stop_str_in_output": True,
+            "logprobs": True,
+        }
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingConfig) -> Generation:
+        output = await self.server_manager.generate(
+            self.request_id, prompt_ids=list(prompt_ids), sampling_params=self.sampling_params(sampling)
+        )
+        token_ids = [int(t) for t in output.token_ids]
+        if output.log_probs is None:
+            raise RuntimeError("verl rollout server returned no log-probs; set rollout.calculate_log_probs=True")
+        if len(token_ids) >= sampling.max_new_tokens:
+            finish = "length"
+        elif token_ids and token_ids[-1] in self.eos_token_ids:
+            finish = "eos"
+        else:
+            finish = "stop"
+        return Generation(token_ids=token_ids, logprobs=[float(x) for x in output.log_probs], finish_reason=finish)

@@ -1,0 +1,129 @@
+"""``mem1 rollout``: run MEM1 episodes of any model on a task file against a retrieval server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model/backend options shared by the commands that generate."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="Hugging Face model name or local path; with --llm-url, the served model's name",
+    )
+    parser.add_argument(
+        "--llm-url",
+        default=None,
+        help="OpenAI-compatible server (e.g. `vllm serve`, `mem1 serve llm`) base URL; default: run the model locally",
+    )
+    parser.add_argument("--tokenizer", default=None, help="tokenizer name or path (default: --model)")
+    parser.add_argument("--device", default="cpu", help="local backend device (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--max-batch-size", type=int, default=16, help="local backend: episodes decoded together")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed of the local backend")
+
+
+def add_episode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--context", default="mem1", help="context policy: mem1, full or window:K (default mem1)")
+    parser.add_argument("--tags", default="paper", help="tag set: paper (<IS>, <query>, ...) or search_r1")
+    parser.add_argument("--max-turns", type=int, default=None, help="default 6, or 20 for 8+ objectives")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="tokens generated per turn at most")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=-1)
+    parser.add_argument("--topk-docs", type=int, default=3, help="documents retrieved per query")
+    parser.add_argument(
+        "--on-invalid", choices=["continue", "end"], default="continue", help="what an invalid action does"
+    )
+    parser.add_argument("--concurrency", type=int, default=16, help="episodes in flight at once")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N tasks")
+
+
+def add_rollout_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "rollout",
+        help="run MEM1 episodes and write episode records (JSONL)",
+        description="Run episodes of a model on tasks against a retrieval server; write one JSON record per episode.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_backend_arguments(parser)
+    parser.add_argument("--tasks", required=True, help="verl RL parquet, or JSONL with question(s) and answer(s)")
+    parser.add_argument("--retriever", required=True, help="retrieval server URL, e.g. http://127.0.0.1:8000")
+    add_episode_arguments(parser)
+    parser.add_argument("--out", required=True, help="episodes JSONL to write")
+    parser.set_defaults(func=_cmd_rollout)
+
+
+def make_backend(args: argparse.Namespace):
+    """Build the backend and tokenizer the options ask for."""
+    from transformers import AutoTokenizer
+
+    if args.llm_url:
+        from verl_mem1.rollout.backends.openai_http import OpenAICompletionsBackend
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+        eos = {tokenizer.eos_token_id} - {None}
+        return OpenAICompletionsBackend(args.llm_url, args.model, eos_token_ids=eos), tokenizer
+    from verl_mem1.rollout.backends.hf_local import HFLocalBackend
+
+    backend = HFLocalBackend(
+        args.model, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size, seed=args.seed
+    )
+    return backend, backend.tokenizer
+
+
+def episode_config(args: argparse.Namespace):
+    from verl_mem1.rollout.episode import EpisodeConfig
+
+    return EpisodeConfig(
+        max_turns=args.max_turns,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        context=args.context,
+        tags=args.tags,
+        on_invalid=args.on_invalid,
+    )
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    from verl_mem1.rollout.environment import RetrievalEnvironment
+    from verl_mem1.rollout.runner import run_episodes
+    from verl_mem1.rollout.tasks import load_tasks
+
+    try:
+        config = episode_config(args)
+        tasks = load_tasks(args.tasks, limit=args.limit)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"mem1 rollout: {exc}", file=sys.stderr)
+        return 2
+    backend, tokenizer = make_backend(args)
+    env = RetrievalEnvironment(args.retriever, topk=args.topk_docs)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    async def main():
+        with out.open("w", encoding="utf-8") as fh:
+
+            def write(record):
+                fh.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+                fh.flush()
+
+            try:
+                return await run_episodes(
+                    tasks, backend, env, tokenizer, config, concurrency=args.concurrency, on_episode=write
+                )
+            finally:
+                await env.aclose()
+
+    records = asyncio.run(main())
+    turns = sum(len(r.turns) for r in records)
+    peak = max(r.peak_tokens for r in records)
+    print(f"wrote {len(records)} episodes ({turns} turns, peak {peak} tokens) to {out}")
+    return 0
