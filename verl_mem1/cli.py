@@ -14,9 +14,7 @@ from collections.abc import Sequence
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
     from verl_mem1.tiny_model import build_tiny_model
 
-    out = build_tiny_model(
-        args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers
-    )
+    out = build_tiny_model(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers)
     print(f"wrote tiny Qwen2 model and Qwen2.5 tokenizer to {out}")
     return 0
 

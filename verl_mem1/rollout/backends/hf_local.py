@@ -127,11 +127,8 @@ class HFLocalBackend:
                 input_ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
                 attention[i, width - len(prompt) :] = 1
             positions = (attention.cumsum(-1) - 1).clamp(min=0)
-            budgets = []
-            for length, (_, s) in zip(lengths, requests, strict=True):
-                room = s.max_new_tokens if self.max_positions is None else min(s.max_new_tokens, self.max_positions - length)
-                budgets.append(room)
-            temps = torch.tensor([s.temperature for _, s in requests], dtype=torch.float32)
+            limit = self.max_positions or width + max(s.max_new_tokens for _, s in requests)
+            budgets = [min(s.max_new_tokens, limit - length) for length, (_, s) in zip(lengths, requests, strict=True)]
 
             outputs: list[list[int]] = [[] for _ in range(n)]
             logprobs: list[list[float]] = [[] for _ in range(n)]
@@ -149,13 +146,13 @@ class HFLocalBackend:
                 )
                 cache = out.past_key_values
                 logits = out.logits[:, -1, :].float().cpu()
+                active = [i for i in range(n) if finish[i] is None]
+                tokens, token_logprobs = self._sample(logits[active], [requests[i][1] for i in active])
                 next_tokens = torch.full((n,), self.pad_id, dtype=torch.long)
-                for i, (_, s) in enumerate(requests):
-                    if finish[i] is not None:
-                        continue
-                    token, logprob = self._sample(logits[i], s, float(temps[i]))
+                for row, i in enumerate(active):
+                    token, s = int(tokens[row]), requests[i][1]
                     outputs[i].append(token)
-                    logprobs[i].append(logprob)
+                    logprobs[i].append(float(token_logprobs[row]))
                     next_tokens[i] = token
                     if token in self.eos_ids:
                         finish[i] = "eos"
@@ -177,28 +174,34 @@ class HFLocalBackend:
     def _tail_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids[-_STOP_TAIL_TOKENS:], skip_special_tokens=False)
 
-    def _sample(self, logits: torch.Tensor, s: SamplingConfig, temperature: float) -> tuple[int, float]:
-        if temperature == 0:
-            token = int(torch.argmax(logits))
-            return token, float(torch.log_softmax(logits, dim=-1)[token])
-        scaled = logits / temperature
-        logp = torch.log_softmax(scaled, dim=-1)
-        probs = logp.exp()
-        if s.top_k > 0 or s.top_p < 1.0:
-            probs = _truncate(probs, s.top_k, s.top_p)
-        token = int(torch.multinomial(probs, 1, generator=self.generator))
-        return token, float(logp[token])
+    def _sample(self, logits: torch.Tensor, samplings: list[SamplingConfig]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample one token per row; return the tokens and their log-probs under ``softmax(logits / T)``.
+
+        Sampling uses the Gumbel-max trick (argmax of log-probs plus Gumbel noise), which draws exactly from the
+        (truncated) distribution in one vectorised pass; greedy rows (T = 0) take the argmax at T = 1.
+        """
+        temps = torch.tensor([s.temperature if s.temperature > 0 else 1.0 for s in samplings])
+        logp = torch.log_softmax(logits / temps[:, None], dim=-1)
+        scores = logp.clone()
+        for row, s in enumerate(samplings):
+            if s.temperature > 0 and (s.top_k > 0 or s.top_p < 1.0):
+                scores[row] = _truncate(logp[row], s.top_k, s.top_p)
+        uniform = torch.rand(scores.shape, generator=self.generator).clamp_(min=1e-20)
+        gumbel = -torch.log(-torch.log(uniform))
+        greedy = torch.tensor([s.temperature == 0 for s in samplings])
+        tokens = torch.where(greedy, scores.argmax(-1), (scores + gumbel).argmax(-1))
+        return tokens, logp.gather(-1, tokens[:, None])[:, 0]
 
 
-def _truncate(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Zero out tokens outside top-k / the top-p nucleus (the sampled distribution, not the recorded one)."""
-    sorted_probs, order = torch.sort(probs, descending=True)
-    keep = torch.ones_like(sorted_probs, dtype=torch.bool)
+def _truncate(logp: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set tokens outside top-k / the top-p nucleus to -inf (the sampled distribution, not the recorded one)."""
+    sorted_logp, order = torch.sort(logp, descending=True)
+    keep = torch.ones_like(sorted_logp, dtype=torch.bool)
     if top_k > 0:
         keep[top_k:] = False
     if top_p < 1.0:
-        cumulative = sorted_probs.cumsum(0)
-        keep &= (cumulative - sorted_probs) < top_p  # always keeps the most likely token
-    kept = torch.zeros_like(probs)
-    kept[order[keep]] = sorted_probs[keep]
-    return kept / kept.sum()
+        probs = sorted_logp.exp()
+        keep &= (probs.cumsum(0) - probs) < top_p  # always keeps the most likely token
+    out = torch.full_like(logp, float("-inf"))
+    out[order[keep]] = logp[order[keep]]
+    return out

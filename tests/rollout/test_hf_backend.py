@@ -1,0 +1,95 @@
+"""The local transformers backend: batching, exact log-probs, stopping, truncated sampling."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from verl_mem1.rollout.backends.base import Generation, SamplingConfig
+from verl_mem1.rollout.backends.hf_local import HFLocalBackend, _truncate
+
+
+def _prompts(tokenizer, n: int) -> list[list[int]]:
+    # different lengths, so the batch is left-padded
+    return [tokenizer.encode("Question: " + "which city hosted it? " * (i + 1)) for i in range(n)]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_concurrent_calls_batch_and_logprobs_match_unpadded_forward(tiny_backend, recompute_logprobs, temperature):
+    prompts = _prompts(tiny_backend.tokenizer, 5)
+    sampling = SamplingConfig(max_new_tokens=10, temperature=temperature)
+    before = len(tiny_backend.batch_sizes)
+
+    async def go():
+        return await asyncio.gather(*(tiny_backend.generate(p, sampling) for p in prompts))
+
+    results = asyncio.run(go())
+    assert max(tiny_backend.batch_sizes[before:]) > 1
+    for prompt, gen in zip(prompts, results, strict=True):
+        assert len(gen.token_ids) == 10 and gen.finish_reason == "length"
+        again = recompute_logprobs(tiny_backend.model, prompt, gen.token_ids, temperature)
+        assert max(abs(a - b) for a, b in zip(again, gen.logprobs, strict=True)) <= 1e-4
+
+
+def test_seeded_sampling_is_reproducible_and_stops_on_a_stop_string(tiny_backend):
+    def fresh():  # same weights, fresh generator with a fixed seed
+        return HFLocalBackend(model=tiny_backend.model, tokenizer=tiny_backend.tokenizer, seed=7)
+
+    tokenizer = tiny_backend.tokenizer
+    prompt = _prompts(tokenizer, 1)[0]
+    free = fresh().generate_batch([(prompt, SamplingConfig(max_new_tokens=24))])[0]
+    assert free.token_ids == fresh().generate_batch([(prompt, SamplingConfig(max_new_tokens=24))])[0].token_ids
+    text = tokenizer.decode(free.token_ids)
+    # a string the model does produce, first seen around token 12 (the random model never writes </query>)
+    for n_tokens in range(10, 20):
+        cut = len(tokenizer.decode(free.token_ids[:n_tokens]))
+        stop = text[cut - 3 : cut]
+        if stop.strip() and "\ufffd" not in stop and text.find(stop) == cut - 3:
+            break
+    else:
+        pytest.fail("no usable stop string in the sampled output")
+    gen = fresh().generate_batch([(prompt, SamplingConfig(max_new_tokens=24, stop=(stop,)))])[0]
+    assert gen.finish_reason == "stop"
+    assert gen.token_ids == free.token_ids[: len(gen.token_ids)] and len(gen.token_ids) <= n_tokens
+    assert stop in tokenizer.decode(gen.token_ids)
+    assert stop not in tokenizer.decode(gen.token_ids[:-1]), "stops at the first occurrence"
+
+
+def test_top_k_one_is_greedy_and_logprob_is_untruncated(tiny_backend, recompute_logprobs):
+    prompt = _prompts(tiny_backend.tokenizer, 2)[1]
+    greedy = tiny_backend.generate_batch([(prompt, SamplingConfig(max_new_tokens=6, temperature=0))])[0]
+    top1 = tiny_backend.generate_batch([(prompt, SamplingConfig(max_new_tokens=6, temperature=0.8, top_k=1))])[0]
+    assert top1.token_ids == greedy.token_ids
+    # recorded log-probs are of softmax(logits / T) before truncation, so they are < 0, not log(1) = 0
+    again = recompute_logprobs(tiny_backend.model, prompt, top1.token_ids, 0.8)
+    assert max(abs(a - b) for a, b in zip(again, top1.logprobs, strict=True)) <= 1e-4
+    assert all(lp < -1e-3 for lp in top1.logprobs)
+
+
+def test_truncation_keeps_the_nucleus():
+    logp = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    assert torch.isinf(_truncate(logp, -1, 0.7)).tolist() == [False, False, True, True]
+    assert torch.isinf(_truncate(logp, 3, 1.0)).tolist() == [False, False, False, True]
+    assert torch.isinf(_truncate(logp, -1, 0.01)).tolist() == [False, True, True, True]
+
+
+def test_eos_ends_generation(tiny_model_dir):
+    backend = HFLocalBackend(tiny_model_dir)
+    backend.eos_ids = set(range(len(backend.tokenizer)))  # every token is an end token
+    gen = backend.generate_batch([([1, 2, 3], SamplingConfig(max_new_tokens=5))])[0]
+    assert gen.finish_reason == "eos" and len(gen.token_ids) == 1
+
+
+def test_errors_are_clear(tiny_backend, tiny_model_dir):
+    with pytest.raises(ValueError, match="empty"):
+        asyncio.run(tiny_backend.generate([], SamplingConfig()))
+    with pytest.raises(ValueError, match="positions"):
+        asyncio.run(tiny_backend.generate([1] * 40000, SamplingConfig()))
+    with pytest.raises(ValueError, match="model name or path"):
+        HFLocalBackend()
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(top_p=0)
+    with pytest.raises(ValueError, match="log-probs"):
+        Generation([1, 2], [0.0], "stop")
