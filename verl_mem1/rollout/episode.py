@@ -112,9 +112,9 @@ class EpisodeRecord:
         return max((len(t.context_ids) + len(t.generated_ids) for t in self.turns), default=len(self.prompt_ids))
 
 
-def prompt_ids_for(task: Task, tokenizer, tags: str) -> list[int]:
+def prompt_ids_for(task: Task, tokenizer, tags: str, max_turns: int | None = None) -> list[int]:
     """Chat-template the task's prompt (built from its questions when the task carries none)."""
-    messages = task.prompt_messages or build_prompt_messages(task.questions, get_tag_set(tags))
+    messages = task.prompt_messages or build_prompt_messages(task.questions, get_tag_set(tags), max_turns=max_turns)
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]
@@ -144,7 +144,7 @@ async def run_episode(
         context_policy=policy.name,
         tag_set=tags.name,
         sampling={"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k},
-        prompt_ids=prompt_ids_for(task, tokenizer, config.tags),
+        prompt_ids=prompt_ids_for(task, tokenizer, config.tags, max_turns),
     )
     for turn_index in range(max_turns):
         history = [TurnTokens(t.generated_ids, t.observation_ids) for t in record.turns]

@@ -80,6 +80,9 @@ class HFLocalBackend:
     async def generate(self, prompt_ids: list[int], sampling: SamplingConfig) -> Generation:
         if not prompt_ids:
             raise ValueError("prompt_ids is empty")
+        vocab = self.model.get_input_embeddings().num_embeddings
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise ValueError(f"prompt has token ids outside the vocabulary [0, {vocab})")
         if self.max_positions is not None and len(prompt_ids) >= self.max_positions:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens exceeds the model's {self.max_positions} positions")
         loop = asyncio.get_running_loop()

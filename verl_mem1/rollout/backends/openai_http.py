@@ -3,8 +3,8 @@
 The prompt is sent as token ids and the server must return the sampled token ids (vLLM:
 ``return_token_ids`` or ``return_tokens_as_token_ids``), so nothing is re-tokenized. Log-probs are what the
 server reports: vLLM reports raw log-probs by default (before temperature); run it with
-``--logprobs-mode processed_logits``-style settings or at temperature 1 when you need the sampling
-distribution's log-probs exactly.
+``--logprobs-mode processed_logprobs`` (after temperature) or sample at temperature 1 when you need the
+sampling distribution's log-probs exactly.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class OpenAICompletionsBackend:
             "max_tokens": sampling.max_new_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
-            "logprobs": 1,
+            "logprobs": 0,  # the sampled token's log-prob only
             "stop": list(sampling.stop),
             "include_stop_str_in_output": True,
             "skip_special_tokens": False,

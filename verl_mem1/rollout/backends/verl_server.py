@@ -37,13 +37,15 @@ class VerlServerBackend:
         output = await self.server_manager.generate(
             self.request_id, prompt_ids=list(prompt_ids), sampling_params=self.sampling_params(sampling)
         )
+        if output.stop_reason == "aborted":
+            raise RuntimeError("verl rollout server aborted the request (generation paused); retry the episode")
         token_ids = [int(t) for t in output.token_ids]
         if output.log_probs is None:
             raise RuntimeError("verl rollout server returned no log-probs; set rollout.calculate_log_probs=True")
-        if len(token_ids) >= sampling.max_new_tokens:
-            finish = "length"
-        elif token_ids and token_ids[-1] in self.eos_token_ids:
+        if token_ids and token_ids[-1] in self.eos_token_ids:
             finish = "eos"
+        elif output.stop_reason == "length" or len(token_ids) >= sampling.max_new_tokens:
+            finish = "length"  # the replica also caps max_tokens at the context left
         else:
             finish = "stop"
         return Generation(token_ids=token_ids, logprobs=[float(x) for x in output.log_probs], finish_reason=finish)

@@ -1,0 +1,20 @@
+"""``mem1 demo`` on a small budget: mem1's context stays flat, full's grows."""
+
+from __future__ import annotations
+
+from verl_mem1.demo import run_demo
+
+
+def test_demo_runs_and_shows_flat_versus_growing(tmp_path, tiny_model_dir, capsys):
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "tiny-model")  # reuse the session's model
+    results = run_demo(tmp_path, num_questions=2, max_turns=4, max_new_tokens=12, progress=False)
+    assert set(results) == {"mem1", "full", "window:2"}
+    mem1 = [len(t.context_ids) for t in results["mem1"][0].turns]
+    full = [len(t.context_ids) for t in results["full"][0].turns]
+    assert full == sorted(full) and full[-1] > full[1] + 20, "full context grows every turn"
+    assert max(mem1[1:]) - min(mem1[1:]) < 0.5 * (full[-1] - full[1]), "mem1 stays flat"
+    out = capsys.readouterr().out
+    assert "| turn | mem1 | full | window:2 |" in out and "meaningless" in out
+    assert (tmp_path / "context_sizes.md").exists() and (tmp_path / "episodes_mem1.jsonl").exists()
