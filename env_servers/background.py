@@ -21,13 +21,19 @@ class BackgroundServer:
     def __init__(self, app, *, host: str = "127.0.0.1", port: int | None = None, health_path: str = "/health"):
         import uvicorn
 
+        # Bind now and hand the socket to uvicorn, so no other process can take the port in between.
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port or 0))
         self.host = host
-        self.port = port or free_port(host)
+        self.port = self._socket.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
         self.health_path = health_path
         config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="on")
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name=f"uvicorn:{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name=f"uvicorn:{self.port}", daemon=True
+        )
 
     def start(self, timeout_s: float = 30.0) -> BackgroundServer:
         self._thread.start()
@@ -48,6 +54,7 @@ class BackgroundServer:
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        self._socket.close()
 
     def __enter__(self) -> BackgroundServer:
         return self.start()

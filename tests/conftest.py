@@ -1,4 +1,4 @@
-"""Session fixtures shared across the suite: the tiny model and a retrieval server over HotpotQA."""
+"""Session fixtures shared across the suite: the tiny model and a retrieval server over HotpotQA (built once)."""
 
 from __future__ import annotations
 
@@ -20,37 +20,46 @@ def tiny_backend(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
-def hotpotqa_bm25_index(tmp_path_factory):
+def hotpot_corpus(tmp_path_factory):
+    """The mini Wikipedia corpus built from the bundled HotpotQA paragraphs."""
     from env_servers.retrieval.corpus import build_hotpotqa_corpus
-    from env_servers.retrieval.index import build_index
 
-    root = tmp_path_factory.mktemp("hotpotqa-index")
-    build_hotpotqa_corpus(None, root / "corpus.jsonl")
-    return build_index(root / "corpus.jsonl", root / "index", encoder="bm25", show_progress=False)
+    out = tmp_path_factory.mktemp("corpus") / "hotpotqa.jsonl"
+    build_hotpotqa_corpus(None, out)
+    return out
 
 
 @pytest.fixture(scope="session")
-def retrieval_url(hotpotqa_bm25_index):
-    from env_servers.background import BackgroundServer
+def bm25_index(hotpot_corpus, tmp_path_factory):
+    from env_servers.retrieval.index import build_index
+
+    return build_index(hotpot_corpus, tmp_path_factory.mktemp("bm25"), "bm25", show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def bm25_retriever(bm25_index):
     from env_servers.retrieval.index import load_retriever
+
+    return load_retriever(bm25_index)
+
+
+@pytest.fixture(scope="session")
+def bm25_server(bm25_retriever):
+    """Base URL of a real uvicorn retrieval server (background thread, loopback) over the BM25 index."""
+    from env_servers.background import BackgroundServer
     from env_servers.retrieval.server import create_app
 
-    with BackgroundServer(create_app(load_retriever(hotpotqa_bm25_index))) as server:
+    with BackgroundServer(create_app(bm25_retriever)) as server:
         yield server.url
 
 
-def _recompute_logprobs(model, context_ids, generated_ids, temperature):
-    """Log-probs of ``generated_ids`` after ``context_ids`` from one unpadded plain-transformers forward."""
-    import torch
-
-    ids = torch.tensor([list(context_ids) + list(generated_ids)])
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0].float()
-    logp = torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
-    start = len(context_ids) - 1
-    return [float(logp[start + j, tok]) for j, tok in enumerate(generated_ids)]
+@pytest.fixture(scope="session")
+def retrieval_url(bm25_server):
+    return bm25_server
 
 
 @pytest.fixture(scope="session")
 def recompute_logprobs():
-    return _recompute_logprobs
+    from tests.support import recompute_logprobs
+
+    return recompute_logprobs

@@ -11,11 +11,11 @@ import asyncio
 
 import httpx
 import pytest
-import torch
 from fastapi import FastAPI, Request  # at module level: the fake app's annotations resolve against globals
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from env_servers.background import BackgroundServer, free_port
+from tests.support import recompute_logprobs
 from verl_mem1.rollout.backends.base import Generation, SamplingConfig
 from verl_mem1.rollout.backends.openai_http import BackendError, OpenAICompletionsBackend
 
@@ -51,14 +51,6 @@ def generate(url: str, prompts: list[list[int]], sampling: SamplingConfig, *, eo
             await client.aclose()
 
     return asyncio.run(main())
-
-
-def recompute_logprobs(model, context: list[int], generated: list[int], temperature: float) -> list[float]:
-    """Log-probs of ``generated`` after ``context`` from one unpadded, uncached forward pass."""
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([context + generated])).logits[0].float()
-    logp = torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
-    return [float(logp[len(context) - 1 + j, t]) for j, t in enumerate(generated)]
 
 
 _HTTP: dict[str, httpx.Client] = {}

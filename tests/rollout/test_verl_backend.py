@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from verl.workers.rollout.replica import TokenOutput
 
+from tests.support import recompute_logprobs
 from verl_mem1.rollout.backends.base import Generation, SamplingConfig
 from verl_mem1.rollout.backends.verl_server import VerlServerBackend
 
@@ -136,13 +136,6 @@ def prompt_ids(backend):
 
 def run(adapter: VerlServerBackend, prompt_ids: list[int], sampling: SamplingConfig) -> Generation:
     return asyncio.run(adapter.generate(prompt_ids, sampling))
-
-
-def recompute_logprobs(model, context: list[int], generated: list[int], temperature: float) -> list[float]:
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([context + generated])).logits[0].float()
-    logp = torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
-    return [float(logp[len(context) - 1 + j, t]) for j, t in enumerate(generated)]
 
 
 def first_fresh_piece(tokenizer, ids: list[int], start: int) -> tuple[int, str] | None:

@@ -1,0 +1,156 @@
+"""``mem1 corpus|index|serve`` subcommands for the retrieval server.
+
+Only argparse is imported at module level: ``verl_mem1.cli`` imports this module to build ``mem1 --help``,
+so bm25s, faiss, torch and fastapi are imported inside the handlers that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _guarded(prog: str, run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Report expected failures (bad input files, missing index) as one stderr line and exit code 2."""
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except (ValueError, OSError, RuntimeError) as e:  # FileNotFoundError is an OSError
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return handler
+
+
+def _corpus_hotpotqa(args: argparse.Namespace) -> int:
+    from env_servers.retrieval.corpus import build_hotpotqa_corpus
+
+    sources = [Path(s) for s in args.source] if args.source else None
+    n = build_hotpotqa_corpus(sources, Path(args.out))
+    print(f"wrote {n} paragraphs to {args.out}")
+    return 0
+
+
+def _index_build(args: argparse.Namespace) -> int:
+    from env_servers.retrieval.index import build_index
+
+    out = build_index(
+        Path(args.corpus),
+        Path(args.out),
+        args.encoder,
+        faiss_index=args.faiss_index,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        device=args.device,
+        show_progress=not args.quiet,
+    )
+    print(f"wrote {args.encoder} index to {out}")
+    return 0
+
+
+def _serve_retrieval(args: argparse.Namespace) -> int:
+    from env_servers.retrieval.index import read_meta
+
+    read_meta(Path(args.index))  # fail fast with a clear message before importing the server stack
+
+    from env_servers.retrieval.server import serve
+
+    serve(
+        Path(args.index),
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        max_queries=args.max_queries,
+        max_topk=args.max_topk,
+        log_level=args.log_level,
+        access_log=not args.no_access_log,
+    )
+    return 0
+
+
+def add_corpus_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hotpotqa`` to ``mem1 corpus``."""
+    p = subparsers.add_parser(
+        "hotpotqa",
+        help="pool HotpotQA context paragraphs into a corpus JSONL",
+        description=(
+            "Write one {id, contents} line per distinct paragraph of HotpotQA files, contents being "
+            '"Title"\\ntext (Search-R1\'s wiki format). Without --source, uses the bundled train and dev samples '
+            "(about 5900 paragraphs)."
+        ),
+    )
+    p.add_argument(
+        "--source",
+        nargs="+",
+        action="extend",
+        metavar="FILE",
+        help="HotpotQA JSONL file(s) with a `context` field (default: the bundled train.jsonl and dev.jsonl)",
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="corpus JSONL to write")
+    p.set_defaults(func=_guarded("mem1 corpus hotpotqa", _corpus_hotpotqa))
+
+
+def add_index_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``build`` to ``mem1 index``."""
+    p = subparsers.add_parser(
+        "build",
+        help="build a BM25 or dense (faiss) index directory from a corpus JSONL",
+        description=(
+            "Index a corpus JSONL ({id, contents} per line) into a self-contained directory that "
+            "`mem1 serve retrieval --index DIR` serves."
+        ),
+    )
+    p.add_argument("--corpus", required=True, metavar="FILE", help="corpus JSONL ({id, contents} per line)")
+    p.add_argument("--out", required=True, metavar="DIR", help="index directory to write")
+    p.add_argument(
+        "--encoder",
+        default="bm25",
+        metavar="ENCODER",
+        help="'bm25' (sparse, default) or a Hugging Face encoder name or local path, e.g. intfloat/e5-base-v2 (dense)",
+    )
+    p.add_argument(
+        "--faiss-index",
+        choices=("flat", "hnsw", "ivf"),
+        default="flat",
+        help="dense only: exact inner product (flat, default), HNSW graph, or IVF with ~sqrt(N) lists",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=64, metavar="N", help="dense only: passages per encoder batch (default 64)"
+    )
+    p.add_argument(
+        "--max-length", type=int, default=256, metavar="N", help="dense only: tokens kept per passage (default 256)"
+    )
+    p.add_argument("--device", default=None, metavar="DEVICE", help="dense only: cpu or cuda (default: cuda if any)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_guarded("mem1 index build", _index_build))
+
+
+def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``retrieval`` to ``mem1 serve``."""
+    p = subparsers.add_parser(
+        "retrieval",
+        help="serve an index over Search-R1's HTTP API (POST /retrieve, GET /health)",
+        description=(
+            'Serve an index directory. POST /retrieve {"queries": [...], "topk": 3, "return_scores": true} '
+            'returns {"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}.'
+        ),
+    )
+    p.add_argument("--index", required=True, metavar="DIR", help="index directory written by `mem1 index build`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, local only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--device", default=None, metavar="DEVICE", help="dense only: query encoder device (cpu or cuda)")
+    p.add_argument("--max-queries", type=int, default=256, metavar="N", help="most queries per request (default 256)")
+    p.add_argument("--max-topk", type=int, default=100, metavar="N", help="largest topk accepted (default 100)")
+    p.add_argument(
+        "--log-level",
+        choices=("critical", "error", "warning", "info", "debug"),
+        default="info",
+        help="uvicorn log level (default info)",
+    )
+    p.add_argument("--no-access-log", action="store_true", help="do not log every request (saves CPU under load)")
+    p.set_defaults(func=_guarded("mem1 serve retrieval", _serve_retrieval))

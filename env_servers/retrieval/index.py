@@ -1,0 +1,331 @@
+"""Build and load retrieval indexes: sparse BM25 (bm25s) or dense (HF encoder + faiss).
+
+An index directory is self-contained — ``meta.json``, ``docs.jsonl`` and the index files — so the
+server needs nothing but the directory. Dense encoders mean-pool the last hidden state (as E5, the
+encoder of Search-R1's retriever, is trained) and L2-normalise, so inner product is cosine similarity.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from env_servers.retrieval.corpus import read_corpus
+
+META_FILE = "meta.json"
+DOCS_FILE = "docs.jsonl"
+BM25_DIR = "bm25"
+FAISS_FILE = "index.faiss"
+FAISS_INDEXES = ("flat", "hnsw", "ivf")
+HNSW_M = 32
+IVF_NPROBE = 16
+
+SearchResult = list[list[tuple[dict, float]]]
+
+
+def _stemmer() -> Any:
+    """English Snowball stemmer if PyStemmer is installed; bm25s works without one (exact tokens)."""
+    try:
+        import Stemmer  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return Stemmer.Stemmer("english")
+
+
+def _prefixes(encoder: str) -> tuple[str, str]:
+    """Query/passage prefixes the encoder was trained with (E5 needs them, as Search-R1 does)."""
+    return ("query: ", "passage: ") if "e5" in Path(encoder).name.lower() else ("", "")
+
+
+def _resolve_device(device: str | None) -> str:
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return device
+
+
+@functools.lru_cache(maxsize=2)
+def _load_hf_encoder(name_or_path: str, device: str) -> tuple[Any, Any]:
+    """Tokenizer and model, cached: building an index and then serving it in one process (tests, notebooks)
+    should not load a large-vocabulary tokenizer twice. Both are only read from afterwards."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None:  # decoder-only checkpoints often ship without one
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model = AutoModel.from_pretrained(name_or_path, dtype=torch.float32).to(device).eval()
+    return tokenizer, model
+
+
+class DenseEncoder:
+    """A Hugging Face encoder producing mean-pooled, L2-normalised fp32 embeddings."""
+
+    def __init__(self, name_or_path: str, *, max_length: int = 256, device: str | None = None) -> None:
+        import torch
+
+        self.device = _resolve_device(device)
+        self.max_length = max_length
+        self.tokenizer, self.model = _load_hf_encoder(name_or_path, self.device)
+        self._torch = torch
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+        """Embed ``texts`` in batches (longest first, so padding is small); returns ``(len(texts), dim)``."""
+        from tqdm.auto import tqdm
+
+        torch = self._torch
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc="encoding", unit="batch", disable=not show_progress):
+            idx = order[start : start + batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            with torch.inference_mode():
+                hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
+            out[idx] = pooled.cpu().numpy()
+        return out
+
+
+def _faiss_gpu_ok(faiss: Any) -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _new_faiss_index(faiss: Any, kind: str, dim: int, num_docs: int) -> Any:
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 200
+        return index
+    if kind == "ivf":
+        # ~sqrt(N) lists, but no fewer than faiss' 39 training points per centroid on small corpora.
+        nlist = max(1, min(int(math.sqrt(num_docs)), num_docs // 39))
+        return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    raise ValueError(f"unknown faiss index {kind!r}; choose one of {', '.join(FAISS_INDEXES)}")
+
+
+def build_index(
+    corpus: Path,
+    out: Path,
+    encoder: str = "bm25",
+    *,
+    faiss_index: str = "flat",
+    batch_size: int = 64,
+    max_length: int = 256,
+    device: str | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """Index ``corpus`` (JSONL ``{id, contents}``) into the directory ``out``; return ``out``.
+
+    ``encoder`` is ``"bm25"`` or a Hugging Face model name/path (dense, faiss ``faiss_index``).
+    """
+    if faiss_index not in FAISS_INDEXES:
+        raise ValueError(f"unknown faiss index {faiss_index!r}; choose one of {', '.join(FAISS_INDEXES)}")
+    if batch_size <= 0 or max_length <= 0:
+        raise ValueError("batch_size and max_length must be positive")
+    docs = [{"id": d["id"], "contents": d["contents"]} for d in read_corpus(Path(corpus))]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META_FILE).unlink(missing_ok=True)  # meta.json is written last: its presence marks a complete index
+    texts = [d["contents"] for d in docs]
+    meta: dict[str, Any] = {"encoder": encoder, "num_docs": len(docs), "max_length": max_length}
+
+    if encoder == "bm25":
+        import bm25s
+
+        stemmer = _stemmer()
+        tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=show_progress)
+        bm25 = bm25s.BM25()
+        bm25.index(tokens, show_progress=show_progress)
+        shutil.rmtree(out / BM25_DIR, ignore_errors=True)
+        (out / FAISS_FILE).unlink(missing_ok=True)  # a previous dense build into the same directory
+        bm25.save(str(out / BM25_DIR), show_progress=show_progress)
+        meta.update(kind="bm25", faiss_index=None, stemmer="english" if stemmer is not None else None)
+    else:
+        import faiss
+
+        if Path(encoder).exists():  # a local model: record an absolute path so the index works from any cwd
+            encoder = str(Path(encoder).resolve())
+            meta["encoder"] = encoder
+        enc = DenseEncoder(encoder, max_length=max_length, device=device)
+        query_prefix, passage_prefix = _prefixes(encoder)
+        emb = enc.encode([passage_prefix + t for t in texts], batch_size=batch_size, show_progress=show_progress)
+        index = _new_faiss_index(faiss, faiss_index, emb.shape[1], len(docs))
+        if faiss_index != "hnsw" and _faiss_gpu_ok(faiss):  # faiss has no GPU HNSW
+            gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+            if faiss_index == "ivf":
+                gpu_index.train(emb)
+            gpu_index.add(emb)
+            index = faiss.index_gpu_to_cpu(gpu_index)
+        else:
+            if faiss_index == "ivf":
+                index.train(emb)
+            index.add(emb)
+        faiss.write_index(index, str(out / FAISS_FILE))
+        shutil.rmtree(out / BM25_DIR, ignore_errors=True)  # a previous BM25 build into the same directory
+        meta.update(
+            kind="dense",
+            faiss_index=faiss_index,
+            dim=int(emb.shape[1]),
+            pooling="mean",
+            query_prefix=query_prefix,
+            passage_prefix=passage_prefix,
+        )
+
+    with open(out / DOCS_FILE, "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+class Retriever(ABC):
+    """Top-k search over an index directory's documents; ``search`` takes a whole batch in one call."""
+
+    def __init__(self, docs: list[dict], meta: dict) -> None:
+        self.docs = docs
+        self.meta = meta
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.docs)
+
+    @property
+    def encoder(self) -> str:
+        return str(self.meta["encoder"])
+
+    def search(self, queries: list[str], topk: int) -> SearchResult:
+        """Return, per query, up to ``topk`` ``(document, score)`` pairs, best first."""
+        if topk <= 0:
+            raise ValueError("topk must be positive")
+        if not queries:
+            return []
+        k = min(topk, self.num_docs)
+        ids, scores = self._search(queries, k)
+        return [
+            [(self.docs[int(i)], float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
+            for row_ids, row_scores in zip(ids, scores, strict=True)
+        ]
+
+    @abstractmethod
+    def _search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(doc positions, scores)``, each ``(len(queries), k)``; position -1 means no hit."""
+
+
+class BM25Retriever(Retriever):
+    """bm25s scoring; queries are tokenised exactly as the documents were (stopwords, stemmer)."""
+
+    def __init__(self, docs: list[dict], meta: dict, index_dir: Path) -> None:
+        import bm25s
+
+        super().__init__(docs, meta)
+        self._bm25s = bm25s
+        self._bm25 = bm25s.BM25.load(str(index_dir / BM25_DIR), show_progress=False)
+        self._stemmer = _stemmer() if meta.get("stemmer") else None
+        if meta.get("stemmer") and self._stemmer is None:
+            raise RuntimeError("index was built with a stemmer but PyStemmer is not installed")
+        # Only ids with a column in the score matrix: bm25s lists an empty token "" in the vocabulary that
+        # has none, so a query of only stopwords/unknown words would crash retrieve(); those score 0 instead.
+        num_terms = len(self._bm25.scores["indptr"]) - 1
+        self._vocab: dict[str, int] = {t: i for t, i in self._bm25.vocab_dict.items() if t and i < num_terms}
+        if self._bm25.scores["num_docs"] != len(docs):
+            raise RuntimeError(f"bm25 index has {self._bm25.scores['num_docs']} docs but docs.jsonl {len(docs)}")
+
+    def _search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        tokens = self._bm25s.tokenize(
+            queries, stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False
+        )
+        ids = np.empty((len(queries), k), dtype=np.int64)
+        scores = np.empty((len(queries), k), dtype=np.float32)
+        for row, toks in enumerate(tokens):
+            q = [self._vocab[t] for t in toks if t in self._vocab]
+            if not q:
+                ids[row], scores[row] = np.arange(k), 0.0
+                continue
+            s = np.asarray(self._bm25.get_scores(q), dtype=np.float32)
+            top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
+            top = top[np.lexsort((top, -s[top]))]  # best first, ties by position: deterministic
+            ids[row], scores[row] = top, s[top]
+        return ids, scores
+
+
+class DenseRetriever(Retriever):
+    """Encodes the query batch once, then one faiss search for the whole batch."""
+
+    def __init__(
+        self, docs: list[dict], meta: dict, index_dir: Path, device: str | None = None, batch_size: int = 64
+    ) -> None:
+        import faiss
+
+        super().__init__(docs, meta)
+        self._encoder = DenseEncoder(meta["encoder"], max_length=int(meta.get("max_length", 256)), device=device)
+        self._prefix = meta.get("query_prefix", "")
+        self._batch_size = batch_size
+        index = faiss.read_index(str(index_dir / FAISS_FILE))
+        if index.ntotal != len(docs):
+            raise RuntimeError(f"faiss index has {index.ntotal} vectors but docs.jsonl {len(docs)}")
+        if meta.get("faiss_index") == "ivf":
+            index.nprobe = min(IVF_NPROBE, index.nlist)
+        self._hnsw = meta.get("faiss_index") == "hnsw"
+        if not self._hnsw and _faiss_gpu_ok(faiss) and self._encoder.device != "cpu":
+            self._gpu_res = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
+        self._index = index
+
+    def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        return self._encoder.encode([self._prefix + q for q in queries], batch_size=self._batch_size)
+
+    def _search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        emb = self.encode_queries(queries)
+        if self._hnsw:
+            self._index.hnsw.efSearch = max(64, k)
+        scores, ids = self._index.search(emb, k)
+        return ids, scores
+
+
+def read_meta(index_dir: Path) -> dict:
+    """The index's ``meta.json``; ``FileNotFoundError`` with a clear message if the directory is not an index."""
+    index_dir = Path(index_dir)
+    path = index_dir / META_FILE
+    if not index_dir.is_dir():
+        raise FileNotFoundError(f"index directory {index_dir} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"{index_dir} is not a retrieval index (no {META_FILE}; run `mem1 index build`)")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("kind") not in ("bm25", "dense"):
+        raise ValueError(f"{path}: unknown index kind {meta.get('kind')!r}")
+    return meta
+
+
+def load_retriever(index_dir: Path, device: str | None = None) -> Retriever:
+    """Load the retriever an index directory was built for (BM25 or dense)."""
+    index_dir = Path(index_dir)
+    meta = read_meta(index_dir)
+    docs = read_corpus(index_dir / DOCS_FILE)
+    if meta["kind"] == "bm25":
+        return BM25Retriever(docs, meta, index_dir)
+    return DenseRetriever(docs, meta, index_dir, device=device)
