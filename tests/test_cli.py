@@ -22,6 +22,10 @@ SUBCOMMANDS = [
     ["serve"],
     ["serve", "retrieval"],
     ["serve", "llm"],
+    ["serve", "websearch"],
+    ["compose"],
+    ["eval"],
+    ["report"],
 ]
 
 

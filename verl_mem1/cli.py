@@ -1,7 +1,7 @@
 """The ``mem1`` command: one entry point, one subcommand per capability.
 
-Subcommand modules are imported lazily so that ``mem1 --help`` stays fast and a missing optional
-dependency only breaks the subcommand that needs it.
+Each subcommand module registers its own arguments and imports its heavy dependencies (torch, faiss,
+fastapi, ...) only when it runs, so ``mem1 --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -20,36 +20,42 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from env_servers.retrieval.cli import add_corpus_commands, add_index_commands, add_serve_command
+    from env_servers.websearch.cli import add_serve_websearch_command
+    from verl_mem1.demo import add_demo_command
+    from verl_mem1.evaluation.harness import add_eval_command
+    from verl_mem1.evaluation.report import add_report_command
+    from verl_mem1.rollout.cli import add_rollout_command
+    from verl_mem1.rollout.openai_server import add_serve_llm_command
+    from verl_mem1.tasks.compose import add_compose_command
+
     parser = argparse.ArgumentParser(
         prog="mem1",
-        description="MEM1 on verl: constant-memory multi-turn agents — rollout, retrieval, tools.",
+        description="MEM1 on verl: constant-memory multi-turn agents — rollout, evaluation, environment servers.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     tiny = sub.add_parser("tiny-model", help="write a tiny random Qwen2 model with the real Qwen2.5 tokenizer")
     tiny.add_argument("--out", required=True, help="output directory")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
-    tiny.add_argument("--hidden-size", type=int, default=64)
-    tiny.add_argument("--num-layers", type=int, default=2)
+    tiny.add_argument("--hidden-size", type=int, default=64, help="hidden size (default 64)")
+    tiny.add_argument("--num-layers", type=int, default=2, help="decoder layers (default 2)")
     tiny.set_defaults(func=_cmd_tiny_model)
 
-    from verl_mem1.demo import add_demo_command
-    from verl_mem1.rollout.cli import add_rollout_command
-
     add_rollout_command(sub)
+    add_compose_command(sub)
+    add_eval_command(sub)
+    add_report_command(sub)
     add_demo_command(sub)
-
-    from env_servers.retrieval.cli import add_corpus_commands, add_index_commands, add_serve_command
 
     corpus = sub.add_parser("corpus", help="build retrieval corpora (JSONL {id, contents})")
     add_corpus_commands(corpus.add_subparsers(dest="corpus_command", required=True, metavar="SOURCE"))
     index = sub.add_parser("index", help="build retrieval indexes")
     add_index_commands(index.add_subparsers(dest="index_command", required=True, metavar="ACTION"))
-    serve = sub.add_parser("serve", help="run an environment server")
+    serve = sub.add_parser("serve", help="run a server: retrieval, websearch (Serper) or an LLM (OpenAI API)")
     serve_sub = serve.add_subparsers(dest="serve_command", required=True, metavar="SERVER")
     add_serve_command(serve_sub)
-    from verl_mem1.rollout.openai_server import add_serve_llm_command
-
+    add_serve_websearch_command(serve_sub)
     add_serve_llm_command(serve_sub)
     return parser
 

@@ -1,9 +1,13 @@
 """``mem1 demo``: the whole pipeline on one CPU with the tiny model and the bundled HotpotQA sample.
 
-Builds the mini Wikipedia corpus and its BM25 index, serves it on loopback, runs episodes of a random
-tiny Qwen2 model with each context policy, and prints per-turn context sizes. The tiny model's answers
-are meaningless (its weights are random); the demo shows the machinery: MEM1's context stays flat while
-the full-context baseline grows every turn.
+1. writes a random tiny Qwen2 model (real Qwen2.5 tokenizer), builds the mini Wikipedia corpus from the bundled
+   HotpotQA paragraphs and its BM25 index, and serves it on loopback;
+2. runs episodes on single questions with each context policy and prints the context size at every turn;
+3. composes 1-, 2-, 4-, 8- and 16-objective tasks from the HotpotQA dev questions, evaluates the model with the
+   mem1, full and window:1 policies, and writes a report (markdown table + PNG plot).
+
+The tiny model's weights are random, so its answers are meaningless; the demo shows the machinery: MEM1's context
+stays flat while the full-context baseline grows with every turn and every objective.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.resources
+from collections.abc import Sequence
 from pathlib import Path
 
-POLICIES = ("mem1", "full", "window:2")
+TURN_POLICIES = ("mem1", "full", "window:2")
+SWEEP_POLICIES = ("mem1", "full", "window:1")
+SWEEP_OBJECTIVES = (1, 2, 4, 8, 16)
 
 
 def bundled_hotpotqa(split: str = "dev") -> Path:
@@ -35,49 +42,103 @@ def context_size_table(results: dict[str, list]) -> str:
     return "\n".join(lines)
 
 
+def prepare(out: Path, *, seed: int = 0, progress: bool = True) -> tuple[Path, Path]:
+    """The tiny model and the HotpotQA BM25 index under ``out`` (reused when already there)."""
+    from env_servers.retrieval.corpus import build_hotpotqa_corpus
+    from env_servers.retrieval.index import build_index
+    from verl_mem1.tiny_model import build_tiny_model
+
+    model_dir, index_dir = out / "tiny-model", out / "index-bm25"
+    if not (model_dir / "config.json").exists():
+        print(f"writing the tiny model to {model_dir}")
+        build_tiny_model(model_dir, seed=seed)
+    if not (index_dir / "meta.json").exists():
+        n = build_hotpotqa_corpus(None, out / "hotpotqa-corpus.jsonl")
+        print(f"built the HotpotQA mini-corpus ({n} paragraphs); indexing it with BM25")
+        build_index(out / "hotpotqa-corpus.jsonl", index_dir, encoder="bm25", show_progress=progress)
+    return model_dir, index_dir
+
+
+def objectives_sweep(
+    backend,
+    url: str,
+    out: Path,
+    *,
+    objectives: Sequence[int] = SWEEP_OBJECTIVES,
+    policies: Sequence[str] = SWEEP_POLICIES,
+    tasks_per_point: int = 2,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[str, Path]:
+    """Compose N-objective tasks, evaluate every policy on them, and write the report."""
+    from verl_mem1.evaluation.harness import evaluate
+    from verl_mem1.evaluation.report import write_report
+    from verl_mem1.rollout.environment import RetrievalEnvironment
+    from verl_mem1.rollout.episode import EpisodeConfig
+    from verl_mem1.rollout.tasks import load_tasks
+    from verl_mem1.tasks.compose import compose_tasks, write_tasks_parquet
+    from verl_mem1.tasks.sources import load_source
+
+    pool = load_source("hotpotqa")
+    runs = []
+    for n in objectives:
+        rows = compose_tasks([pool], objectives=n, count=tasks_per_point, seed=seed)
+        write_tasks_parquet(rows, out / "tasks" / f"hotpotqa-{n}obj.parquet")
+        tasks = load_tasks(out / "tasks" / f"hotpotqa-{n}obj.parquet")
+        for policy in policies:
+            run_dir = out / "eval" / f"{n}obj-{policy.replace(':', '')}"
+            config = EpisodeConfig(context=policy, max_new_tokens=max_new_tokens)
+
+            async def go(tasks=tasks, config=config, run_dir=run_dir):
+                env = RetrievalEnvironment(url)
+                try:
+                    return await evaluate(tasks, backend, env, backend.tokenizer, config, run_dir, progress=False)
+                finally:
+                    await env.aclose()
+
+            metrics = asyncio.run(go())
+            if progress:
+                s = metrics["summary"]
+                print(f"  {n:>2} objectives, {policy:<8}: peak {s['peak_tokens']:>6.0f} tokens, EM {s['em']:.2f}")
+            runs.append(run_dir)
+    return write_report(runs, out / "report")
+
+
 def run_demo(
     out_dir: str | Path,
     *,
     num_questions: int = 4,
     max_turns: int = 6,
     max_new_tokens: int = 48,
-    policies: tuple[str, ...] = POLICIES,
+    objectives: Sequence[int] = SWEEP_OBJECTIVES,
+    tasks_per_point: int = 2,
+    sweep_max_new_tokens: int = 32,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, list]:
     from env_servers.background import BackgroundServer
-    from env_servers.retrieval.corpus import build_hotpotqa_corpus
-    from env_servers.retrieval.index import build_index, load_retriever
+    from env_servers.retrieval.index import load_retriever
     from env_servers.retrieval.server import create_app
     from verl_mem1.rollout.backends.hf_local import HFLocalBackend
     from verl_mem1.rollout.environment import RetrievalEnvironment
     from verl_mem1.rollout.episode import EpisodeConfig
     from verl_mem1.rollout.runner import run_episodes, write_jsonl
     from verl_mem1.rollout.tasks import load_tasks
-    from verl_mem1.tiny_model import build_tiny_model
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = out / "tiny-model"
-    if not (model_dir / "config.json").exists():
-        print(f"[1/4] writing the tiny model to {model_dir}")
-        build_tiny_model(model_dir, seed=seed)
-    corpus = out / "hotpotqa-corpus.jsonl"
-    index_dir = out / "index-bm25"
-    if not (index_dir / "meta.json").exists():
-        n = build_hotpotqa_corpus(None, corpus)
-        print(f"[2/4] built the HotpotQA mini-corpus ({n} paragraphs) and its BM25 index")
-        build_index(corpus, index_dir, encoder="bm25", show_progress=progress)
+    model_dir, index_dir = prepare(out, seed=seed, progress=progress)
     tasks = load_tasks(bundled_hotpotqa("dev"), limit=num_questions)
     backend = HFLocalBackend(model_dir, seed=seed)
     results: dict[str, list] = {}
     with BackgroundServer(create_app(load_retriever(index_dir))) as server:
-        print(f"[3/4] retrieval server on {server.url}; running {len(tasks)} episodes per context policy")
-        for policy in policies:
+        print(f"\n== 1. {len(tasks)} questions per context policy, retrieval server on {server.url}")
+        for policy in TURN_POLICIES:
             config = EpisodeConfig(max_turns=max_turns, max_new_tokens=max_new_tokens, context=policy)
-            env = RetrievalEnvironment(server.url)
 
-            async def go(config=config, env=env, policy=policy):
+            async def go(config=config, policy=policy):
+                env = RetrievalEnvironment(server.url)
                 try:
                     return await run_episodes(
                         tasks, backend, env, backend.tokenizer, config, progress=progress, desc=policy
@@ -87,15 +148,28 @@ def run_demo(
 
             results[policy] = asyncio.run(go())
             write_jsonl(results[policy], out / f"episodes_{policy.replace(':', '')}.jsonl")
-    table = context_size_table(results)
-    (out / "context_sizes.md").write_text(table + "\n", encoding="utf-8")
-    print("[4/4] mean context tokens at each turn (Qwen2.5 tokens):\n")
-    print(table)
+        table = context_size_table(results)
+        (out / "context_sizes.md").write_text(table + "\n", encoding="utf-8")
+        print("\nMean context tokens at each turn (Qwen2.5 tokens):\n")
+        print(table)
+        if objectives:
+            print(f"\n== 2. {', '.join(map(str, objectives))} objectives x {', '.join(SWEEP_POLICIES)}")
+            report, png = objectives_sweep(
+                backend,
+                server.url,
+                out,
+                objectives=objectives,
+                tasks_per_point=tasks_per_point,
+                max_new_tokens=sweep_max_new_tokens,
+                seed=seed,
+                progress=progress,
+            )
+            print(f"\n{report}\n\nwrote {out / 'report' / 'report.md'} and {png}")
     print(
         "\nThe tiny model has random weights: its actions are gibberish (invalid actions get an explanatory"
         "\nobservation and the episode goes on) and its answers are meaningless. What the demo shows is the"
         "\nmachinery: with `mem1` each context is the prompt plus only the last turn, so it stays flat;"
-        f"\n`full` keeps everything and grows every turn. Episode records are in {out}/episodes_*.jsonl."
+        f"\n`full` keeps everything and grows every turn. Episode records are under {out}."
     )
     return results
 
@@ -108,9 +182,13 @@ def add_demo_command(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="outputs/demo", help="working directory (default outputs/demo)")
-    parser.add_argument("--questions", type=int, default=4, help="bundled HotpotQA dev questions to run (default 4)")
-    parser.add_argument("--max-turns", type=int, default=6, help="turns per episode (default 6)")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens per turn (default 48)")
+    parser.add_argument("--questions", type=int, default=4, help="single questions per policy in part 1 (default 4)")
+    parser.add_argument("--max-turns", type=int, default=6, help="turns per episode in part 1 (default 6)")
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens per turn in part 1 (default 48)")
+    parser.add_argument(
+        "--objectives", type=int, nargs="*", default=list(SWEEP_OBJECTIVES), help="objective counts for part 2"
+    )
+    parser.add_argument("--tasks-per-point", type=int, default=2, help="composite tasks per objective count")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_cmd_demo)
 
@@ -121,6 +199,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         num_questions=args.questions,
         max_turns=args.max_turns,
         max_new_tokens=args.max_new_tokens,
+        objectives=args.objectives,
+        tasks_per_point=args.tasks_per_point,
         seed=args.seed,
     )
     return 0

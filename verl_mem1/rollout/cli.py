@@ -14,7 +14,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help="Hugging Face model name or local path; with --llm-url, the served model's name",
+        help="Hugging Face model name or local path, or the URL of an OpenAI-compatible server",
     )
     parser.add_argument(
         "--llm-url",
@@ -60,15 +60,20 @@ def add_rollout_command(subparsers) -> None:
 
 
 def make_backend(args: argparse.Namespace):
-    """Build the backend and tokenizer the options ask for."""
+    """Build the backend and tokenizer the options ask for (a URL in --model means a served model)."""
     from transformers import AutoTokenizer
 
-    if args.llm_url:
+    llm_url, model = args.llm_url, args.model
+    if model.startswith(("http://", "https://")):
+        from verl_mem1.rollout.backends.openai_http import served_model_name
+
+        llm_url, model = model, served_model_name(model)
+    if llm_url:
         from verl_mem1.rollout.backends.openai_http import OpenAICompletionsBackend
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or model)
         eos = {tokenizer.eos_token_id} - {None}
-        return OpenAICompletionsBackend(args.llm_url, args.model, eos_token_ids=eos), tokenizer
+        return OpenAICompletionsBackend(llm_url, model, eos_token_ids=eos), tokenizer
     from verl_mem1.rollout.backends.hf_local import HFLocalBackend
 
     backend = HFLocalBackend(
@@ -100,10 +105,10 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     try:
         config = episode_config(args)
         tasks = load_tasks(args.tasks, limit=args.limit)
-    except (ValueError, FileNotFoundError) as exc:
+        backend, tokenizer = make_backend(args)
+    except (ValueError, OSError, RuntimeError) as exc:  # bad options, missing files, unreachable server
         print(f"mem1 rollout: {exc}", file=sys.stderr)
         return 2
-    backend, tokenizer = make_backend(args)
     env = RetrievalEnvironment(args.retriever, topk=args.topk_docs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,18 @@ def _parse_token(token: str) -> int:
     return int(token.split(":", 1)[1])
 
 
+def served_model_name(base_url: str, *, timeout_s: float = 30.0) -> str:
+    """The first model a server lists at ``GET /v1/models`` (what ``vllm serve NAME`` serves)."""
+    base = base_url.rstrip("/")
+    url = base + ("/models" if base.endswith("/v1") else "/v1/models")
+    try:
+        response = httpx.get(url, timeout=timeout_s)
+        response.raise_for_status()
+        return str(response.json()["data"][0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise BackendError(f"could not read the served model's name from {url}: {exc!r}") from exc
+
+
 class OpenAICompletionsBackend:
     """Call ``POST {base_url}/v1/completions`` with token-id prompts."""
 

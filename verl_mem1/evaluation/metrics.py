@@ -1,0 +1,102 @@
+"""Per-episode accuracy and efficiency metrics, and their aggregation.
+
+Token counts come from the episode records, i.e. from the model's own tokenizer (the MEM1 reference counts
+with a GPT tokenizer and records no time):
+
+- peak tokens: max over turns of the context length plus the tokens generated that turn — the memory a
+  KV cache must hold at the worst moment of the episode;
+- dependency: Σ over generated tokens of the number of tokens each one attends to (its turn's context plus
+  the tokens generated before it in that turn) — the attention work of the episode;
+- inference time: the wall time of the episode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from verl_mem1.rollout.episode import EpisodeRecord
+from verl_mem1.tasks.rewards import score_answer
+
+
+def dependency(record: EpisodeRecord) -> int:
+    """Σ_t Σ_{j < g_t} (c_t + j) with c_t the context length and g_t the tokens generated at turn t."""
+    total = 0
+    for turn in record.turns:
+        c, g = len(turn.context_ids), len(turn.generated_ids)
+        total += g * c + g * (g - 1) // 2
+    return total
+
+
+def episode_metrics(record: EpisodeRecord, *, reduce: str = "sum") -> dict[str, Any]:
+    """Accuracy (EM, F1 over objectives) and efficiency of one episode."""
+    score = score_answer(record.final_answer, record.ground_truth, reduce=reduce)
+    turns = len(record.turns)
+    invalid = sum(t.action["kind"] == "invalid" for t in record.turns)
+    return {
+        "id": record.id,
+        "num_objectives": len(record.ground_truth),
+        "em": score.em,
+        "f1": score.f1,
+        "answered": record.final_answer is not None,
+        "termination": record.termination,
+        "turns": turns,
+        "invalid_actions": invalid,
+        "invalid_action_rate": invalid / turns if turns else 0.0,
+        "peak_tokens": record.peak_tokens,
+        "dependency": dependency(record),
+        "generated_tokens": sum(len(t.generated_ids) for t in record.turns),
+        "inference_time_s": record.wall_time_s,
+    }
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]) of a non-empty sequence."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("percentile of an empty sequence")
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Means of the per-episode metrics, plus max peak tokens and inference-time percentiles."""
+    if not rows:
+        raise ValueError("no episodes to summarize")
+    n = len(rows)
+
+    def mean(key: str) -> float:
+        return sum(float(r[key]) for r in rows) / n
+
+    times = [r["inference_time_s"] for r in rows]
+    turns = sum(r["turns"] for r in rows)
+    return {
+        "episodes": n,
+        "em": mean("em"),
+        "f1": mean("f1"),
+        "answered_rate": mean("answered"),
+        "turns": mean("turns"),
+        "invalid_action_rate": sum(r["invalid_actions"] for r in rows) / turns if turns else 0.0,
+        "peak_tokens": mean("peak_tokens"),
+        "peak_tokens_max": max(r["peak_tokens"] for r in rows),
+        "dependency": mean("dependency"),
+        "generated_tokens": mean("generated_tokens"),
+        "inference_time_s": {
+            "mean": sum(times) / n,
+            "p50": percentile(times, 50),
+            "p90": percentile(times, 90),
+            "p99": percentile(times, 99),
+        },
+        "terminations": dict(Counter(r["termination"] for r in rows)),
+    }
+
+
+def summarize_by_objectives(rows: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """One summary per number of objectives (a task file may mix them)."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(int(row["num_objectives"]), []).append(row)
+    return {k: summarize(v) for k, v in sorted(groups.items())}

@@ -1,0 +1,460 @@
+"""The MEM1 attention rule and its backends, plugged into Hugging Face models through ``AttentionInterface``.
+
+Rule (``segment_ids`` from ``packing.py``): token ``i`` attends to token ``j`` iff ``j ≤ i`` and
+``segment[j] == segment[i]`` or ``segment[j] == prompt_segment[i]`` — for one episode (``prompt_segment``
+all 0) that is "the prompt causally, then each segment sees the prompt and causally itself".
+
+Backends:
+
+- ``dense``: a boolean ``[1, 1, L, L]`` mask (True = attend) through SDPA. The reference; O(L²) memory.
+- ``flex``: ``torch.nn.attention.flex_attention`` with a ``BlockMask`` built block by block from the segment
+  ids (never an L×L tensor) and a ``mask_mod`` for the partial blocks. Compiled (``torch.compile``) it is a fused
+  kernel; eager it runs torch's unfused reference, which materialises the scores. Torch (2.13) has no flex
+  backward on CPU: ``forward.py`` routes CPU training to ``segmented``.
+- ``segmented``: the flash layout in plain torch — each segment's queries attend, via SDPA, to the prompt's
+  keys/values prepended to the segment's own (lower-right causal). Works on any device, with autograd, in
+  O(Σ_t n_t (P + n_t)) memory.
+- ``flash``: ``flash_attn_varlen_func`` (CUDA, fp16/bf16): query sequences are the packed ranges (prompt,
+  seg_1, ...), key sequences are ``[prompt]``, ``[prompt ⊕ seg_1]``, ... gathered by index; flash-attn aligns
+  causality bottom-right, which is exactly "all of the prompt, causally the segment".
+
+Hook-up (transformers 5.x, no model edits): ``enable_packed_attention(model)`` registers ``"mem1_packed"``
+with ``AttentionInterface`` and ``AttentionMaskInterface`` and switches the model to it with
+``set_attn_implementation``. Calls without ``mem1_backend=...`` are delegated to the model's previous
+implementation (attention *and* mask creation), so ordinary forwards are unchanged. Packed calls pass
+``mem1_backend`` through the model's ``**kwargs`` (which reach the attention function, and survive
+gradient-checkpoint recomputation), plus a 4-D bool mask or a ``BlockMask`` as ``attention_mask`` (a 4-D
+mask is used as-is by ``create_causal_mask``), or a ``SegmentLayout`` as ``mem1_layout`` with mask creation
+skipped (otherwise the reset position ids would make transformers build an L×L packed-sequence mask).
+
+A float 0/1 mask is rejected everywhere here (``TypeError``): SDPA and Hugging Face *add* a float mask to the
+scores, so 1.0/0.0 masks nothing and causality is lost — the reference implementation's bug.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import sys
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+MEM1_ATTENTION = "mem1_packed"
+PACKED_BACKENDS = ("dense", "flex", "segmented", "flash")
+FLEX_BLOCK_SIZE = 128
+
+FLOAT_MASK_ERROR = (
+    "got a {dtype} attention mask; the MEM1 packed forward needs a torch.bool mask (True = attend). "
+    "SDPA and Hugging Face models ADD a floating-point mask to the attention scores, so a 1.0/0.0 mask masks "
+    "nothing and causality is lost (the reference implementation's bug). Use mask.bool(), or an additive mask "
+    "of 0/-inf with a model's own attention."
+)
+
+_SKIP_MASK_CREATION: contextvars.ContextVar[bool] = contextvars.ContextVar("mem1_skip_mask", default=False)
+_BASE_IMPLEMENTATION: dict[int, str] = {}  # id(config) -> the implementation ordinary calls are delegated to
+_compiled_flex: Callable | None = None
+
+
+# --------------------------------------------------------------------------------------------------- the rule
+
+
+def _prompt_segments(segment_ids: torch.Tensor, prompt_segment_ids: torch.Tensor | None) -> torch.Tensor:
+    return torch.zeros_like(segment_ids) if prompt_segment_ids is None else prompt_segment_ids
+
+
+def mask_rule(
+    segment_ids: torch.Tensor, prompt_segment_ids: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
+) -> torch.Tensor:
+    """Whether query ``q_idx`` may attend to key ``kv_idx`` (broadcasting; the one definition all backends share)."""
+    kv_segment = segment_ids[kv_idx]
+    return (kv_idx <= q_idx) & ((kv_segment == segment_ids[q_idx]) | (kv_segment == prompt_segment_ids[q_idx]))
+
+
+def check_bool_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Return ``mask`` if it is a bool tensor; raise ``TypeError`` for float masks (see ``FLOAT_MASK_ERROR``)."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"expected a torch.bool tensor mask, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(FLOAT_MASK_ERROR.format(dtype=mask.dtype))
+    return mask
+
+
+def dense_mask(segment_ids: torch.Tensor, prompt_segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference mask: ``[1, 1, L, L]`` bool, True = attend."""
+    pseg = _prompt_segments(segment_ids, prompt_segment_ids)
+    idx = torch.arange(segment_ids.numel(), device=segment_ids.device)
+    return mask_rule(segment_ids, pseg, idx[:, None], idx[None, :])[None, None]
+
+
+def flex_block_mask(
+    segment_ids: torch.Tensor, prompt_segment_ids: torch.Tensor | None = None, block_size: int = FLEX_BLOCK_SIZE
+) -> BlockMask:
+    """A ``BlockMask`` for the rule, classified block by block (rows in chunks: O(L) memory, never L×L).
+
+    Fully-allowed blocks are marked full (the kernel skips ``mask_mod`` there), mixed ones partial, empty ones
+    are left out. The ids are padded to a block multiple with values that match nothing, so ``mask_mod`` never
+    reads out of bounds.
+    """
+    seg = segment_ids.long()
+    pseg = _prompt_segments(seg, prompt_segment_ids).long()
+    length = seg.numel()
+    blocks = max(1, -(-length // block_size))
+    padded = blocks * block_size
+    seg_p = torch.nn.functional.pad(seg, (0, padded - length), value=-1)
+    pseg_p = torch.nn.functional.pad(pseg, (0, padded - length), value=-2)
+    kv = torch.arange(padded, device=seg.device)
+    rows = max(block_size, (1 << 22) // padded // block_size * block_size)  # ~4M booleans per chunk
+    counts = torch.empty(blocks, blocks, dtype=torch.int32, device=seg.device)
+    for r0 in range(0, padded, rows):
+        q = torch.arange(r0, min(r0 + rows, padded), device=seg.device)
+        allowed = mask_rule(seg_p, pseg_p, q[:, None], kv[None, :])
+        allowed &= (q[:, None] < length) & (kv[None, :] < length)
+        nq = q.numel() // block_size
+        counts[r0 // block_size : r0 // block_size + nq] = (
+            allowed.view(nq, block_size, blocks, block_size).sum(dim=(1, 3), dtype=torch.int32)
+        )
+    full = counts == block_size * block_size
+    partial = (counts > 0) & ~full
+
+    def ordered(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        num = b.sum(-1, dtype=torch.int32)
+        idx = torch.argsort(b.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return num[None, None].contiguous(), idx[None, None].contiguous()
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & ((seg_p[kv_idx] == seg_p[q_idx]) | (seg_p[kv_idx] == pseg_p[q_idx]))
+
+    kv_num, kv_indices = ordered(partial)
+    full_num, full_indices = ordered(full)
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_indices, full_num, full_indices, BLOCK_SIZE=block_size, mask_mod=mask_mod, seq_lengths=(length, length)
+    )
+
+
+@dataclass
+class SegmentLayout:
+    """Query/key sequences of the segmented and flash backends (see module docstring).
+
+    ``spans``: per query sequence ``(q_start, q_end, prefix_start, prefix_end)`` in packed positions, in order and
+    covering ``[0, L)``; the prefix (the segment's prompt) is empty for a prompt. ``kv_index`` gathers the packed
+    keys into the concatenated key sequences ``prefix ⊕ own`` delimited by ``cu_seqlens_k``.
+    """
+
+    spans: list[tuple[int, int, int, int]]
+    cu_seqlens_q: torch.Tensor
+    cu_seqlens_k: torch.Tensor
+    kv_index: torch.Tensor
+    max_seqlen_q: int
+    max_seqlen_k: int
+
+
+def segment_layout(segment_ids: torch.Tensor, prompt_segment_ids: torch.Tensor | None = None) -> SegmentLayout:
+    """Derive the per-segment layout; every segment must be one contiguous run placed after its prompt."""
+    seg = segment_ids.detach().cpu().long()
+    pseg = _prompt_segments(seg, prompt_segment_ids).detach().cpu().long()
+    length = seg.numel()
+    if length == 0:
+        raise ValueError("empty packed sample")
+    change = torch.nonzero(seg[1:] != seg[:-1]).flatten() + 1
+    starts = [0, *change.tolist()]
+    ends = [*change.tolist(), length]
+    prompts: dict[int, tuple[int, int]] = {}
+    seen: set[int] = set()
+    spans: list[tuple[int, int, int, int]] = []
+    for a, b in zip(starts, ends, strict=True):
+        s, p = int(seg[a]), int(pseg[a])
+        if s in seen:
+            raise ValueError(f"segment {s} is not contiguous; the segmented/flash layouts need one run per segment")
+        seen.add(s)
+        if s == p:
+            prompts[s] = (a, b)
+            spans.append((a, b, a, a))
+        elif p in prompts:
+            spans.append((a, b, *prompts[p]))
+        else:
+            raise ValueError(f"segment {s} at position {a} comes before its prompt (segment {p})")
+    kv_index, cu_k, cu_q = [], [0], [0]
+    for a, b, pa, pb in spans:
+        kv_index.extend(range(pa, pb))
+        kv_index.extend(range(a, b))
+        cu_k.append(len(kv_index))
+        cu_q.append(b)
+    return SegmentLayout(
+        spans=spans,
+        cu_seqlens_q=torch.tensor(cu_q, dtype=torch.int32),
+        cu_seqlens_k=torch.tensor(cu_k, dtype=torch.int32),
+        kv_index=torch.tensor(kv_index, dtype=torch.long),
+        max_seqlen_q=max(b - a for a, b, _, _ in spans),
+        max_seqlen_k=max((b - a) + (pb - pa) for a, b, pa, pb in spans),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- kernels
+
+
+def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    if n_rep == 1:
+        return x
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+def _flex(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_mask: BlockMask, scaling: float | None, compiled
+) -> torch.Tensor:
+    global _compiled_flex
+    fn = flex_attention
+    if compiled:
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention)
+        fn = _compiled_flex
+    gqa = query.shape[1] != key.shape[1]
+    return fn(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=gqa)
+
+
+def _segmented_sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    layout: SegmentLayout,
+    scaling: float | None,
+    dropout: float,
+) -> torch.Tensor:
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+    outs = []
+    for a, b, pa, pb in layout.spans:
+        q = query[:, :, a:b]
+        if pa == pb:
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q, key[:, :, a:b], value[:, :, a:b], is_causal=True, dropout_p=dropout, scale=scaling
+            )
+        else:
+            k = torch.cat([key[:, :, pa:pb], key[:, :, a:b]], dim=2)
+            v = torch.cat([value[:, :, pa:pb], value[:, :, a:b]], dim=2)
+            n, p = b - a, pb - pa
+            mask = torch.ones(n, p + n, dtype=torch.bool, device=q.device)
+            mask[:, p:] = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling
+            )
+        outs.append(o)
+    return torch.cat(outs, dim=2)
+
+
+def _flash_varlen(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    layout: SegmentLayout,
+    scaling: float | None,
+    dropout: float,
+) -> torch.Tensor:
+    """[1, H, L, D] q and [1, Hkv, L, D] k/v -> [1, L, H, D]; needs CUDA, fp16/bf16 and flash-attn 2."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError as exc:  # pragma: no cover - GPU only
+        raise ImportError("backend 'flash' needs flash-attn (pip install flash-attn; CUDA only)") from exc
+    if query.device.type != "cuda":
+        raise RuntimeError("backend 'flash' runs on CUDA only; use 'flex' or 'segmented' elsewhere")
+    if query.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"backend 'flash' needs fp16/bf16 activations, got {query.dtype}")
+    device = query.device
+    kv_index = layout.kv_index.to(device)
+    q = query[0].transpose(0, 1)  # [L, H, D]
+    k = key[0].transpose(0, 1).index_select(0, kv_index)  # [Σ (P + n), Hkv, D]
+    v = value[0].transpose(0, 1).index_select(0, kv_index)
+    out = flash_attn_varlen_func(
+        q,
+        k,
+        v,
+        cu_seqlens_q=layout.cu_seqlens_q.to(device),
+        cu_seqlens_k=layout.cu_seqlens_k.to(device),
+        max_seqlen_q=layout.max_seqlen_q,
+        max_seqlen_k=layout.max_seqlen_k,
+        dropout_p=dropout,
+        softmax_scale=scaling,
+        causal=True,  # bottom-right aligned (flash-attn >= 2.1): all prefix keys, causal over the segment
+    )
+    return out.unsqueeze(0)
+
+
+# --------------------------------------------------------------------------------------- transformers hook-up
+
+
+def _base_implementation(config) -> str:
+    return _BASE_IMPLEMENTATION.get(id(config), "sdpa")
+
+
+def packed_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """The ``"mem1_packed"`` attention function: packed calls by ``mem1_backend``, the rest to the base one."""
+    backend = kwargs.pop("mem1_backend", None)
+    layout = kwargs.pop("mem1_layout", None)
+    compiled = kwargs.pop("mem1_flex_compile", True)
+    if backend is None:
+        base = _base_implementation(module.config)
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        if base == "eager" or base not in ALL_ATTENTION_FUNCTIONS:
+            fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward")
+        else:
+            fn = ALL_ATTENTION_FUNCTIONS[base]
+        return fn(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, sliding_window=sliding_window,
+            **kwargs,
+        )  # fmt: skip
+    if sliding_window is not None:
+        raise NotImplementedError("the MEM1 packed layout does not support sliding-window attention layers")
+    if backend == "dense":
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        check_bool_mask(attention_mask)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=False
+        )
+    if query.shape[0] != 1:
+        raise ValueError(f"packed attention expects batch size 1 (one packed row), got {query.shape[0]}")
+    if backend == "flex":
+        if not isinstance(attention_mask, BlockMask):
+            if isinstance(attention_mask, torch.Tensor):
+                check_bool_mask(attention_mask)
+            raise TypeError(f"backend 'flex' expects a BlockMask, got {type(attention_mask).__name__}")
+        if dropout:
+            raise ValueError("flex attention has no dropout; set the model's attention_dropout to 0")
+        out = _flex(query, key, value, attention_mask, scaling, compiled)
+        return out.transpose(1, 2).contiguous(), None
+    if layout is None:
+        raise ValueError(f"backend {backend!r} needs mem1_layout=SegmentLayout(...)")
+    if backend == "segmented":
+        out = _segmented_sdpa(query, key, value, layout, scaling, dropout)
+        return out.transpose(1, 2).contiguous(), None
+    if backend == "flash":
+        return _flash_varlen(query, key, value, layout, scaling, dropout), None
+    raise ValueError(f"unknown packed attention backend {backend!r}; choose from {PACKED_BACKENDS}")
+
+
+def _packed_mask_interface(*args, **kwargs):
+    """Mask creation for ``"mem1_packed"``: none during a segmented/flash call, else the base implementation's."""
+    if _SKIP_MASK_CREATION.get():
+        return None
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    base = _base_implementation(kwargs.get("config"))
+    return ALL_MASK_ATTENTION_FUNCTIONS[base if base in ALL_MASK_ATTENTION_FUNCTIONS else "sdpa"](*args, **kwargs)
+
+
+def register_packed_attention() -> None:
+    """Register ``"mem1_packed"`` with transformers' attention and mask interfaces (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(MEM1_ATTENTION, packed_attention_forward)
+    AttentionMaskInterface.register(MEM1_ATTENTION, _packed_mask_interface)
+
+
+def enable_packed_attention(model: torch.nn.Module) -> None:
+    """Switch ``model`` to ``"mem1_packed"`` (idempotent); ordinary calls keep the previous implementation."""
+    register_packed_attention()
+    config = model.config
+    current = config._attn_implementation
+    if current == MEM1_ATTENTION:
+        return
+    key = id(config)
+    _BASE_IMPLEMENTATION[key] = current or "sdpa"
+    weakref.finalize(config, _BASE_IMPLEMENTATION.pop, key, None)
+    model.set_attn_implementation(MEM1_ATTENTION)
+    if model.config._attn_implementation != MEM1_ATTENTION:
+        raise RuntimeError(f"{type(model).__name__} did not accept a custom attention implementation")
+
+
+def disable_packed_attention(model: torch.nn.Module) -> None:
+    """Give ``model`` back the implementation it had before ``enable_packed_attention``."""
+    if model.config._attn_implementation == MEM1_ATTENTION:
+        model.set_attn_implementation(_BASE_IMPLEMENTATION.pop(id(model.config), "sdpa"))
+
+
+@contextlib.contextmanager
+def _skip_mask_creation(skip: bool) -> Iterator[None]:
+    token = _SKIP_MASK_CREATION.set(skip)
+    try:
+        yield
+    finally:
+        _SKIP_MASK_CREATION.reset(token)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def packed_model_call(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    segment_ids: torch.Tensor,
+    prompt_segment_ids: torch.Tensor | None = None,
+    *,
+    backend: str = "flex",
+    compile_flex: bool = True,
+    **model_kwargs,
+):
+    """Run ``model`` on one packed row (1-D tensors) under the MEM1 rule with ``backend``; return its output."""
+    if backend not in PACKED_BACKENDS:
+        raise ValueError(f"unknown packed attention backend {backend!r}; choose from {PACKED_BACKENDS}")
+    enable_packed_attention(model)
+    device = model_device(model)
+    seg = segment_ids.to(device)
+    pseg = None if prompt_segment_ids is None else prompt_segment_ids.to(device)
+    kwargs: dict = {"mem1_backend": backend}
+    if backend == "dense":
+        kwargs["attention_mask"] = dense_mask(seg, pseg)
+    elif backend == "flex":
+        kwargs["attention_mask"] = flex_block_mask(seg, pseg)
+        kwargs["mem1_flex_compile"] = compile_flex
+    else:
+        kwargs["mem1_layout"] = segment_layout(seg, pseg)
+    with _skip_mask_creation(backend in ("segmented", "flash")):
+        return model(
+            input_ids=input_ids.to(device)[None],
+            position_ids=position_ids.to(device)[None],
+            use_cache=False,
+            **kwargs,
+            **model_kwargs,
+        )
+
+
+def masked_forward(
+    model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, **kw
+):
+    """Run ``model`` with a caller-built 4-D mask ``[1, 1, L, L]`` (bool, True = attend) through SDPA.
+
+    Raises ``TypeError`` for a float mask (see ``FLOAT_MASK_ERROR``) before anything runs.
+    """
+    check_bool_mask(attention_mask)
+    if attention_mask.dim() != 4:
+        raise ValueError(f"expected a 4-D [batch, 1, L, L] mask, got shape {tuple(attention_mask.shape)}")
+    enable_packed_attention(model)
+    device = model_device(model)
+    ids = input_ids.to(device)
+    pos = position_ids.to(device)
+    return model(
+        input_ids=ids if ids.dim() == 2 else ids[None],
+        position_ids=pos if pos.dim() == 2 else pos[None],
+        attention_mask=attention_mask.to(device),
+        use_cache=False,
+        mem1_backend="dense",
+        **kw,
+    )
