@@ -1,6 +1,6 @@
 """The web search HTTP server: Search-R1's ``/retrieve`` API answered from Serper.
 
-Same request model, validation and 4xx messages as the retrieval server (imported from it, not copied),
+Same request model, validation and 4xx messages as the retrieval server (``env_servers.search_api``),
 so ``RetrievalEnvironment`` and verl's search tool cannot tell the two apart. Provider failures (key
 rejected, rate-limited past the retries, malformed responses) answer 502 with the reason and the server
 keeps serving. Queries of a batch are searched concurrently; the client's limiter paces the API calls.
@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from env_servers.retrieval.server import BadRequest, RetrieveRequest, RetrieveResponse, _describe, _validate
+from env_servers.search_api import RetrieveRequest, RetrieveResponse, install_error_handlers, validate_request
 from env_servers.websearch import API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_CACHE_DIR, DEFAULT_PORT, PROVIDERS
 from env_servers.websearch.serper import SearchResult, SerperClient, SerperError
 
@@ -62,16 +60,7 @@ def create_app(
         lifespan=lifespan,
     )
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = list(exc.errors())
-        brief = jsonable_encoder([{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in errors])
-        status = 400 if any(e.get("type") == "json_invalid" for e in errors) else 422
-        return JSONResponse(status_code=status, content={"detail": _describe(errors), "errors": brief})
-
-    @app.exception_handler(BadRequest)
-    async def _bad(request: Request, exc: BadRequest) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": exc.message})
+    install_error_handlers(app)
 
     @app.exception_handler(SerperError)
     async def _provider(request: Request, exc: SerperError) -> JSONResponse:
@@ -91,7 +80,9 @@ def create_app(
 
     @app.post("/retrieve", response_model=RetrieveResponse)
     async def retrieve(req: RetrieveRequest) -> JSONResponse:
-        queries, topk = _validate(req, max_queries=max_queries, max_topk=max_topk, max_query_chars=max_query_chars)
+        queries, topk = validate_request(
+            req, max_queries=max_queries, max_topk=max_topk, max_query_chars=max_query_chars
+        )
         outcomes = await asyncio.gather(*(client.search(q) for q in queries), return_exceptions=True)
         for outcome in outcomes:  # every search has finished: no error is left unretrieved
             if isinstance(outcome, BaseException):
