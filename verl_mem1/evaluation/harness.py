@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,18 +97,12 @@ def add_eval_command(subparsers) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from verl_mem1.rollout.cli import episode_config, make_backend
-    from verl_mem1.rollout.environment import RetrievalEnvironment
-    from verl_mem1.rollout.tasks import load_tasks
+    from verl_mem1.rollout.cli import setup_run
 
-    try:
-        config = episode_config(args)
-        tasks = load_tasks(args.tasks, limit=args.limit)
-        backend, tokenizer = make_backend(args)
-    except (ValueError, OSError, RuntimeError) as exc:  # bad options, missing files, unreachable server
-        print(f"mem1 eval: {exc}", file=sys.stderr)
+    run = setup_run(args, "eval")
+    if run is None:
         return 2
-    env = RetrievalEnvironment(args.retriever, topk=args.topk_docs)
+    config, tasks, backend, tokenizer, env = run
 
     async def main():
         try:

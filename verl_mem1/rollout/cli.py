@@ -97,19 +97,29 @@ def episode_config(args: argparse.Namespace):
     )
 
 
-def _cmd_rollout(args: argparse.Namespace) -> int:
+def setup_run(args: argparse.Namespace, command: str):
+    """Config, tasks, backend, tokenizer and environment for a generating command; None after a clear error."""
     from verl_mem1.rollout.environment import RetrievalEnvironment
-    from verl_mem1.rollout.runner import run_episodes
     from verl_mem1.rollout.tasks import load_tasks
 
     try:
         config = episode_config(args)
         tasks = load_tasks(args.tasks, limit=args.limit)
         backend, tokenizer = make_backend(args)
+        env = RetrievalEnvironment(args.retriever, topk=args.topk_docs)
     except (ValueError, OSError, RuntimeError) as exc:  # bad options, missing files, unreachable server
-        print(f"mem1 rollout: {exc}", file=sys.stderr)
+        print(f"mem1 {command}: {exc}", file=sys.stderr)
+        return None
+    return config, tasks, backend, tokenizer, env
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    from verl_mem1.rollout.runner import run_episodes
+
+    run = setup_run(args, "rollout")
+    if run is None:
         return 2
-    env = RetrievalEnvironment(args.retriever, topk=args.topk_docs)
+    config, tasks, backend, tokenizer, env = run
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from verl_mem1.jsonl import iter_json_objects
 
 
 @dataclass
@@ -102,19 +103,10 @@ def load_tasks(path: str | Path, *, limit: int | None = None) -> list[Task]:
                 break
             tasks.append(_task_from_mapping(row, str(path), i))
     else:
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if limit is not None and len(tasks) >= limit:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object")
-                tasks.append(_task_from_mapping(row, f"{path}:{lineno}", lineno))
+        for lineno, row in iter_json_objects(path):
+            if limit is not None and len(tasks) >= limit:
+                break
+            tasks.append(_task_from_mapping(row, f"{path}:{lineno}", lineno))
     if not tasks:
         raise ValueError(f"{path}: no tasks found")
     return tasks

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from verl_mem1.jsonl import iter_json_objects
+
 __all__ = ["BUNDLED_SOURCES", "SOURCE_KINDS", "QAItem", "bundled_path", "load_source"]
 
 
@@ -104,20 +106,6 @@ def _item(
     return QAItem(item_id, question.strip(), _aliases(raw_answers, where), source)
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
-
-
 def _iter_json_list(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -151,7 +139,7 @@ def _rows(kind: str, path: Path) -> tuple[Iterator[tuple[int, dict[str, Any]]], 
         return _iter_json_list(path), f"{path}: item {{n}}"
     if kind == "nq" and path.suffix == ".parquet":
         return _iter_parquet(path), f"{path}: row {{n}}"
-    return _iter_jsonl(path), f"{path}:{{n}}"
+    return iter_json_objects(path), f"{path}:{{n}}"
 
 
 # source kind -> (question field, answer fields in order of preference)
