@@ -39,3 +39,20 @@ format:
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+
+# MEM1 QA training with verl (GPU machines; `make install-gpu` first, retrieval server at mem1.retriever_url up):
+# compose 2-objective tasks as verl parquet, then run verl's own trainer on recipes/qa.yaml (see recipes/README.md).
+# The bundled HotpotQA sample makes a smoke run; pass the full sets for a real one, e.g.
+# QA_SOURCES="--source hotpotqa:hotpot_train_v1.1.json --source nq:NQ-open.train.jsonl --mix-sources".
+QA_SOURCES ?= --source hotpotqa-train
+QA_OBJECTIVES ?= 2
+QA_DATA ?= data/qa
+TRAIN_ARGS ?=
+
+.PHONY: train-qa
+train-qa: install
+	$(BIN)/mem1 compose $(QA_SOURCES) --objectives $(QA_OBJECTIVES) --seed 0 --agent-name mem1_agent \
+		--out $(QA_DATA)/train.parquet --test-out $(QA_DATA)/test.parquet
+	$(BIN)/python -m verl.trainer.main_ppo --config-path $(CURDIR)/recipes --config-name qa \
+		data.train_files=$(abspath $(QA_DATA))/train.parquet data.val_files=$(abspath $(QA_DATA))/test.parquet \
+		actor_rollout_ref.rollout.agent.agent_loop_config_path=$(CURDIR)/recipes/agent_loops.yaml $(TRAIN_ARGS)

@@ -26,6 +26,8 @@ SUBCOMMANDS = [
     ["compose"],
     ["eval"],
     ["report"],
+    ["train"],
+    ["parity"],
 ]
 
 

@@ -1,0 +1,71 @@
+"""MEM1 training: pack episodes into shared-prefix segments and score them exactly (see DESIGN.md).
+
+Public API (imported lazily, so ``mem1 --help`` and ``verl_mem1.training.parity`` stay light):
+
+- packing: ``PackedSample``, ``pack_episode``, ``per_turn_samples``, ``pack_batch``, ``packed_token_count``,
+  ``per_turn_token_count``
+- attention: ``mask_rule``, ``dense_mask``, ``flex_block_mask``, ``segment_layout``, ``SegmentLayout``,
+  ``check_bool_mask``, ``enable_packed_attention``, ``disable_packed_attention``, ``register_packed_attention``,
+  ``skip_mask_creation``, ``packed_model_call``, ``masked_forward``, ``PACKED_BACKENDS``, ``MEM1_ATTENTION``
+- forward: ``packed_logprobs``, ``packed_logprobs_and_entropy``, ``packed_values``, ``per_turn_logprobs``,
+  ``per_turn_logprobs_and_entropy``, ``episode_logprobs``, ``resolve_backend``
+- parity: ``parity_report``, ``format_report``, ``add_parity_command``
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "packing": (
+        "PackedSample",
+        "pack_episode",
+        "per_turn_samples",
+        "pack_batch",
+        "packed_token_count",
+        "per_turn_token_count",
+    ),
+    "attention": (
+        "mask_rule",
+        "dense_mask",
+        "flex_block_mask",
+        "segment_layout",
+        "SegmentLayout",
+        "check_bool_mask",
+        "enable_packed_attention",
+        "disable_packed_attention",
+        "register_packed_attention",
+        "skip_mask_creation",
+        "packed_model_call",
+        "masked_forward",
+        "PACKED_BACKENDS",
+        "MEM1_ATTENTION",
+    ),
+    "forward": (
+        "packed_logprobs",
+        "packed_logprobs_and_entropy",
+        "packed_values",
+        "per_turn_logprobs",
+        "per_turn_logprobs_and_entropy",
+        "episode_logprobs",
+        "resolve_backend",
+    ),
+    "parity": ("parity_report", "format_report", "add_parity_command"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'verl_mem1.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"verl_mem1.training.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

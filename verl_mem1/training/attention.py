@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import sys
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -93,37 +94,54 @@ def dense_mask(segment_ids: torch.Tensor, prompt_segment_ids: torch.Tensor | Non
 def flex_block_mask(
     segment_ids: torch.Tensor, prompt_segment_ids: torch.Tensor | None = None, block_size: int = FLEX_BLOCK_SIZE
 ) -> BlockMask:
-    """A ``BlockMask`` for the rule, classified block by block (rows in chunks: O(L) memory, never L×L).
+    """A ``BlockMask`` for the rule, built from the segment runs: O(L + blocks) work, never an L×L tensor.
 
-    Fully-allowed blocks are marked full (the kernel skips ``mask_mod`` there), mixed ones partial, empty ones
-    are left out. The ids are padded to a block multiple with values that match nothing, so ``mask_mod`` never
-    reads out of bounds.
+    Each run of a segment allows a rectangle (its rows × its prompt's columns) and a causal triangle (itself);
+    counting allowed entries per ``block_size``² tile in closed form classifies tiles as full (the kernel skips
+    ``mask_mod``), partial, or empty (left out). ``mask_mod`` reads ids padded to a block multiple with values
+    that match nothing, so it never indexes out of bounds.
     """
     seg = segment_ids.long()
     pseg = _prompt_segments(seg, prompt_segment_ids).long()
     length = seg.numel()
     blocks = max(1, -(-length // block_size))
-    padded = blocks * block_size
-    seg_p = torch.nn.functional.pad(seg, (0, padded - length), value=-1)
-    pseg_p = torch.nn.functional.pad(pseg, (0, padded - length), value=-2)
-    kv = torch.arange(padded, device=seg.device)
-    rows = max(block_size, (1 << 22) // padded // block_size * block_size)  # ~4M booleans per chunk
-    counts = torch.empty(blocks, blocks, dtype=torch.int32, device=seg.device)
-    for r0 in range(0, padded, rows):
-        q = torch.arange(r0, min(r0 + rows, padded), device=seg.device)
-        allowed = mask_rule(seg_p, pseg_p, q[:, None], kv[None, :])
-        allowed &= (q[:, None] < length) & (kv[None, :] < length)
-        nq = q.numel() // block_size
-        counts[r0 // block_size : r0 // block_size + nq] = (
-            allowed.view(nq, block_size, blocks, block_size).sum(dim=(1, 3), dtype=torch.int32)
-        )
+    counts = torch.zeros(blocks, blocks, dtype=torch.int64)
+
+    def overlap(lo: int, hi: int) -> tuple[int, torch.Tensor]:
+        """First block touched by [lo, hi) and the overlap of [lo, hi) with each block from there on."""
+        b0, b1 = lo // block_size, (hi - 1) // block_size + 1
+        starts = torch.arange(b0, b1) * block_size
+        return b0, (torch.clamp(starts + block_size, max=hi) - torch.clamp(starts, min=lo)).clamp(min=0)
+
+    def triangle_prefix(x: torch.Tensor, c0: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Σ_{i < x} |{j : c0 ≤ j ≤ i, j < c0 + w}| (pairs j ≤ i of rows below x with the column range)."""
+        y = (x - c0).clamp(min=0)
+        inside = torch.minimum(y, w)
+        return inside * (inside + 1) // 2 + (y - inside) * w
+
+    for a, b, pa, pb in _runs(seg, pseg):
+        if pb > pa:  # rows of the segment x columns of its prompt: all allowed
+            r0, rows = overlap(a, b)
+            k0, cols = overlap(pa, pb)
+            counts[r0 : r0 + rows.numel(), k0 : k0 + cols.numel()] += rows[:, None] * cols[None, :]
+        b0 = a // block_size
+        starts = torch.arange(b0, (b - 1) // block_size + 1) * block_size
+        lo = torch.clamp(starts, min=a)
+        hi = torch.clamp(starts + block_size, max=b)
+        c0, w = lo[None, :], (hi - lo)[None, :]
+        tri = (triangle_prefix(hi[:, None], c0, w) - triangle_prefix(lo[:, None], c0, w)).clamp(min=0)
+        counts[b0 : b0 + starts.numel(), b0 : b0 + starts.numel()] += tri
     full = counts == block_size * block_size
     partial = (counts > 0) & ~full
 
     def ordered(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         num = b.sum(-1, dtype=torch.int32)
         idx = torch.argsort(b.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-        return num[None, None].contiguous(), idx[None, None].contiguous()
+        return num[None, None].to(seg.device), idx[None, None].contiguous().to(seg.device)
+
+    padded = blocks * block_size
+    seg_p = torch.nn.functional.pad(seg, (0, padded - length), value=-1)
+    pseg_p = torch.nn.functional.pad(pseg, (0, padded - length), value=-2)
 
     def mask_mod(b, h, q_idx, kv_idx):
         return (kv_idx <= q_idx) & ((seg_p[kv_idx] == seg_p[q_idx]) | (seg_p[kv_idx] == pseg_p[q_idx]))
@@ -131,8 +149,43 @@ def flex_block_mask(
     kv_num, kv_indices = ordered(partial)
     full_num, full_indices = ordered(full)
     return BlockMask.from_kv_blocks(
-        kv_num, kv_indices, full_num, full_indices, BLOCK_SIZE=block_size, mask_mod=mask_mod, seq_lengths=(length, length)
+        kv_num,
+        kv_indices,
+        full_num,
+        full_indices,
+        BLOCK_SIZE=block_size,
+        mask_mod=mask_mod,
+        seq_lengths=(length, length),
     )
+
+
+def _runs(seg: torch.Tensor, pseg: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    """``(start, end, prefix_start, prefix_end)`` per segment run; the prefix (its prompt) is empty for prompts.
+
+    Raises ``ValueError`` unless every segment is one contiguous run that comes after its prompt.
+    """
+    seg, pseg = seg.detach().cpu(), pseg.detach().cpu()
+    length = seg.numel()
+    if length == 0:
+        raise ValueError("empty packed sample")
+    change = (torch.nonzero(seg[1:] != seg[:-1]).flatten() + 1).tolist()
+    seg_at, pseg_at = seg.tolist(), pseg.tolist()
+    prompts: dict[int, tuple[int, int]] = {}
+    seen: set[int] = set()
+    spans: list[tuple[int, int, int, int]] = []
+    for a, b in zip([0, *change], [*change, length], strict=True):
+        s, p = seg_at[a], pseg_at[a]
+        if s in seen:
+            raise ValueError(f"segment {s} is not contiguous; the packed layout needs one run per segment")
+        seen.add(s)
+        if s == p:
+            prompts[s] = (a, b)
+            spans.append((a, b, a, a))
+        elif p in prompts:
+            spans.append((a, b, *prompts[p]))
+        else:
+            raise ValueError(f"segment {s} at position {a} comes before its prompt (segment {p})")
+    return spans
 
 
 @dataclass
@@ -154,30 +207,9 @@ class SegmentLayout:
 
 def segment_layout(segment_ids: torch.Tensor, prompt_segment_ids: torch.Tensor | None = None) -> SegmentLayout:
     """Derive the per-segment layout; every segment must be one contiguous run placed after its prompt."""
-    seg = segment_ids.detach().cpu().long()
-    pseg = _prompt_segments(seg, prompt_segment_ids).detach().cpu().long()
-    length = seg.numel()
-    if length == 0:
-        raise ValueError("empty packed sample")
-    change = torch.nonzero(seg[1:] != seg[:-1]).flatten() + 1
-    starts = [0, *change.tolist()]
-    ends = [*change.tolist(), length]
-    prompts: dict[int, tuple[int, int]] = {}
-    seen: set[int] = set()
-    spans: list[tuple[int, int, int, int]] = []
-    for a, b in zip(starts, ends, strict=True):
-        s, p = int(seg[a]), int(pseg[a])
-        if s in seen:
-            raise ValueError(f"segment {s} is not contiguous; the segmented/flash layouts need one run per segment")
-        seen.add(s)
-        if s == p:
-            prompts[s] = (a, b)
-            spans.append((a, b, a, a))
-        elif p in prompts:
-            spans.append((a, b, *prompts[p]))
-        else:
-            raise ValueError(f"segment {s} at position {a} comes before its prompt (segment {p})")
-    kv_index, cu_k, cu_q = [], [0], [0]
+    spans = _runs(segment_ids, _prompt_segments(segment_ids, prompt_segment_ids))
+    kv_index: list[int] = []
+    cu_k, cu_q = [0], [0]
     for a, b, pa, pb in spans:
         kv_index.extend(range(pa, pb))
         kv_index.extend(range(a, b))
@@ -213,7 +245,11 @@ def _flex(
             _compiled_flex = torch.compile(flex_attention)
         fn = _compiled_flex
     gqa = query.shape[1] != key.shape[1]
-    return fn(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=gqa)
+    if compiled:
+        return fn(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=gqa)
+    with warnings.catch_warnings():  # eager was asked for; torch's "use torch.compile" warning is noise here
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return fn(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=gqa)
 
 
 def _segmented_sdpa(
@@ -225,13 +261,17 @@ def _segmented_sdpa(
     dropout: float,
 ) -> torch.Tensor:
     n_rep = query.shape[1] // key.shape[1]
-    key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+    gqa = {}
+    if n_rep > 1 and query.device.type == "cpu":
+        gqa = {"enable_gqa": True}  # no H/Hkv-times copy of K/V; elsewhere repeat so fused masked kernels apply
+    elif n_rep > 1:
+        key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
     outs = []
     for a, b, pa, pb in layout.spans:
         q = query[:, :, a:b]
         if pa == pb:
             o = torch.nn.functional.scaled_dot_product_attention(
-                q, key[:, :, a:b], value[:, :, a:b], is_causal=True, dropout_p=dropout, scale=scaling
+                q, key[:, :, a:b], value[:, :, a:b], is_causal=True, dropout_p=dropout, scale=scaling, **gqa
             )
         else:
             k = torch.cat([key[:, :, pa:pb], key[:, :, a:b]], dim=2)
@@ -240,7 +280,7 @@ def _segmented_sdpa(
             mask = torch.ones(n, p + n, dtype=torch.bool, device=q.device)
             mask[:, p:] = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
             o = torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling
+                q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, **gqa
             )
         outs.append(o)
     return torch.cat(outs, dim=2)
@@ -265,7 +305,7 @@ def _flash_varlen(
         raise TypeError(f"backend 'flash' needs fp16/bf16 activations, got {query.dtype}")
     device = query.device
     kv_index = layout.kv_index.to(device)
-    q = query[0].transpose(0, 1)  # [L, H, D]
+    q = query[0].transpose(0, 1).contiguous()  # [L, H, D]
     k = key[0].transpose(0, 1).index_select(0, kv_index)  # [Σ (P + n), Hkv, D]
     v = value[0].transpose(0, 1).index_select(0, kv_index)
     out = flash_attn_varlen_func(
@@ -306,11 +346,14 @@ def packed_attention_forward(
     layout = kwargs.pop("mem1_layout", None)
     compiled = kwargs.pop("mem1_flex_compile", True)
     if backend is None:
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.is_floating_point():
+            if bool((attention_mask > 0).any()):  # additive masks are 0 / negative; a positive entry is a 0/1 mask
+                raise TypeError(FLOAT_MASK_ERROR.format(dtype=attention_mask.dtype))
         base = _base_implementation(module.config)
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
         if base == "eager" or base not in ALL_ATTENTION_FUNCTIONS:
-            fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward")
+            fn = sys.modules[type(module).__module__].eager_attention_forward
         else:
             fn = ALL_ATTENTION_FUNCTIONS[base]
         return fn(
@@ -388,12 +431,20 @@ def disable_packed_attention(model: torch.nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def _skip_mask_creation(skip: bool) -> Iterator[None]:
+def skip_mask_creation(skip: bool = True) -> Iterator[None]:
+    """While active (and ``skip``), ``"mem1_packed"`` models build no attention mask in their forward.
+
+    For segmented/flash calls, which carry their layout in ``mem1_layout``: without this, the reset position ids
+    would make transformers build an L×L packed-sequence mask that nothing uses.
+    """
     token = _SKIP_MASK_CREATION.set(skip)
     try:
         yield
     finally:
         _SKIP_MASK_CREATION.reset(token)
+
+
+_skip_mask_creation = skip_mask_creation  # earlier private name, kept for callers that used it
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -426,7 +477,7 @@ def packed_model_call(
         kwargs["mem1_flex_compile"] = compile_flex
     else:
         kwargs["mem1_layout"] = segment_layout(seg, pseg)
-    with _skip_mask_creation(backend in ("segmented", "flash")):
+    with skip_mask_creation(backend in ("segmented", "flash")):
         return model(
             input_ids=input_ids.to(device)[None],
             position_ids=position_ids.to(device)[None],

@@ -52,7 +52,10 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
 def _logprobs_from_logits(
     logits: torch.Tensor, targets: torch.Tensor, temperatures: torch.Tensor, with_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    logp = torch.log_softmax(logits.float() / temperatures[:, None], dim=-1)
+    logits = logits.float()
+    if bool((temperatures != 1).any()):  # skip an N x V copy in the common T = 1 case
+        logits = logits / temperatures[:, None]
+    logp = torch.log_softmax(logits, dim=-1)
     token = logp.gather(-1, targets[:, None])[:, 0]
     entropy = -(logp.exp() * logp).sum(-1) if with_entropy else None
     return token, entropy

@@ -1,0 +1,405 @@
+"""verl's FSDP engines, made MEM1-aware: packed samples get their restarting positions and the block-sparse mask.
+
+verl 0.9's FSDP engine (``verl/workers/engine/fsdp/transformer_impl.py``) feeds the model sequential position
+ids and plain causal (varlen) attention over each sample. A packed MEM1 sample (``[prompt | seg_1 | ... ]``,
+see ``training/packing.py``) needs every segment to restart its positions at ``P`` and to see only the prompt
+and itself, or the training log-probs differ from the rollout's. The subclasses here change the minimum:
+
+- ``prepare_model_inputs``: for samples whose row carries ``mem1_position_ids`` / ``mem1_segment_ids`` (put there
+  by the MEM1 agent loop, through ``AgentLoopOutput.extra_fields``), replace the position ids and attach the MEM1
+  mask for the whole micro-batch row (``attention.py``: dense / flex / segmented / flash). Every other sample
+  becomes one causal segment of its own, so mixed batches stay exact.
+- ``prepare_model_outputs``: verl reads the output at position ``i - 1`` for token ``i``. That is the token's
+  predictor except for the first token of a segment with no context copy, whose predictor is the last prompt
+  position; those few outputs (log-prob, entropy, Σπ², value) are recomputed from the right row.
+
+Batches without MEM1 fields take verl's code path unchanged. The engines are registered in verl's
+``EngineRegistry`` under the platform vendors' keys, which ``EngineRegistry.get_engine_cls`` prefers to the
+device-only keys of the stock engines; importing the plug-in (``model.external_lib``) is what selects them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from verl.workers.engine.base import EngineRegistry
+from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
+
+from verl_mem1.training import attention
+from verl_mem1.training.attention import PACKED_BACKENDS, dense_mask, flex_block_mask, segment_layout
+
+logger = logging.getLogger(__name__)
+
+POSITION_KEY = "mem1_position_ids"
+SEGMENT_KEY = "mem1_segment_ids"
+BACKEND_ENV = "MEM1_ATTENTION_BACKEND"  # auto | dense | flex | segmented | flash
+_OUTPUT_ARGS_KEY = "mem1"
+# (device, vendor) keys the MEM1 engines take in EngineRegistry: every platform verl 0.9 ships (plus the
+# running one). The stock FSDP engines are registered per device only, which the vendor keys outrank.
+PLATFORM_KEYS = (("cuda", "nvidia"), ("cuda", "amd"), ("npu", "huawei"))
+FSDP_BACKENDS = ("fsdp", "fsdp2")
+
+
+# ------------------------------------------------------------------------------------------ batch layout
+
+
+def _as_list(value: Any, n: int) -> list[Any]:
+    """A per-sample column of a verl TensorDict (NonTensorStack, NonTensorData, array or list) as a list."""
+    if hasattr(value, "tolist") and not isinstance(value, torch.Tensor):
+        items = value.tolist()
+    elif hasattr(value, "data") and not isinstance(value, torch.Tensor):  # NonTensorData: one value for all rows
+        items = [value.data] * n
+    else:
+        items = list(value)
+    if len(items) != n:
+        raise ValueError(f"MEM1 column has {len(items)} entries for {n} samples")
+    return items
+
+
+def mem1_columns(micro_batch: Any, n: int) -> tuple[list[Any], list[Any]] | None:
+    """Per-sample (position ids, segment ids) of a micro-batch, or None when no sample is a MEM1 one.
+
+    verl's legacy DataProto path turns each ``extra_fields`` key into its own column; the TransferQueue (v1)
+    path keeps ``extra_fields`` as one dict per sample. Both are read.
+    """
+    keys = set(micro_batch.keys())
+    if SEGMENT_KEY in keys and POSITION_KEY in keys:
+        positions, segments = _as_list(micro_batch[POSITION_KEY], n), _as_list(micro_batch[SEGMENT_KEY], n)
+    elif "extra_fields" in keys:
+        extras = _as_list(micro_batch["extra_fields"], n)
+        positions = [e.get(POSITION_KEY) if isinstance(e, Mapping) else None for e in extras]
+        segments = [e.get(SEGMENT_KEY) if isinstance(e, Mapping) else None for e in extras]
+    else:
+        return None
+    if all(s is None for s in segments):
+        return None
+    return positions, segments
+
+
+@dataclass
+class Mem1RowLayout:
+    """A micro-batch's samples laid out as verl lays them out (nested order), with the MEM1 rule on top.
+
+    ``segment_ids`` / ``prompt_segment_ids`` follow ``attention.mask_rule`` over the concatenated row: each MEM1
+    sample's prompt and segments get fresh ids, every other sample is one causal segment. ``fix_dst`` are the
+    nested-output indices whose value must come from another position (``fix_src``, nested index;
+    ``fix_sample``/``fix_src_local``: the same position as (sample, offset)).
+    """
+
+    offsets: list[int]
+    positions: list[torch.Tensor | None]
+    segment_ids: torch.Tensor
+    prompt_segment_ids: torch.Tensor
+    fix_dst: torch.Tensor
+    fix_src: torch.Tensor
+    fix_sample: torch.Tensor
+    fix_src_local: torch.Tensor
+
+    @property
+    def total(self) -> int:
+        return self.offsets[-1]
+
+    def position_row(self, verl_positions: torch.Tensor) -> torch.Tensor:
+        """verl's 1-D packed position ids with every MEM1 sample's slice replaced by its restarting positions."""
+        row = verl_positions.clone()
+        for b, pos in enumerate(self.positions):
+            if pos is not None:
+                row[self.offsets[b] : self.offsets[b + 1]] = pos.to(row.device, row.dtype)
+        return row
+
+
+def _tensor(value: Any, name: str, index: int) -> torch.Tensor:
+    t = torch.as_tensor(value.tolist() if hasattr(value, "tolist") else list(value), dtype=torch.long)
+    if t.dim() != 1:
+        raise ValueError(f"sample {index}: {name} must be 1-D, got shape {tuple(t.shape)}")
+    return t
+
+
+def mem1_row_layout(lengths: Sequence[int], positions: Sequence[Any], segments: Sequence[Any]) -> Mem1RowLayout:
+    """Build the row layout from per-sample lengths and (possibly None) MEM1 position / segment ids."""
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + int(n))
+    seg_parts, pseg_parts, pos_out = [], [], []
+    dst, src, sample_idx, src_local = [], [], [], []
+    next_id = 0
+    for b, (n, pos, seg) in enumerate(zip(lengths, positions, segments, strict=True)):
+        n = int(n)
+        if seg is None:
+            seg_parts.append(torch.full((n,), next_id, dtype=torch.long))
+            pseg_parts.append(torch.full((n,), next_id, dtype=torch.long))
+            pos_out.append(None)
+            next_id += 1
+            continue
+        seg_t, pos_t = _tensor(seg, SEGMENT_KEY, b), _tensor(pos, POSITION_KEY, b)
+        if seg_t.numel() != n or pos_t.numel() != n:
+            raise ValueError(
+                f"sample {b}: {seg_t.numel()} MEM1 segment ids and {pos_t.numel()} position ids for a sequence of "
+                f"{n} tokens; the packed sample was changed after the agent loop (truncated or re-padded?)"
+            )
+        prompt_len = int((seg_t == 0).sum())
+        if prompt_len == 0 or bool((seg_t[:prompt_len] != 0).any()):
+            raise ValueError(f"sample {b}: MEM1 segment ids must start with the prompt (segment 0)")
+        # verl reads token i's output at i - 1; a segment's first token is predicted by the prompt's last position
+        starts = torch.nonzero((seg_t[1:] != seg_t[:-1]) & (seg_t[1:] != 0)).flatten() + 1
+        for i in starts.tolist():
+            if i - 1 != prompt_len - 1:
+                dst.append(offsets[b] + i - 1)
+                src.append(offsets[b] + prompt_len - 1)
+                sample_idx.append(b)
+                src_local.append(prompt_len - 1)
+        seg_parts.append(seg_t + next_id)
+        pseg_parts.append(torch.full((n,), next_id, dtype=torch.long))
+        pos_out.append(pos_t)
+        next_id += int(seg_t.max()) + 1
+    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return Mem1RowLayout(
+        offsets=offsets,
+        positions=pos_out,
+        segment_ids=torch.cat(seg_parts) if seg_parts else torch.zeros(0, dtype=torch.long),
+        prompt_segment_ids=torch.cat(pseg_parts) if pseg_parts else torch.zeros(0, dtype=torch.long),
+        fix_dst=as_long(dst),
+        fix_src=as_long(src),
+        fix_sample=as_long(sample_idx),
+        fix_src_local=as_long(src_local),
+    )
+
+
+def _pad_segments(layout: Mem1RowLayout, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segment ids for a row of ``length`` (verl may append pad tokens): the tail is one causal segment."""
+    seg, pseg = layout.segment_ids, layout.prompt_segment_ids
+    pad = length - seg.numel()
+    if pad < 0:
+        raise ValueError(f"packed row of {length} tokens is shorter than its {seg.numel()} sample tokens")
+    if pad:
+        tail = torch.full((pad,), int(seg.max()) + 1 if seg.numel() else 0, dtype=torch.long)
+        seg, pseg = torch.cat([seg, tail]), torch.cat([pseg, tail])
+    return seg, pseg
+
+
+# ---------------------------------------------------------------------------------------------- backends
+
+
+def resolve_attention_backend() -> str:
+    """The MEM1 attention backend: ``$MEM1_ATTENTION_BACKEND``, else flash-attn on CUDA when installed, else
+    ``segmented`` (exact, autograd-friendly SDPA per segment, any device)."""
+    name = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if name != "auto":
+        if name not in PACKED_BACKENDS:
+            raise ValueError(f"{BACKEND_ENV}={name!r}; choose auto or one of {PACKED_BACKENDS}")
+        return name
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash"
+    return "segmented"
+
+
+def _hf_model(module: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model inside verl's FSDP (1 or 2) / PEFT wrappers."""
+    from transformers import PreTrainedModel
+
+    for m in module.modules():
+        if isinstance(m, PreTrainedModel):
+            return m
+    raise TypeError(f"no Hugging Face PreTrainedModel inside {type(module).__name__}")
+
+
+def _skip_masks(skip: bool) -> contextlib.AbstractContextManager:
+    """Skip transformers' mask creation for the segmented/flash backends (they take the layout, not a mask)."""
+    skip_fn = getattr(attention, "_skip_mask_creation", None)
+    return skip_fn(skip) if skip_fn is not None else contextlib.nullcontext()
+
+
+def _replace(nested: torch.Tensor, dst: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A jagged nested tensor with ``values`` written at flat indices ``dst`` (out of place, autograd-safe)."""
+    flat = nested.values()
+    flat = flat.index_put((dst.to(flat.device),), values.to(flat.device, flat.dtype))
+    return torch.nested.nested_tensor_from_jagged(flat, nested.offsets())
+
+
+# ----------------------------------------------------------------------------------------------- engines
+
+
+class MEM1EngineMixin:
+    """The MEM1 additions shared by the policy (LM head) and critic (value head) FSDP engines."""
+
+    mem1_backend: str | None = None  # None: resolve_attention_backend on first use
+
+    def _mem1_backend(self) -> str:
+        if self.mem1_backend is None:
+            self.mem1_backend = resolve_attention_backend()
+            logger.info("MEM1 packed attention backend: %s", self.mem1_backend)
+        from verl_mem1.training.forward import resolve_backend
+
+        return resolve_backend(self.module, self.mem1_backend)  # flex has no CPU backward: segmented there
+
+    def _mem1_layout(self, micro_batch: Any) -> Mem1RowLayout | None:
+        n = micro_batch.batch_size[0]
+        columns = mem1_columns(micro_batch, n)
+        if columns is None:
+            return None
+        lengths = micro_batch["input_ids"].offsets().diff().tolist()
+        return mem1_row_layout(lengths, *columns)
+
+    def _mem1_check(self, micro_batch: Any) -> None:
+        from verl.utils import tensordict_utils as tu
+
+        if getattr(self, "use_ulysses_sp", False):
+            raise NotImplementedError("MEM1 packed samples do not support Ulysses sequence parallelism (sp > 1)")
+        if tu.get_non_tensor_data(data=micro_batch, key="use_fused_kernels", default=False):
+            raise NotImplementedError("MEM1 packed samples need the logits: set model.use_fused_kernels=False")
+        if tu.get_non_tensor_data(data=micro_batch, key="distillation_use_topk", default=False):
+            raise NotImplementedError("MEM1 packed samples do not support top-k distillation")
+        if micro_batch["position_ids"].dim() == 3:
+            raise NotImplementedError("MEM1 packed samples do not support multi-dimensional (mRoPE) position ids")
+
+    def forward_step(self, micro_batch: Any, loss_function: Any, forward_only: bool):
+        if mem1_columns(micro_batch, micro_batch.batch_size[0]) is None:
+            return super().forward_step(micro_batch, loss_function, forward_only)
+        with _skip_masks(self._mem1_backend() in ("segmented", "flash")):
+            return super().forward_step(micro_batch, loss_function, forward_only)
+
+    def prepare_model_inputs(self, micro_batch: Any):
+        from verl.utils import tensordict_utils as tu
+
+        layout = self._mem1_layout(micro_batch)
+        if layout is not None:
+            self._mem1_check(micro_batch)
+        model_inputs, output_args = super().prepare_model_inputs(micro_batch)
+        if layout is None:
+            return model_inputs, output_args
+        attention.enable_packed_attention(_hf_model(self.module))  # idempotent; plain calls keep the old kernel
+        use_remove_padding = tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True)
+        if use_remove_padding:
+            backend = self._mem1_backend()
+            input_ids = model_inputs["input_ids"]  # (1, total + pad)
+            positions = model_inputs["position_ids"].clone()
+            positions[0, : layout.total] = layout.position_row(positions[0, : layout.total])
+            seg, pseg = _pad_segments(layout, input_ids.shape[-1])
+            seg, pseg = seg.to(input_ids.device), pseg.to(input_ids.device)
+            model_inputs["position_ids"] = positions
+            model_inputs["mem1_backend"] = backend
+            if backend == "dense":
+                model_inputs["attention_mask"] = dense_mask(seg, pseg)
+            elif backend == "flex":
+                model_inputs["attention_mask"] = flex_block_mask(seg, pseg)
+            else:
+                layout_ = segment_layout(seg, pseg)
+                for name in ("cu_seqlens_q", "cu_seqlens_k", "kv_index"):  # once per micro-batch, not per layer
+                    setattr(layout_, name, getattr(layout_, name).to(input_ids.device))
+                model_inputs["attention_mask"] = None
+                model_inputs["mem1_layout"] = layout_
+        else:  # padded (bsz, L) rows: one dense 4-D mask per row
+            model_inputs.update(self._padded_inputs(model_inputs, layout))
+        output_args[_OUTPUT_ARGS_KEY] = layout
+        return model_inputs, output_args
+
+    @staticmethod
+    def _padded_inputs(model_inputs: dict[str, Any], layout: Mem1RowLayout) -> dict[str, Any]:
+        input_ids, positions = model_inputs["input_ids"], model_inputs["position_ids"].clone()
+        bsz, width = input_ids.shape
+        device = input_ids.device
+        mask = torch.zeros(bsz, 1, width, width, dtype=torch.bool, device=device)
+        for b in range(bsz):
+            a, e = layout.offsets[b], layout.offsets[b + 1]
+            n = e - a
+            if layout.positions[b] is not None:
+                positions[b, :n] = layout.positions[b].to(device, positions.dtype)
+            seg = (layout.segment_ids[a:e] - layout.prompt_segment_ids[a:e]).to(device)  # local ids, prompt 0
+            mask[b, 0, :n, :n] = dense_mask(seg)[0, 0]
+            idle = torch.arange(n, width, device=device)
+            mask[b, 0, idle, idle] = True  # padding queries see themselves only (no all-masked softmax rows)
+        return {"input_ids": input_ids, "position_ids": positions, "attention_mask": mask, "mem1_backend": "dense"}
+
+    def prepare_model_outputs(self, output: Any, output_args: dict, micro_batch: Any, logits_processor_func: Any):
+        model_output = super().prepare_model_outputs(output, output_args, micro_batch, logits_processor_func)
+        layout: Mem1RowLayout | None = output_args.get(_OUTPUT_ARGS_KEY)
+        if layout is None or layout.fix_dst.numel() == 0:
+            return model_output
+        return self._mem1_fix_outputs(model_output, output, output_args, micro_batch, layout)
+
+    def _mem1_fix_outputs(self, model_output, output, output_args, micro_batch, layout):  # pragma: no cover
+        raise NotImplementedError
+
+
+class MEM1FSDPEngineWithLMHead(MEM1EngineMixin, FSDPEngineWithLMHead):
+    """verl's FSDP policy/reference engine with MEM1 packed samples scored under exactly their rollout contexts."""
+
+    def _mem1_fix_outputs(self, model_output, output, output_args, micro_batch, layout):
+        from verl.utils import tensordict_utils as tu
+
+        logits = output.logits
+        if hasattr(logits, "full_tensor"):  # DTensor under tensor parallelism
+            logits = logits.full_tensor()
+        if tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True):
+            rows = logits[0].index_select(0, layout.fix_src.to(logits.device))
+            temperature = output_args["temperature_rmpad"].index_select(0, layout.fix_dst.to(logits.device))
+        else:
+            rows = logits[layout.fix_sample.to(logits.device), layout.fix_src_local.to(logits.device)]
+            temperature = output_args["temperature"].index_select(0, layout.fix_sample.to(logits.device))
+        logp = torch.log_softmax(rows.float() / temperature.float().clamp(min=1e-8)[:, None], dim=-1)
+        dst = layout.fix_dst
+        if model_output.get("log_probs") is not None:
+            labels = output_args["input_ids_rmpad_rolled"].index_select(0, dst.to(logits.device))
+            model_output["log_probs"] = _replace(model_output["log_probs"], dst, logp.gather(1, labels[:, None])[:, 0])
+        if "entropy" in model_output:
+            model_output["entropy"] = _replace(model_output["entropy"], dst, -(logp.exp() * logp).sum(-1))
+        if "sum_pi_squared" in model_output:
+            model_output["sum_pi_squared"] = _replace(model_output["sum_pi_squared"], dst, logp.exp().pow(2).sum(-1))
+        return model_output
+
+
+class MEM1FSDPEngineWithValueHead(MEM1EngineMixin, FSDPEngineWithValueHead):
+    """verl's FSDP critic engine with MEM1 packed samples: each token's value is read at its predictor position."""
+
+    def _mem1_fix_outputs(self, model_output, output, output_args, micro_batch, layout):
+        values = model_output["values"]
+        flat = values.values()
+        model_output["values"] = _replace(values, layout.fix_dst, flat.index_select(0, layout.fix_src.to(flat.device)))
+        return model_output
+
+
+ENGINES = {"language_model": MEM1FSDPEngineWithLMHead, "value_model": MEM1FSDPEngineWithValueHead}
+
+
+def _platform_keys() -> list[tuple[str, str]]:
+    keys = list(PLATFORM_KEYS)
+    try:
+        from verl.utils.device import get_device_name, get_vendor
+
+        current = (get_device_name(), get_vendor())
+        if current[1] and current not in keys:
+            keys.append(current)
+    except Exception:  # noqa: BLE001 - a platform that cannot report itself still gets the known keys
+        logger.debug("could not detect verl's platform", exc_info=True)
+    return keys
+
+
+def register_engines() -> None:
+    """Register the MEM1 engines with verl's ``EngineRegistry`` for fsdp/fsdp2 on every known platform (idempotent).
+
+    A key some other plug-in already holds is left to it, with a warning: that platform then runs without MEM1.
+    """
+    for model_type, cls in ENGINES.items():
+        for backend in FSDP_BACKENDS:
+            registry = EngineRegistry._engines.get(model_type, {}).get(backend, {})
+            for device, vendor in _platform_keys():
+                holder = registry.get((device, vendor))
+                if holder is cls:
+                    continue
+                if holder is not None:
+                    logger.warning(
+                        "EngineRegistry[%s][%s][%s] is taken by %s; MEM1 packed samples will not be exact there",
+                        model_type,
+                        backend,
+                        (device, vendor),
+                        holder.__name__,
+                    )
+                    continue
+                EngineRegistry.register(model_type=model_type, backend=backend, device=device, vendor=vendor)(cls)
