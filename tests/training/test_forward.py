@@ -147,16 +147,46 @@ def test_critic_values_at_predictor_positions(tiny_model_dir):
 
 
 def test_no_vocabulary_sized_tensor_over_the_whole_row(training_model, monkeypatch):
-    """Logits are computed at the predictor positions only (N x V, not L x V)."""
-    record = mem1_record(60, 3, 4, 30, seed=10)
+    """Logits exist for the generated tokens only (N x V via logits_to_keep), or a chunk of them at a time."""
+    from verl_mem1.training import forward
+
+    record = mem1_record(60, 3, 4, 30, seed=10, temperature=0.7)
     sample = pack_episode(record)
     shapes = []
-    head = training_model.lm_head
-    hook = head.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(out.shape)))
+    hook = training_model.lm_head.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(out.shape)))
     try:
         with torch.no_grad():
-            packed_logprobs(training_model, sample, backend="segmented")
+            full = packed_logprobs(training_model, sample, backend="segmented", logits_chunk=None)
     finally:
         hook.remove()
     assert shapes == [(1, sample.num_generated, training_model.config.vocab_size)]
     assert sample.num_generated < sample.length / 5
+
+    chunks = []
+    original = forward._head_logprobs
+
+    def spy(hidden, *args):
+        chunks.append(hidden.shape[0])
+        return original(hidden, *args)
+
+    monkeypatch.setattr(forward, "_head_logprobs", spy)
+    with torch.no_grad():
+        chunked = packed_logprobs(training_model, sample, backend="segmented", logits_chunk=5)
+    assert chunks == [5, 5, 2] and (chunked - full).abs().max() < 1e-6
+
+
+def test_chunked_head_gradients_equal_the_unchunked_ones(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    record = mem1_record(20, 3, 6, 8, seed=11, temperature=0.7)
+
+    def grads(chunk):
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).train()
+        lp, ent = packed_logprobs_and_entropy(model, pack_episode(record), backend="segmented", logits_chunk=chunk)
+        (lp.sum() + 0.1 * ent.sum()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    chunked, plain = grads(4), grads(None)
+    assert chunked.keys() == plain.keys()
+    for name, g in plain.items():
+        assert (chunked[name] - g).abs().max().item() <= 1e-5 * (g.abs().max().item() + 1e-6), name

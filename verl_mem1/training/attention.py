@@ -47,6 +47,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 MEM1_ATTENTION = "mem1_packed"
 PACKED_BACKENDS = ("dense", "flex", "segmented", "flash")
 FLEX_BLOCK_SIZE = 128
+SEGMENTED_ROW_BLOCK = 256  # query rows per SDPA call in the segmented kernel
 
 FLOAT_MASK_ERROR = (
     "got a {dtype} attention mask; the MEM1 packed forward needs a torch.bool mask (True = attend). "
@@ -273,16 +274,29 @@ def _segmented_sdpa(
             o = torch.nn.functional.scaled_dot_product_attention(
                 q, key[:, :, a:b], value[:, :, a:b], is_causal=True, dropout_p=dropout, scale=scaling, **gqa
             )
-        else:
-            k = torch.cat([key[:, :, pa:pb], key[:, :, a:b]], dim=2)
-            v = torch.cat([value[:, :, pa:pb], value[:, :, a:b]], dim=2)
-            n, p = b - a, pb - pa
-            mask = torch.ones(n, p + n, dtype=torch.bool, device=q.device)
-            mask[:, p:] = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-            o = torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, **gqa
+            outs.append(o)
+            continue
+        k = torch.cat([key[:, :, pa:pb], key[:, :, a:b]], dim=2)
+        v = torch.cat([value[:, :, pa:pb], value[:, :, a:b]], dim=2)
+        n, p = b - a, pb - pa
+        # A masked SDPA computes every tile of its rectangle, so the segment's queries go in row blocks, each
+        # against the keys it can reach (prefix + segment up to its last row), which skips most of the masked tiles.
+        for r0 in range(0, n, SEGMENTED_ROW_BLOCK):
+            r1 = min(n, r0 + SEGMENTED_ROW_BLOCK)
+            rows = torch.arange(r0, r1, device=q.device)[:, None]
+            cols = torch.arange(p + r1, device=q.device)[None, :]
+            mask = (cols < p) | (cols - p <= rows)
+            outs.append(
+                torch.nn.functional.scaled_dot_product_attention(
+                    q[:, :, r0:r1],
+                    k[:, :, : p + r1],
+                    v[:, :, : p + r1],
+                    attn_mask=mask,
+                    dropout_p=dropout,
+                    scale=scaling,
+                    **gqa,
+                )
             )
-        outs.append(o)
     return torch.cat(outs, dim=2)
 
 

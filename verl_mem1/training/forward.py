@@ -1,7 +1,8 @@
 """Training-time log-probs, entropies and values of the generated tokens of packed MEM1 episodes.
 
-Logits are computed only at the predictor positions (``logits_to_keep`` = the positions whose logits predict
-a generated token), so no ``L × V`` tensor exists — only ``N × V`` for the ``N`` generated tokens. Every
+Logits are computed only at the predictor positions (the positions whose logits predict a generated token), so
+no ``L × V`` tensor exists; for plain-head models the LM head is applied to the gathered hidden states in chunks,
+so not even ``N × V`` for the ``N`` generated tokens (see ``packed_logprobs_and_entropy``). Every
 output is in packed order (episode by episode, turn by turn, token by token), aligned with
 ``sample.rollout_logprobs[sample.loss_mask.bool()]``.
 """
@@ -61,6 +62,65 @@ def _logprobs_from_logits(
     return token, entropy
 
 
+# Model types whose logits are exactly ``lm_head(decoder(...).last_hidden_state)`` (no soft-capping or scaling),
+# so the head can be applied by us, in chunks, to the gathered predictor hidden states.
+PLAIN_HEAD_MODEL_TYPES = frozenset({"qwen2", "qwen3", "llama", "mistral", "qwen2_moe", "qwen3_moe"})
+DEFAULT_LOGITS_CHUNK = 1024
+
+
+def _plain_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
+    """``(decoder, lm_head)`` when the model's logits are a plain linear head over the decoder's output."""
+    if getattr(getattr(model, "config", None), "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    get_decoder, get_head = getattr(model, "get_decoder", None), getattr(model, "get_output_embeddings", None)
+    if not callable(get_decoder) or not callable(get_head):
+        return None
+    decoder, head = get_decoder(), get_head()
+    if decoder is None or decoder is model or not isinstance(head, torch.nn.Linear):
+        return None
+    return decoder, head
+
+
+def _head_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    temperatures: torch.Tensor,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    token, entropy = _logprobs_from_logits(logits, targets, temperatures, with_entropy)
+    return token, entropy if entropy is not None else token.new_zeros(0)
+
+
+def _chunked_head_logprobs(
+    hidden: torch.Tensor,
+    head: torch.nn.Linear,
+    targets: torch.Tensor,
+    temperatures: torch.Tensor,
+    with_entropy: bool,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Apply the head ``chunk`` rows at a time; under autograd each chunk is checkpointed, so only the hidden
+    states are kept and the ``chunk × V`` logits are recomputed in backward (peak: one chunk, not ``N × V``)."""
+    from torch.utils.checkpoint import checkpoint
+
+    tokens, entropies = [], []
+    grad = torch.is_grad_enabled()
+    for i in range(0, hidden.shape[0], chunk):
+        args = (hidden[i : i + chunk], head.weight, head.bias, targets[i : i + chunk], temperatures[i : i + chunk])
+        if grad:
+            token, entropy = checkpoint(_head_logprobs, *args, with_entropy, use_reentrant=False)
+        else:
+            token, entropy = _head_logprobs(*args, with_entropy)
+        tokens.append(token)
+        entropies.append(entropy)
+    empty = hidden.new_zeros(0, dtype=torch.float32)
+    token = torch.cat(tokens) if tokens else empty
+    return token, ((torch.cat(entropies) if entropies else empty) if with_entropy else None)
+
+
 def _temperatures(sample: PackedSample, temperature: float | None, device: torch.device) -> torch.Tensor:
     if temperature is not None:
         t = temperature if temperature > 0 else 1.0
@@ -85,18 +145,28 @@ def packed_logprobs_and_entropy(
     temperature: float | None = None,
     compile_flex: bool = True,
     with_entropy: bool = True,
+    logits_chunk: int | None = DEFAULT_LOGITS_CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (``log_softmax(logits / T)`` of each generated token) and entropies, in packed order.
 
     ``temperature`` overrides the recorded one. ``backend``: ``flex`` (default), ``dense``, ``segmented``,
     ``flash`` (see ``attention.py``); ``flex`` on CPU with gradients runs ``segmented``.
+
+    Logits exist only for the ``N`` generated tokens. For plain-head models (``PLAIN_HEAD_MODEL_TYPES``) the
+    decoder runs alone, its hidden states are gathered at the predictor positions and the LM head is applied
+    ``logits_chunk`` rows at a time (checkpointed under autograd), so at most ``logits_chunk × V`` logits are
+    alive; other models (or ``logits_chunk=None``) get the ``N × V`` logits through ``logits_to_keep``.
     """
     backend = resolve_backend(model, backend)
     device = model_device(model)
+    gen = sample.loss_mask.bool()
+    targets = sample.input_ids[gen].to(device)
+    temperatures = _temperatures(sample, temperature, device)
+    plain = _plain_head(model) if logits_chunk else None
 
-    def run(**kw):
+    def run(target: torch.nn.Module, **kw):
         return packed_model_call(
-            model,
+            target,
             sample.input_ids,
             sample.position_ids,
             sample.segment_ids,
@@ -106,9 +176,13 @@ def packed_logprobs_and_entropy(
             **kw,
         )
 
-    logits = _predictor_logits(model, sample, run)
-    targets = sample.input_ids[sample.loss_mask.bool()].to(device)
-    return _logprobs_from_logits(logits, targets, _temperatures(sample, temperature, device), with_entropy)
+    if plain is not None:
+        decoder, head = plain
+        hidden = run(decoder).last_hidden_state[0]
+        hidden = hidden.index_select(0, sample.predictor_index[gen].to(device))
+        return _chunked_head_logprobs(hidden, head, targets, temperatures, with_entropy, int(logits_chunk))
+    logits = _predictor_logits(model, sample, lambda **kw: run(model, **kw))
+    return _logprobs_from_logits(logits, targets, temperatures, with_entropy)
 
 
 def packed_logprobs(
@@ -118,10 +192,17 @@ def packed_logprobs(
     backend: str = "flex",
     temperature: float | None = None,
     compile_flex: bool = True,
+    logits_chunk: int | None = DEFAULT_LOGITS_CHUNK,
 ) -> torch.Tensor:
     """Log-probs of the generated tokens of a packed sample, in packed order (differentiable)."""
     logprobs, _ = packed_logprobs_and_entropy(
-        model, sample, backend=backend, temperature=temperature, compile_flex=compile_flex, with_entropy=False
+        model,
+        sample,
+        backend=backend,
+        temperature=temperature,
+        compile_flex=compile_flex,
+        with_entropy=False,
+        logits_chunk=logits_chunk,
     )
     return logprobs
 
