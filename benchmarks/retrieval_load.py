@@ -73,7 +73,7 @@ def ensure_index(workdir: Path) -> Path:
 
 
 def start_server(index: Path, port: int, timeout: float = 60.0) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "env_servers.retrieval", "serve", "retrieval", "--index", str(index)]
+    cmd = [sys.executable, "-m", "verl_mem1.cli", "serve", "retrieval", "--index", str(index)]
     cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env)

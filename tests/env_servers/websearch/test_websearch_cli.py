@@ -134,13 +134,13 @@ def test_cli_module_import_is_cheap() -> None:
 
 
 def test_real_entry_point_serves_from_the_fake(fake: FakeSerper, tmp_path: Path) -> None:
-    """``python -m env_servers.websearch serve websearch`` in its own process, searching the fake Serper."""
+    """``mem1 serve websearch`` (python -m verl_mem1.cli) in its own process, searching the fake Serper."""
     port = free_port()
     env = {**os.environ, "SERPER_API_KEY": API_KEY, "PYTHONPATH": str(REPO)}
     argv = ["serve", "websearch", "--provider", "serper", "--port", str(port), "--base-url", fake.url]
     argv += ["--cache-dir", str(tmp_path / "cache"), "--log-level", "debug"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "env_servers.websearch", *argv],
+        [sys.executable, "-m", "verl_mem1.cli", *argv],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
