@@ -22,6 +22,7 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from env_servers.retrieval.cli import add_corpus_commands, add_index_commands, add_serve_command
     from env_servers.websearch.cli import add_serve_websearch_command
+    from env_servers.webshop.cli import add_serve_webshop_command
     from verl_mem1.demo import add_demo_command
     from verl_mem1.evaluation.harness import add_eval_command
     from verl_mem1.evaluation.report import add_report_command
@@ -56,10 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_corpus_commands(corpus.add_subparsers(dest="corpus_command", required=True, metavar="SOURCE"))
     index = sub.add_parser("index", help="build retrieval indexes")
     add_index_commands(index.add_subparsers(dest="index_command", required=True, metavar="ACTION"))
-    serve = sub.add_parser("serve", help="run a server: retrieval, websearch (Serper) or an LLM (OpenAI API)")
+    serve = sub.add_parser("serve", help="run a server: retrieval, websearch (Serper), webshop or an LLM (OpenAI API)")
     serve_sub = serve.add_subparsers(dest="serve_command", required=True, metavar="SERVER")
     add_serve_command(serve_sub)
     add_serve_websearch_command(serve_sub)
+    add_serve_webshop_command(serve_sub)
     add_serve_llm_command(serve_sub)
     return parser
 

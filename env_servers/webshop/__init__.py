@@ -1,0 +1,1 @@
+"""WebShop as an installable environment server: WebShop's pages, actions, goals and reward, no Java needed."""

@@ -1,0 +1,115 @@
+"""The WebShop HTTP server: many concurrent sessions over one catalog.
+
+    POST   /sessions                  {"goal_index": int | null}  → {"session_id", "goal_index", "instruction", step}
+    POST   /sessions/{id}/reset       {"goal_index": int | null}  → step
+    POST   /sessions/{id}/step        {"action": "search[...]" | "click[...]"} → step
+    GET    /sessions/{id}             → step (the current page, nothing changes)
+    DELETE /sessions/{id}             → {"closed": id}
+    GET    /goals?offset=0&limit=100  → {"total", "goals": [{"index", "instruction", "asin"}]}
+    GET    /health
+
+where ``step`` is ``{"observation", "reward", "done", "valid", "info", "available_actions": {"has_search_bar",
+"clickables"}}``. A bad action is not an HTTP error: it is a step with ``valid: false`` and an observation that
+says why. An unknown session is a 404, a bad request body or goal index a 4xx with the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from env_servers.search_api import describe_errors
+from env_servers.webshop.shop import BadGoal, Shop, UnknownSession
+
+MAX_ACTION_CHARS = 2000
+
+
+class OpenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    goal_index: StrictInt | None = Field(default=None, description="goal to play; null draws one as WebShop does")
+
+
+class StepRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: StrictStr = Field(description="search[keywords] or click[button text]", max_length=MAX_ACTION_CHARS)
+
+
+def create_app(shop: Shop) -> FastAPI:
+    app = FastAPI(title="MEM1 WebShop server", description="WebShop's text environment over HTTP")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": f"invalid request: {describe_errors(exc.errors())}"})
+
+    @app.exception_handler(UnknownSession)
+    async def _unknown(request: Request, exc: UnknownSession) -> JSONResponse:
+        return JSONResponse(
+            status_code=404, content={"detail": f"unknown session {exc.args[0]!r} (closed or never opened)"}
+        )
+
+    @app.exception_handler(BadGoal)
+    async def _bad_goal(request: Request, exc: BadGoal) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    @app.exception_handler(Exception)
+    async def _failed(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=500, content={"detail": f"webshop failed: {type(exc).__name__}: {exc}"})
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        catalog = shop.catalog
+        return {
+            "status": "ok",
+            "products": len(catalog.products),
+            "goals": len(catalog.goals),
+            "human_goals": catalog.human_goals,
+            "sessions": shop.num_sessions,
+            "noun_tagger": shop.noun_tagger,
+        }
+
+    @app.get("/goals")
+    async def goals(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
+        chosen = shop.catalog.goals[offset : offset + limit]
+        return {
+            "total": len(shop.catalog.goals),
+            "goals": [
+                {"index": offset + i, "instruction": g["instruction_text"], "asin": g["asin"]}
+                for i, g in enumerate(chosen)
+            ],
+        }
+
+    @app.post("/sessions")
+    async def open_session(req: OpenRequest | None = None) -> dict[str, Any]:
+        session_id, result = await run_in_threadpool(shop.create, req.goal_index if req else None)
+        goal = shop.goal_of(session_id)
+        return {
+            "session_id": session_id,
+            "goal_index": result.info["goal_index"],
+            "instruction": goal["instruction_text"],
+            **result.to_dict(),
+        }
+
+    @app.post("/sessions/{session_id}/reset")
+    async def reset(session_id: str, req: OpenRequest | None = None) -> dict[str, Any]:
+        result = await run_in_threadpool(shop.reset, session_id, req.goal_index if req else None)
+        return {"instruction": shop.goal_of(session_id)["instruction_text"], **result.to_dict()}
+
+    @app.post("/sessions/{session_id}/step")
+    async def step(session_id: str, req: StepRequest) -> dict[str, Any]:
+        return (await run_in_threadpool(shop.step, session_id, req.action)).to_dict()
+
+    @app.get("/sessions/{session_id}")
+    async def observe(session_id: str) -> dict[str, Any]:
+        return shop.observe(session_id).to_dict()
+
+    @app.delete("/sessions/{session_id}")
+    async def close(session_id: str) -> dict[str, str]:
+        shop.close(session_id)
+        return {"closed": session_id}
+
+    return app
