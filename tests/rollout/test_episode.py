@@ -154,7 +154,8 @@ def test_unreachable_retriever_becomes_an_observation(tiny_backend, tmp_path):
     backend = ScriptedBackend(tiny_backend.model, tok, ["<query>anything</query>", "<answer>x</answer>"])
     record = _play(backend, RetrievalEnvironment(f"http://127.0.0.1:{free_port()}", timeout_s=2), tok, max_turns=3)
     assert record.termination == "answer"
-    assert "search failed" in tok.decode(record.turns[0].observation_ids).lower()
+    observation = tok.decode(record.turns[0].observation_ids).lower()
+    assert "environment failed" in observation and "retrieval server unreachable" in observation
 
 
 def test_context_limit_ends_the_episode(tiny_backend, retrieval_url):

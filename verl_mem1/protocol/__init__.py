@@ -20,11 +20,13 @@ from verl_mem1.protocol.hint import (
 )
 from verl_mem1.protocol.parser import Action, ActionKind, ParsedTurn, parse_turn, split_answers
 from verl_mem1.protocol.prompts import build_prompt_messages
-from verl_mem1.protocol.tags import PAPER, SEARCH_R1, TagSet, get_tag_set
+from verl_mem1.protocol.tags import PAPER, SEARCH_R1, WEBSHOP, TagSet, get_tag_set
+from verl_mem1.protocol.webshop import build_webshop_prompt_messages, format_webshop_page
 
 __all__ = [
     "PAPER",
     "SEARCH_R1",
+    "WEBSHOP",
     "Action",
     "ActionKind",
     "ContextPolicy",
@@ -35,9 +37,11 @@ __all__ = [
     "TurnTokens",
     "WindowContext",
     "build_prompt_messages",
+    "build_webshop_prompt_messages",
     "format_documents",
     "format_invalid_observation",
     "format_observation",
+    "format_webshop_page",
     "get_tag_set",
     "parse_context_policy",
     "parse_turn",

@@ -14,14 +14,14 @@ __all__ = ["format_documents", "format_invalid_observation", "format_observation
 
 # Same [HINT] framing as MEM1's training rollouts, so released checkpoints see the hint they were trained on.
 HINT_TEMPLATE = "[HINT]You have {turns_left} turns left.[/HINT]"
-LAST_TURN_HINT_TEMPLATE = (
-    "[HINT]You have 1 turn left. This is your last turn: you must answer now with {answer_open}…{answer_close}.[/HINT]"
-)
+LAST_TURN_HINT_TEMPLATE = "[HINT]You have 1 turn left. This is your last turn: you must {order}.[/HINT]"
+ANSWER_ORDER = "answer now with {answer_open}…{answer_close}"
 OBSERVATION_TEMPLATE = "\n\n{info_open}{hint}\n{body}{info_close}\n\n"
 INVALID_BODY_TEMPLATE = (
     "Your previous action was invalid: {reason}. "
-    "Respond with {state_open}…{state_close} then {query_open}…{query_close} or {answer_open}…{answer_close}."
+    "Respond with {state_open}…{state_close} then {query_open}…{query_close}{or_answer}."
 )
+OR_ANSWER = " or {answer_open}…{answer_close}"
 
 
 def turns_left_hint(turns_left: int, tags: TagSet = PAPER) -> str:
@@ -31,7 +31,12 @@ def turns_left_hint(turns_left: int, tags: TagSet = PAPER) -> str:
     if turns_left < 1:
         raise ValueError(f"turns_left must be >= 1, got {turns_left}")
     if turns_left == 1:
-        return LAST_TURN_HINT_TEMPLATE.format(answer_open=tags.open(tags.answer), answer_close=tags.close(tags.answer))
+        order = (
+            tags.last_turn_order
+            if not tags.answers
+            else ANSWER_ORDER.format(answer_open=tags.open(tags.answer), answer_close=tags.close(tags.answer))
+        )
+        return LAST_TURN_HINT_TEMPLATE.format(order=order)
     return HINT_TEMPLATE.format(turns_left=turns_left)
 
 
@@ -53,8 +58,9 @@ def format_invalid_observation(reason: str, turns_left: int, tags: TagSet = PAPE
         state_close=tags.close(tags.state),
         query_open=tags.open(tags.query),
         query_close=tags.close(tags.query),
-        answer_open=tags.open(tags.answer),
-        answer_close=tags.close(tags.answer),
+        or_answer=OR_ANSWER.format(answer_open=tags.open(tags.answer), answer_close=tags.close(tags.answer))
+        if tags.answers
+        else "",
     )
     return format_observation(body, turns_left, tags)
 

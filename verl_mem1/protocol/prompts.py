@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from verl_mem1.protocol.tags import PAPER, SEARCH_R1, TagSet
+from verl_mem1.protocol.webshop import build_webshop_prompt_messages
 
 __all__ = ["build_prompt_messages"]
 
@@ -146,7 +147,8 @@ def build_prompt_messages(
 ) -> list[dict[str, str]]:
     """Chat messages for a QA task with one or more questions (a multi-objective task when several).
 
-    The Search-R1 tag set gets the Search-R1/MEM1-release wording; any other tag set gets the paper wording.
+    The Search-R1 tag set gets the Search-R1/MEM1-release wording; a tag set whose agent does not answer (WebShop)
+    gets the shopping prompt for its one instruction; any other tag set gets the paper wording.
     """
     if isinstance(questions, str):
         raise TypeError("questions must be a sequence of strings, not a single str")
@@ -158,5 +160,9 @@ def build_prompt_messages(
             raise ValueError(f"question {i} is empty or not a string: {questions[i]!r}")
     if max_turns is not None and (isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1):
         raise ValueError(f"max_turns must be a positive int or None, got {max_turns!r}")
+    if not tags.answers:
+        if len(cleaned) != 1:
+            raise ValueError(f"a {tags.name} task has exactly one instruction, got {len(cleaned)}")
+        return build_webshop_prompt_messages(cleaned[0], tags, max_turns=max_turns)
     build = _search_r1_prompt if tags == SEARCH_R1 else _paper_prompt
     return [{"role": "user", "content": build(cleaned, tags, max_turns)}]

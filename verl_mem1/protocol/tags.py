@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PAPER", "SEARCH_R1", "TagSet", "get_tag_set"]
+__all__ = ["PAPER", "SEARCH_R1", "WEBSHOP", "TagSet", "get_tag_set"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,10 @@ class TagSet:
     query: str  # search action
     info: str  # observation wrapper written by the environment
     answer: str  # final-answer action
+    # False for environments that end episodes themselves (WebShop's purchase): no answer is asked for
+    answers: bool = True
+    # what the last turn's hint tells an agent that does not answer to do
+    last_turn_order: str = ""
 
     def __post_init__(self) -> None:
         # The parser relies on tags being plain names and on the state/query/answer tags being distinct.
@@ -45,12 +49,23 @@ class TagSet:
 
 PAPER = TagSet("paper", state="IS", query="query", info="info", answer="answer")
 SEARCH_R1 = TagSet("search_r1", state="think", query="search", info="information", answer="answer")
+# WebShop: the action tag carries search[...] or click[...]; a purchase, not an answer, ends the episode.
+WEBSHOP = TagSet(
+    "webshop",
+    state="IS",
+    query="action",
+    info="info",
+    answer="answer",
+    answers=False,
+    last_turn_order="buy now with <action>click[Buy Now]</action> on an item page, or the episode ends with nothing",
+)
 
 _TAG_SETS: dict[str, TagSet] = {
     "paper": PAPER,
     "mem1": PAPER,
     "search_r1": SEARCH_R1,
     "search-r1": SEARCH_R1,
+    "webshop": WEBSHOP,
 }
 
 

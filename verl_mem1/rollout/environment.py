@@ -1,27 +1,68 @@
-"""Environments the episode loop talks to: one query in, one observation body out."""
+"""Environments the episode loop talks to: a session per episode, one action in, one observation body out.
+
+Retrieval is stateless (every session just searches); WebShop keeps a shopping session per episode on its server,
+ends the episode itself on a purchase and scores it, so the loop asks the environment for a session and lets a
+step say ``done`` with a reward.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
-from verl_mem1.protocol import format_documents
+from verl_mem1.protocol import format_documents, format_webshop_page
+from verl_mem1.rollout.tasks import Task
 
 
 class EnvironmentError_(RuntimeError):
     """The environment could not answer; the loop turns this into an observation, not a crash."""
 
 
+@dataclass
+class Step:
+    """What one action did: the observation body (without hint or info tags), and whether the episode ended."""
+
+    observation: str
+    done: bool = False
+    reward: float | None = None
+    valid: bool = True  # False: the environment rejected the action (the observation says why)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class EpisodeSession(Protocol):
+    async def step(self, action: str) -> Step: ...
+
+    async def close(self) -> None: ...
+
+
 @runtime_checkable
 class Environment(Protocol):
-    async def observe(self, query: str) -> str:
-        """Return the observation body (without the turns-left hint or the info tags)."""
+    # True: the environment scores episodes (the reward of the step that ends it, 0 if none does)
+    rewards_episodes: bool
+
+    async def open(self, task: Task) -> EpisodeSession:
+        """A session for one episode of ``task``."""
         ...
+
+
+class _SearchSession:
+    def __init__(self, env: RetrievalEnvironment):
+        self._env = env
+
+    async def step(self, action: str) -> Step:
+        return Step(await self._env.observe(action))
+
+    async def close(self) -> None:
+        pass
 
 
 class RetrievalEnvironment:
     """Client of a Search-R1-compatible retrieval server (``POST /retrieve``)."""
+
+    rewards_episodes = False
 
     def __init__(self, url: str, *, topk: int = 3, timeout_s: float = 30.0, client: httpx.AsyncClient | None = None):
         if topk < 1:
@@ -57,7 +98,111 @@ class RetrievalEnvironment:
         (docs,) = await self.search([query])
         return format_documents(docs)
 
+    async def open(self, task: Task) -> EpisodeSession:
+        return _SearchSession(self)
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+class WebShopSession:
+    """One shopping session on a WebShop server (``mem1 serve webshop``)."""
+
+    def __init__(self, env: WebShopEnvironment, session_id: str):
+        self._env = env
+        self.session_id = session_id
+
+    async def step(self, action: str) -> Step:
+        data = await self._env.call("POST", f"/sessions/{self.session_id}/step", {"action": action})
+        return self._env.to_step(data)
+
+    async def close(self) -> None:
+        try:
+            await self._env.call("DELETE", f"/sessions/{self.session_id}")
+        except EnvironmentError_:
+            pass  # the server may have dropped it already; nothing to keep
+
+
+class WebShopEnvironment:
+    """Client of the WebShop server: a session per episode on the task's goal (``extra_info.goal_index``)."""
+
+    rewards_episodes = True
+
+    def __init__(self, url: str, *, timeout_s: float = 30.0, client: httpx.AsyncClient | None = None):
+        self.url = url.rstrip("/")
+        self._client = client
+        self._timeout = timeout_s
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._timeout)
+        return self._client
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            response = await self._http().request(method, self.url + path, json=body)
+        except httpx.HTTPError as exc:
+            raise EnvironmentError_(f"WebShop server unreachable at {self.url}: {exc!r}") from exc
+        if response.status_code != 200:
+            raise EnvironmentError_(f"WebShop server answered {response.status_code}: {response.text[:200]}")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise EnvironmentError_(f"malformed WebShop response: {response.text[:200]}") from exc
+
+    @staticmethod
+    def to_step(data: dict[str, Any]) -> Step:
+        try:
+            actions = data["available_actions"]
+            page = format_webshop_page(data["observation"], bool(actions["has_search_bar"]), actions["clickables"])
+            return Step(page, bool(data["done"]), float(data["reward"]), bool(data["valid"]), data.get("info") or {})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EnvironmentError_(f"malformed WebShop step: {str(data)[:200]}") from exc
+
+    async def open(self, task: Task) -> WebShopSession:
+        goal_index = task.extra_info.get("goal_index")
+        if goal_index is None:
+            raise EnvironmentError_(f"task {task.id!r} has no extra_info.goal_index: it is not a WebShop task")
+        data = await self.call("POST", "/sessions", {"goal_index": int(goal_index)})
+        session = WebShopSession(self, str(data.get("session_id")))
+        if task.questions and data.get("instruction") != task.questions[0]:
+            await session.close()
+            raise EnvironmentError_(
+                f"task {task.id!r}: goal {goal_index} on {self.url} has instruction {data.get('instruction')!r}, "
+                f"not the task's {task.questions[0]!r}: the task file was made from other WebShop data or seed"
+            )
+        return session
+
+    async def goals(self, indices: range | None = None) -> list[Task]:
+        """Tasks for the server's goals (all of them, or ``indices``), in index order."""
+        total = int((await self.call("GET", "/goals?offset=0&limit=1"))["total"])
+        indices = indices if indices is not None else range(total)
+        if indices and (indices[0] < 0 or indices[-1] >= total):
+            raise EnvironmentError_(f"goals {indices.start}:{indices.stop} out of range: the server has 0:{total}")
+        tasks: list[Task] = []
+        start = indices.start if indices else 0
+        while indices and start < indices.stop:
+            page = await self.call("GET", f"/goals?offset={start}&limit={min(1000, indices.stop - start)}")
+            for goal in page["goals"]:
+                if goal["index"] in indices:
+                    tasks.append(webshop_task(goal["index"], goal["instruction"], goal["asin"]))
+            start += 1000
+        return tasks
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def webshop_task(goal_index: int, instruction: str, asin: str = "") -> Task:
+    """The task of one WebShop goal: its instruction is the one question; the purchase has no answer to match."""
+    return Task(
+        id=f"webshop-{goal_index}",
+        questions=[instruction],
+        ground_truth=[],
+        data_source="webshop",
+        extra_info={"goal_index": goal_index, "target_asin": asin, "tags": "webshop"},
+    )

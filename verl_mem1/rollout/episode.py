@@ -22,15 +22,19 @@ from verl_mem1.protocol import (
     parse_turn,
 )
 from verl_mem1.rollout.backends.base import LLMBackend, SamplingConfig
-from verl_mem1.rollout.environment import Environment, EnvironmentError_
+from verl_mem1.rollout.environment import Environment, EnvironmentError_, EpisodeSession, Step
 from verl_mem1.rollout.tasks import Task
 
-Termination = Literal["answer", "max_turns", "invalid_action", "context_limit"]
+# done: the environment ended the episode (a WebShop purchase); env_error: no session could be opened
+Termination = Literal["answer", "done", "max_turns", "invalid_action", "context_limit", "env_error"]
 RewardFn = Callable[[str | None, list[list[str]]], float]
+WEBSHOP_MAX_TURNS = 15
 
 
-def default_max_turns(num_objectives: int) -> int:
-    """6 turns by default, 20 for 8 or more objectives (as the paper runs them)."""
+def default_max_turns(num_objectives: int, tags: str = "paper") -> int:
+    """QA: 6 turns, 20 for 8 or more objectives (as the paper runs them); WebShop: 15."""
+    if not get_tag_set(tags).answers:
+        return WEBSHOP_MAX_TURNS
     return 20 if num_objectives >= 8 else 6
 
 
@@ -47,6 +51,7 @@ class EpisodeConfig:
     require_state: bool = False
     max_context_tokens: int | None = None  # end the episode before a context grows past this
     max_observation_tokens: int | None = None  # cut longer observation bodies (new text, never generated text)
+    invalid_action_penalty: float = 0.0  # subtracted from the reward once per invalid turn
 
     def __post_init__(self) -> None:
         parse_context_policy(self.context)  # fail at start-up, not mid-run
@@ -96,6 +101,7 @@ class EpisodeRecord:
     termination: Termination = "max_turns"
     reward: float | None = None
     wall_time_s: float = 0.0
+    error: str | None = None  # why the environment could not start the episode (termination "env_error")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,11 +136,15 @@ async def run_episode(
     *,
     reward_fn: RewardFn | None = None,
 ) -> EpisodeRecord:
-    """Play one episode to an answer, the turn limit, or (if configured) the first invalid action."""
+    """Play one episode to an answer, the environment's end, the turn limit, or (if set) the first invalid action.
+
+    The reward is the environment's when it scores episodes (WebShop: the purchase, 0 without one), else
+    ``reward_fn(final answer, ground truth)``; minus ``invalid_action_penalty`` per invalid turn.
+    """
     tags = get_tag_set(config.tags)
     policy = parse_context_policy(config.context)
     sampling = config.sampling()
-    max_turns = config.max_turns or default_max_turns(task.num_objectives)
+    max_turns = config.max_turns or default_max_turns(task.num_objectives, config.tags)
     started = time.perf_counter()
     record = EpisodeRecord(
         id=task.id,
@@ -146,6 +156,49 @@ async def run_episode(
         sampling={"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k},
         prompt_ids=prompt_ids_for(task, tokenizer, config.tags, max_turns),
     )
+    try:
+        session = await env.open(task)
+    except EnvironmentError_ as exc:
+        record.termination, record.error = "env_error", str(exc)
+        record.wall_time_s = time.perf_counter() - started
+        return record
+    env_reward = 0.0
+    try:
+        env_reward = await _play_turns(
+            record, session, backend, tokenizer, config, max_turns, last_action_counts=env.rewards_episodes
+        )
+    finally:
+        await session.close()
+    record.wall_time_s = time.perf_counter() - started
+    if env.rewards_episodes:
+        record.reward = env_reward
+    elif reward_fn is not None:
+        record.reward = float(reward_fn(record.final_answer, record.ground_truth))
+    if record.reward is not None and config.invalid_action_penalty:
+        invalid = sum(t.action["kind"] == "invalid" for t in record.turns)
+        record.reward -= config.invalid_action_penalty * invalid
+    return record
+
+
+async def _play_turns(
+    record: EpisodeRecord,
+    session: EpisodeSession,
+    backend: LLMBackend,
+    tokenizer,
+    config: EpisodeConfig,
+    max_turns: int,
+    *,
+    last_action_counts: bool,
+) -> float:
+    """The turns of one episode, appended to ``record``; returns the environment's reward (0 if it gave none).
+
+    ``last_action_counts``: the last turn's action still goes to the environment (a purchase on the last turn
+    is scored); otherwise the last turn can only answer.
+    """
+    tags = get_tag_set(config.tags)
+    policy = parse_context_policy(config.context)
+    sampling = config.sampling()
+    env_reward = 0.0
     for turn_index in range(max_turns):
         history = [TurnTokens(t.generated_ids, t.observation_ids) for t in record.turns]
         context = policy.build(record.prompt_ids, history)
@@ -164,10 +217,11 @@ async def run_episode(
         action = parsed.action
         turns_left = max_turns - turn_index - 1  # turns the model still has after this one
         observation_text, env_s = None, 0.0
+        action_record = {"kind": action.kind, "text": action.text, "reason": action.reason}
         if action.kind == "answer":
             record.final_answer = action.text
             record.termination = "answer"
-        elif turns_left == 0:
+        elif turns_left == 0 and (action.kind == "invalid" or not last_action_counts):
             record.termination = "max_turns"
         elif action.kind == "invalid" and config.on_invalid == "end":
             record.termination = "invalid_action"
@@ -176,15 +230,24 @@ async def run_episode(
         else:
             t1 = time.perf_counter()
             try:
-                body = await env.observe(action.text)
+                step = await session.step(action.text)
             except EnvironmentError_ as exc:
-                body = f"The search failed: {exc}"
+                step = Step(f"The environment failed: {exc}")
             env_s = time.perf_counter() - t1
-            if config.max_observation_tokens is not None:
-                body_ids = tokenizer.encode(body, add_special_tokens=False)
-                if len(body_ids) > config.max_observation_tokens:
-                    body = tokenizer.decode(body_ids[: config.max_observation_tokens]) + " ..."
-            observation_text = format_observation(body, turns_left, tags)
+            if not step.valid:
+                action_record = {"kind": "invalid", "text": action.text, "reason": step.observation.split("\n")[0]}
+            if step.done:
+                record.termination = "done"
+                env_reward = step.reward or 0.0
+            elif turns_left == 0:
+                record.termination = "max_turns"
+            else:
+                body = step.observation
+                if config.max_observation_tokens is not None:
+                    body_ids = tokenizer.encode(body, add_special_tokens=False)
+                    if len(body_ids) > config.max_observation_tokens:
+                        body = tokenizer.decode(body_ids[: config.max_observation_tokens]) + " ..."
+                observation_text = format_observation(body, turns_left, tags)
         observation_ids: list[int] = []
         if observation_text is not None:
             observation_ids = tokenizer.encode(observation_text, add_special_tokens=False)
@@ -196,7 +259,7 @@ async def run_episode(
                 logprobs=list(generation.logprobs),
                 text=text,
                 internal_state=parsed.internal_state,
-                action={"kind": action.kind, "text": action.text, "reason": action.reason},
+                action=action_record,
                 observation_ids=observation_ids,
                 finish_reason=generation.finish_reason,
                 timings={"generate_s": generate_s, "env_s": env_s},
@@ -204,7 +267,4 @@ async def run_episode(
         )
         if observation_text is None:
             break
-    record.wall_time_s = time.perf_counter() - started
-    if reward_fn is not None:
-        record.reward = float(reward_fn(record.final_answer, record.ground_truth))
-    return record
+    return env_reward
