@@ -63,3 +63,23 @@ def recompute_logprobs():
     from tests.support import recompute_logprobs
 
     return recompute_logprobs
+
+
+@pytest.fixture(scope="session")
+def webshop_shop():
+    """The bundled 100-product WebShop (501 synthetic goals), spaCy-free so results match on every machine."""
+    from env_servers.webshop.data import load_catalog
+    from env_servers.webshop.reward import fallback_nouns
+    from env_servers.webshop.shop import Shop
+
+    return Shop(load_catalog(), nouns=fallback_nouns)
+
+
+@pytest.fixture(scope="session")
+def webshop_url(webshop_shop):
+    """Base URL of a real uvicorn WebShop server (background thread, loopback) over the bundled shop."""
+    from env_servers.background import BackgroundServer
+    from env_servers.webshop.server import create_app
+
+    with BackgroundServer(create_app(webshop_shop)) as server:
+        yield server.url

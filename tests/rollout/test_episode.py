@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from tests.support import ScriptedBackend
 from verl_mem1.protocol import PAPER, format_documents, parse_turn
-from verl_mem1.rollout.backends.base import Generation, SamplingConfig
 from verl_mem1.rollout.environment import RetrievalEnvironment
 from verl_mem1.rollout.episode import EpisodeConfig, EpisodeRecord, default_max_turns, run_episode
 from verl_mem1.rollout.runner import read_episodes, run_episodes, write_jsonl
@@ -64,25 +64,6 @@ def test_contexts_are_exact_and_logprobs_match_plain_transformers(
     assert max_delta <= 1e-4
     # the episodes ran concurrently and were decoded in shared batches
     assert max(tiny_backend.batch_sizes) > 1
-
-
-class ScriptedBackend:
-    """Replays given turn texts, scoring them with the real tiny model (a stand-in for a trained policy)."""
-
-    def __init__(self, model, tokenizer, texts: list[str]):
-        self.model, self.tokenizer, self.texts = model, tokenizer, list(texts)
-        self.contexts: list[list[int]] = []
-
-    async def generate(self, prompt_ids: list[int], sampling: SamplingConfig) -> Generation:
-        import torch
-
-        self.contexts.append(list(prompt_ids))
-        ids = self.tokenizer.encode(self.texts.pop(0), add_special_tokens=False)
-        with torch.no_grad():
-            logits = self.model(input_ids=torch.tensor([prompt_ids + ids])).logits[0]
-        logp = torch.log_softmax(logits / sampling.temperature, dim=-1)
-        lps = [float(logp[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(ids)]
-        return Generation(ids, lps, "stop")
 
 
 def _play(backend, env, tokenizer, **config):

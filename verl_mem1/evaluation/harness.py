@@ -76,7 +76,7 @@ async def evaluate(
 
 
 def add_eval_command(subparsers) -> None:
-    from verl_mem1.rollout.cli import add_backend_arguments, add_episode_arguments
+    from verl_mem1.rollout.cli import add_backend_arguments, add_environment_arguments, add_episode_arguments
 
     parser = subparsers.add_parser(
         "eval",
@@ -88,8 +88,7 @@ def add_eval_command(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_backend_arguments(parser)
-    parser.add_argument("--tasks", required=True, help="verl RL parquet (e.g. from `mem1 compose`) or JSONL")
-    parser.add_argument("--retriever", required=True, help="retrieval or web search server URL")
+    add_environment_arguments(parser)
     add_episode_arguments(parser)
     parser.add_argument("--reduce", choices=["sum", "mean"], default="sum", help="combine objectives' scores")
     parser.add_argument("--out", required=True, help="output directory")
@@ -122,8 +121,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     metrics = asyncio.run(main())
     s = metrics["summary"]
+    accuracy = (
+        f"EM {s['em']:.3f}, F1 {s['f1']:.3f}"
+        if s["em"] is not None
+        else f"reward {s['reward']:.3f}, success {s['success_rate']:.3f}"
+    )
     print(
-        f"{s['episodes']} episodes, context {metrics['context_policy']}: EM {s['em']:.3f}, F1 {s['f1']:.3f}, "
+        f"{s['episodes']} episodes, context {metrics['context_policy']}: {accuracy}, "
         f"peak tokens {s['peak_tokens']:.0f} (max {s['peak_tokens_max']}), "
         f"time p50 {s['inference_time_s']['p50']:.2f} s; wrote {args.out}/metrics.json"
     )

@@ -8,6 +8,10 @@ with a GPT tokenizer and records no time):
 - dependency: Σ over generated tokens of the number of tokens each one attends to (its turn's context plus
   the tokens generated before it in that turn) — the attention work of the episode;
 - inference time: the wall time of the episode.
+
+Accuracy is EM/F1 of the final answer for QA, and the environment's reward for environments that score
+episodes themselves (WebShop, whose tasks carry no answers): there ``em``/``f1`` are None, ``reward`` is
+WebShop's score and ``success`` whether it is 1.0 (WebShop's success rate).
 """
 
 from __future__ import annotations
@@ -31,16 +35,19 @@ def dependency(record: EpisodeRecord) -> int:
 
 
 def episode_metrics(record: EpisodeRecord, *, reduce: str = "sum") -> dict[str, Any]:
-    """Accuracy (EM, F1 over objectives) and efficiency of one episode."""
-    score = score_answer(record.final_answer, record.ground_truth, reduce=reduce)
+    """Accuracy (EM and F1 over objectives, or the environment's reward) and efficiency of one episode."""
+    answers = bool(record.ground_truth)
+    score = score_answer(record.final_answer, record.ground_truth, reduce=reduce) if answers else None
     turns = len(record.turns)
     invalid = sum(t.action["kind"] == "invalid" for t in record.turns)
     return {
         "id": record.id,
-        "num_objectives": len(record.ground_truth),
-        "em": score.em,
-        "f1": score.f1,
-        "answered": record.final_answer is not None,
+        "num_objectives": len(record.ground_truth) if answers else len(record.questions),
+        "em": score.em if score else None,
+        "f1": score.f1 if score else None,
+        "reward": record.reward,
+        "success": None if answers or record.reward is None else record.reward >= 1.0,
+        "answered": record.final_answer is not None if answers else record.termination == "done",
         "termination": record.termination,
         "turns": turns,
         "invalid_actions": invalid,
@@ -68,8 +75,10 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError("no episodes to summarize")
     n = len(rows)
 
-    def mean(key: str) -> float:
-        return sum(float(r[key]) for r in rows) / n
+    def mean(key: str) -> float | None:
+        """Mean over the episodes that have the metric (None when none has it)."""
+        values = [float(r[key]) for r in rows if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
 
     times = [r["inference_time_s"] for r in rows]
     turns = sum(r["turns"] for r in rows)
@@ -77,6 +86,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "episodes": n,
         "em": mean("em"),
         "f1": mean("f1"),
+        "reward": mean("reward"),
+        "success_rate": mean("success"),
         "answered_rate": mean("answered"),
         "turns": mean("turns"),
         "invalid_action_rate": sum(r["invalid_actions"] for r in rows) / turns if turns else 0.0,

@@ -30,15 +30,25 @@ def load_points(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     return sorted(points, key=lambda p: (p["objectives"], p["policy"]))
 
 
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _accuracy(point: dict[str, Any]) -> float:
+    """EM for QA runs, the environment's mean reward for runs it scores (WebShop)."""
+    return point["em"] if point.get("em") is not None else point.get("reward") or 0.0
+
+
 def markdown_table(points: Sequence[dict[str, Any]]) -> str:
     header = (
-        "| objectives | context | episodes | EM | F1 | peak tokens | max peak | dependency | time p50 (s) "
+        "| objectives | context | episodes | EM | F1 | reward | peak tokens | max peak | dependency | time p50 (s) "
         "| turns | invalid rate |"
     )
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for p in points:
         lines.append(
-            f"| {p['objectives']} | {p['policy']} | {p['episodes']} | {p['em']:.3f} | {p['f1']:.3f} "
+            f"| {p['objectives']} | {p['policy']} | {p['episodes']} | {_num(p.get('em'))} | {_num(p.get('f1'))} "
+            f"| {_num(p.get('reward'))} "
             f"| {p['peak_tokens']:.0f} | {p['peak_tokens_max']} | {p['dependency']:.3g} "
             f"| {p['inference_time_s']['p50']:.2f} | {p['turns']:.1f} | {p['invalid_action_rate']:.2f} |"
         )
@@ -60,11 +70,12 @@ def plot(points: Sequence[dict[str, Any]], out_png: str | Path) -> Path:
         xs = [p["objectives"] for p in series]
         marker, line = styles[i % len(styles)]
         style = {"marker": marker, "linestyle": line, "label": policy, "markersize": 8 - 1.5 * (i % len(styles))}
-        acc.plot(xs, [p["em"] for p in series], **style)
+        acc.plot(xs, [_accuracy(p) for p in series], **style)
         mem.plot(xs, [p["peak_tokens"] for p in series], **style)
-    acc.set_ylim(0, max(1.0, 1.1 * max(p["em"] for p in points)))
+    acc.set_ylim(0, max(1.0, 1.1 * max(_accuracy(p) for p in points)))
     mem.set_ylim(bottom=0)
-    for ax, ylabel in ((acc, "exact match (sum over objectives)"), (mem, "peak tokens (mean per episode)")):
+    scored = "exact match (sum over objectives)" if any(p.get("em") is not None for p in points) else "mean reward"
+    for ax, ylabel in ((acc, scored), (mem, "peak tokens (mean per episode)")):
         ax.set_xscale("log", base=2)
         xs = sorted({p["objectives"] for p in points})
         ax.set_xticks(xs, [str(x) for x in xs])

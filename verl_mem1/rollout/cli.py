@@ -1,4 +1,4 @@
-"""``mem1 rollout``: run MEM1 episodes of any model on a task file against a retrieval server."""
+"""``mem1 rollout``: run MEM1 episodes of any model on a task file against a retrieval or WebShop server."""
 
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_episode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", default="mem1", help="context policy: mem1, full or window:K (default mem1)")
-    parser.add_argument("--tags", default="paper", help="tag set: paper (<IS>, <query>, ...) or search_r1")
-    parser.add_argument("--max-turns", type=int, default=None, help="default 6, or 20 for 8+ objectives")
+    parser.add_argument(
+        "--tags", default=None, help="tag set: paper (<IS>, <query>, ...) or search_r1; webshop for --env webshop"
+    )
+    parser.add_argument("--max-turns", type=int, default=None, help="QA: 6, or 20 for 8+ objectives; WebShop: 15")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="tokens generated per turn at most")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -39,6 +41,9 @@ def add_episode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topk-docs", type=int, default=3, help="documents retrieved per query")
     parser.add_argument(
         "--on-invalid", choices=["continue", "end"], default="continue", help="what an invalid action does"
+    )
+    parser.add_argument(
+        "--invalid-penalty", type=float, default=0.0, help="subtracted from the reward once per invalid turn"
     )
     parser.add_argument("--concurrency", type=int, default=16, help="episodes in flight at once")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N tasks")
@@ -52,11 +57,76 @@ def add_rollout_command(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_backend_arguments(parser)
-    parser.add_argument("--tasks", required=True, help="verl RL parquet, or JSONL with question(s) and answer(s)")
-    parser.add_argument("--retriever", required=True, help="retrieval server URL, e.g. http://127.0.0.1:8000")
+    add_environment_arguments(parser)
     add_episode_arguments(parser)
     parser.add_argument("--out", required=True, help="episodes JSONL to write")
     parser.set_defaults(func=_cmd_rollout)
+
+
+def add_environment_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which environment the episodes run in, and the tasks for it."""
+    parser.add_argument(
+        "--env", choices=["retrieval", "webshop"], default="retrieval", help="QA over a search server, or WebShop"
+    )
+    parser.add_argument(
+        "--tasks", default=None, help="verl RL parquet, or JSONL with question(s) and answer(s) (QA: required)"
+    )
+    parser.add_argument("--retriever", default=None, help="retrieval or web search server URL (QA: required)")
+    parser.add_argument(
+        "--webshop",
+        default="auto",
+        metavar="URL",
+        help="WebShop server URL (`mem1 serve webshop`); auto: serve the bundled 100-product shop in-process",
+    )
+    parser.add_argument(
+        "--goals", default="0:50", metavar="START:STOP", help="WebShop goal indices to play (when --tasks is not given)"
+    )
+
+
+def _goal_range(spec: str) -> range:
+    try:
+        start, stop = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise ValueError(f"--goals must be START:STOP with integers, got {spec!r}") from None
+    if not 0 <= start < stop:
+        raise ValueError(f"--goals {spec!r}: need 0 <= START < STOP")
+    return range(start, stop)
+
+
+def make_environment(args: argparse.Namespace):
+    """The environment and its tasks: (env, tasks). ``--webshop auto`` starts the bundled shop for this run."""
+    import asyncio
+    import atexit
+
+    from verl_mem1.rollout.environment import RetrievalEnvironment, WebShopEnvironment
+    from verl_mem1.rollout.tasks import load_tasks
+
+    if args.env == "retrieval":
+        if not args.retriever or not args.tasks:
+            raise ValueError("--env retrieval needs --tasks and --retriever")
+        return RetrievalEnvironment(args.retriever, topk=args.topk_docs), load_tasks(args.tasks, limit=args.limit)
+    url = args.webshop
+    if url == "auto":
+        from env_servers.background import BackgroundServer
+        from env_servers.webshop.data import load_catalog
+        from env_servers.webshop.server import create_app
+        from env_servers.webshop.shop import Shop
+
+        server = BackgroundServer(create_app(Shop(load_catalog()))).start()
+        atexit.register(server.stop)
+        url = server.url
+    env = WebShopEnvironment(url)
+    if args.tasks:
+        return env, load_tasks(args.tasks, limit=args.limit)
+
+    async def goals():
+        try:
+            return await env.goals(_goal_range(args.goals))
+        finally:
+            await env.aclose()  # its client belongs to this event loop; the run opens a new one
+
+    tasks = asyncio.run(goals())
+    return env, tasks[: args.limit] if args.limit else tasks
 
 
 def make_backend(args: argparse.Namespace):
@@ -83,8 +153,12 @@ def make_backend(args: argparse.Namespace):
 
 
 def episode_config(args: argparse.Namespace):
+    from verl_mem1.protocol import get_tag_set
     from verl_mem1.rollout.episode import EpisodeConfig
 
+    tags = args.tags or ("webshop" if args.env == "webshop" else "paper")
+    if get_tag_set(tags).answers == (args.env == "webshop"):
+        raise ValueError(f"--tags {tags} does not fit --env {args.env}: use webshop tags with WebShop only")
     return EpisodeConfig(
         max_turns=args.max_turns,
         max_new_tokens=args.max_new_tokens,
@@ -92,22 +166,21 @@ def episode_config(args: argparse.Namespace):
         top_p=args.top_p,
         top_k=args.top_k,
         context=args.context,
-        tags=args.tags,
+        tags=tags,
         on_invalid=args.on_invalid,
+        invalid_action_penalty=args.invalid_penalty,
     )
 
 
 def setup_run(args: argparse.Namespace, command: str):
     """Config, tasks, backend, tokenizer and environment for a generating command; None after a clear error."""
-    from verl_mem1.rollout.environment import RetrievalEnvironment
-    from verl_mem1.rollout.tasks import load_tasks
+    from verl_mem1.rollout.environment import EnvironmentError_
 
     try:
         config = episode_config(args)
-        tasks = load_tasks(args.tasks, limit=args.limit)
+        env, tasks = make_environment(args)
         backend, tokenizer = make_backend(args)
-        env = RetrievalEnvironment(args.retriever, topk=args.topk_docs)
-    except (ValueError, OSError, RuntimeError) as exc:  # bad options, missing files, unreachable server
+    except (ValueError, OSError, RuntimeError, EnvironmentError_) as exc:  # bad options/files, unreachable server
         print(f"mem1 {command}: {exc}", file=sys.stderr)
         return None
     return config, tasks, backend, tokenizer, env
