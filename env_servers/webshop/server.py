@@ -27,6 +27,19 @@ from env_servers.search_api import describe_errors
 from env_servers.webshop.shop import BadGoal, Shop, UnknownSession
 
 MAX_ACTION_CHARS = 2000
+_WHOLE_BODY_ERRORS = ("missing", "model_attributes_type", "dict_type", "model_type")
+
+
+def _describe_errors(errors: list[dict[str, Any]], path: str) -> str:
+    """Like ``describe_errors``, but a missing or non-object body names this server's body, not /retrieve's."""
+    expected = '{"action": "search[...]" or "click[...]"}' if path.endswith("/step") else '{"goal_index": int or null}'
+    parts = []
+    for err in errors:
+        if not [p for p in err.get("loc", ()) if p != "body"] and err.get("type") in _WHOLE_BODY_ERRORS:
+            parts.append(f"request body must be a JSON object {expected}")
+        else:
+            parts.append(describe_errors([err]))
+    return "; ".join(parts) or "invalid request"
 
 
 class OpenRequest(BaseModel):
@@ -44,7 +57,9 @@ def create_app(shop: Shop) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": f"invalid request: {describe_errors(exc.errors())}"})
+        return JSONResponse(
+            status_code=422, content={"detail": f"invalid request: {_describe_errors(exc.errors(), request.url.path)}"}
+        )
 
     @app.exception_handler(UnknownSession)
     async def _unknown(request: Request, exc: UnknownSession) -> JSONResponse:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from tests.support import ScriptedBackend
 from verl_mem1.protocol import WEBSHOP, turns_left_hint
 from verl_mem1.rollout.environment import WebShopEnvironment, webshop_task
 from verl_mem1.rollout.episode import EpisodeConfig, default_max_turns, run_episode
-
-from tests.support import ScriptedBackend
 
 
 def _goal_with_options(shop, min_options: int = 2) -> int:
