@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     from verl_mem1.rollout.cli import add_rollout_command
     from verl_mem1.rollout.openai_server import add_serve_llm_command
     from verl_mem1.tasks.compose import add_compose_command
+    from verl_mem1.tasks.webshop import add_webshop_tasks_command
     from verl_mem1.training.parity import add_parity_command
     from verl_mem1.training.train_cli import add_train_command
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_rollout_command(sub)
     add_compose_command(sub)
+    add_webshop_tasks_command(sub)
     add_eval_command(sub)
     add_train_command(sub)
     add_parity_command(sub)

@@ -79,18 +79,8 @@ def add_environment_arguments(parser: argparse.ArgumentParser) -> None:
         help="WebShop server URL (`mem1 serve webshop`); auto: serve the bundled 100-product shop in-process",
     )
     parser.add_argument(
-        "--goals", default="0:50", metavar="START:STOP", help="WebShop goal indices to play (when --tasks is not given)"
+        "--goals", default="0:50", metavar="START:STOP", help="WebShop goals to play when --tasks is not given"
     )
-
-
-def _goal_range(spec: str) -> range:
-    try:
-        start, stop = (int(x) for x in spec.split(":"))
-    except ValueError:
-        raise ValueError(f"--goals must be START:STOP with integers, got {spec!r}") from None
-    if not 0 <= start < stop:
-        raise ValueError(f"--goals {spec!r}: need 0 <= START < STOP")
-    return range(start, stop)
 
 
 def make_environment(args: argparse.Namespace):
@@ -121,7 +111,7 @@ def make_environment(args: argparse.Namespace):
 
     async def goals():
         try:
-            return await env.goals(_goal_range(args.goals))
+            return await env.goals(args.goals)
         finally:
             await env.aclose()  # its client belongs to this event loop; the run opens a new one
 

@@ -14,6 +14,7 @@ import httpx
 
 from verl_mem1.protocol import format_documents, format_webshop_page
 from verl_mem1.rollout.tasks import Task
+from verl_mem1.tasks.webshop import parse_goal_range, webshop_task
 
 
 class EnvironmentError_(RuntimeError):
@@ -175,34 +176,17 @@ class WebShopEnvironment:
             )
         return session
 
-    async def goals(self, indices: range | None = None) -> list[Task]:
-        """Tasks for the server's goals (all of them, or ``indices``), in index order."""
+    async def goals(self, spec: str = "0:") -> list[Task]:
+        """Tasks for the server's goals ``START:STOP`` (STOP optional: to the end), in index order."""
         total = int((await self.call("GET", "/goals?offset=0&limit=1"))["total"])
-        indices = indices if indices is not None else range(total)
-        if indices and (indices[0] < 0 or indices[-1] >= total):
-            raise EnvironmentError_(f"goals {indices.start}:{indices.stop} out of range: the server has 0:{total}")
+        indices = parse_goal_range(spec, total)
         tasks: list[Task] = []
-        start = indices.start if indices else 0
-        while indices and start < indices.stop:
+        for start in range(indices.start, indices.stop, 1000):
             page = await self.call("GET", f"/goals?offset={start}&limit={min(1000, indices.stop - start)}")
-            for goal in page["goals"]:
-                if goal["index"] in indices:
-                    tasks.append(webshop_task(goal["index"], goal["instruction"], goal["asin"]))
-            start += 1000
+            tasks += [webshop_task(g["index"], g["instruction"], g["asin"]) for g in page["goals"]]
         return tasks
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-
-def webshop_task(goal_index: int, instruction: str, asin: str = "") -> Task:
-    """The task of one WebShop goal: its instruction is the one question; the purchase has no answer to match."""
-    return Task(
-        id=f"webshop-{goal_index}",
-        questions=[instruction],
-        ground_truth=[],
-        data_source="webshop",
-        extra_info={"goal_index": goal_index, "target_asin": asin, "tags": "webshop"},
-    )

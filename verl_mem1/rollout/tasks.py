@@ -72,10 +72,13 @@ def _task_from_mapping(row: dict[str, Any], where: str, index: int) -> Task:
     for key in ("answers", "golden_answers", "answer"):
         if raw_answers is None and row.get(key) is not None:
             raw_answers = row[key]
-    if raw_answers is None:
+    if extra.get("goal_index") is not None:  # an environment-scored task (WebShop): no answers to match
+        ground_truth: list[list[str]] = []
+    elif raw_answers is None:
         raise ValueError(f"{where}: row {index} has no answers ('answers', 'answer' or reward_model.ground_truth)")
-    ground_truth = _alias_lists(raw_answers, max(len(questions), 1), f"{where}: row {index}")
-    if questions and len(ground_truth) != len(questions):
+    else:
+        ground_truth = _alias_lists(raw_answers, max(len(questions), 1), f"{where}: row {index}")
+    if ground_truth and questions and len(ground_truth) != len(questions):
         raise ValueError(f"{where}: row {index} has {len(questions)} questions but {len(ground_truth)} answer lists")
     task_id = row.get("id") or extra.get("id") or extra.get("index")
     return Task(

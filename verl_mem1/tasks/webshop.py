@@ -1,0 +1,123 @@
+"""WebShop tasks as verl RL parquet: one row per goal of a WebShop catalog (``mem1 webshop-tasks``).
+
+A row names its goal by index (``extra_info.goal_index``) and carries the goal's instruction in its prompt; the
+WebShop server checks the instruction when a session opens, so tasks and server must come from the same data
+and seed. The reward is the server's (the purchase score), so ``reward_model.ground_truth`` is only the target
+ASIN, for reference. WebShop's own split of its 12k human goals: test 0–499, validation 500–1499, train 1500+.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from verl_mem1.protocol import build_prompt_messages, get_tag_set
+from verl_mem1.rollout.tasks import Task
+
+ABILITY = "webshop"
+DATA_SOURCE = "webshop"
+
+
+def parse_goal_range(spec: str, total: int) -> range:
+    """``"START:STOP"`` (STOP optional: to the end) as a range of goal indices within ``total``."""
+    start_text, sep, stop_text = spec.partition(":")
+    try:
+        start = int(start_text) if start_text.strip() else 0
+        stop = int(stop_text) if sep and stop_text.strip() else (total if sep else start + 1)
+    except ValueError:
+        raise ValueError(f"goal range must be START:STOP (STOP optional), got {spec!r}") from None
+    if not 0 <= start < stop <= total:
+        raise ValueError(f"goal range {spec!r} is outside the catalog's goals 0:{total}")
+    return range(start, stop)
+
+
+def webshop_task(goal_index: int, instruction: str, asin: str = "") -> Task:
+    """The task of one goal, as a row of :func:`webshop_rows` loads: the instruction is its one question, and
+    it has no answers (the purchase is scored by the server)."""
+    return Task(
+        id=f"webshop-{goal_index}",
+        questions=[instruction],
+        ground_truth=[],
+        data_source=DATA_SOURCE,
+        extra_info={"goal_index": goal_index, "target_asin": asin, "tags": "webshop"},
+    )
+
+
+def webshop_rows(
+    goals: list[dict[str, Any]],
+    indices: range,
+    *,
+    split: str,
+    tags: str = "webshop",
+    max_turns: int | None = None,
+    agent_name: str | None = None,
+) -> list[dict[str, Any]]:
+    """verl RL rows for ``goals[i]``, i in ``indices``."""
+    tag_set = get_tag_set(tags)
+    if tag_set.answers:
+        raise ValueError(f"tag set {tags!r} is a QA dialect; WebShop tasks need the webshop tag set")
+    rows = []
+    for i in indices:
+        goal = goals[i]
+        row = {
+            "id": f"webshop-{i}",
+            "data_source": DATA_SOURCE,
+            "ability": ABILITY,
+            "prompt": build_prompt_messages([goal["instruction_text"]], tag_set, max_turns=max_turns),
+            "reward_model": {"style": "env", "ground_truth": goal["asin"]},
+            "extra_info": {
+                "index": i,
+                "goal_index": i,
+                "split": split,
+                "questions": [goal["instruction_text"]],
+                "tags": tag_set.name,
+                "max_turns": max_turns,
+            },
+        }
+        if agent_name:
+            row["agent_name"] = agent_name
+        rows.append(row)
+    return rows
+
+
+def _cmd_webshop_tasks(args: argparse.Namespace) -> int:
+    from env_servers.webshop.data import load_catalog
+    from verl_mem1.tasks.compose import write_tasks_parquet
+
+    try:
+        if (args.products is None) != (args.attributes is None):
+            raise ValueError("--products and --attributes go together")
+        catalog = load_catalog(args.products, args.attributes, human_goals_path=args.human_goals, seed=args.seed)
+        indices = parse_goal_range(args.goals, len(catalog.goals))
+        rows = webshop_rows(
+            catalog.goals, indices, split=args.split, max_turns=args.max_turns, agent_name=args.agent_name
+        )
+        out = write_tasks_parquet(rows, args.out)
+    except (ValueError, OSError) as exc:
+        print(f"mem1 webshop-tasks: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(rows)} WebShop tasks (goals {indices.start}:{indices.stop}) to {out}")
+    return 0
+
+
+def add_webshop_tasks_command(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "webshop-tasks",
+        help="write WebShop goals as verl RL parquet tasks (for `mem1 train`, verl recipes and `mem1 eval --tasks`)",
+        description=(
+            "One verl RL row per WebShop goal in --goals, prompt with the goal's instruction. Give the same data "
+            "files and --seed as the WebShop server the tasks will be played on."
+        ),
+        epilog="example: mem1 webshop-tasks --goals 50: --split train --out webshop-train.parquet",
+    )
+    parser.add_argument("--goals", default="0:", metavar="START:STOP", help="goal indices (default: all)")
+    parser.add_argument("--split", default="train", help="split name stored in extra_info (default train)")
+    parser.add_argument("--products", default=None, metavar="PATH", help="WebShop products (default: bundled)")
+    parser.add_argument("--attributes", default=None, metavar="PATH", help="WebShop attributes file")
+    parser.add_argument("--human-goals", default=None, metavar="PATH", help="items_human_ins.json: human goals")
+    parser.add_argument("--seed", type=int, default=0, help="the WebShop server's --seed (default 0)")
+    parser.add_argument("--max-turns", type=int, default=None, help="state the turn budget in the prompt")
+    parser.add_argument("--agent-name", default=None, help="verl agent loop name for each row (e.g. mem1_agent)")
+    parser.add_argument("--out", required=True, metavar="PATH", help="output parquet")
+    parser.set_defaults(func=_cmd_webshop_tasks)
