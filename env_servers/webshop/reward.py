@@ -27,7 +27,7 @@ from thefuzz import fuzz
 
 logger = logging.getLogger(__name__)
 
-EXACT_MATCH_OPTIONS = ()
+EXACT_MATCH_OPTIONS = ("size",)
 FUZZY_THRESHOLD = 85
 NOUN_TAGS = ("PNOUN", "NOUN", "PROPN")  # as WebShop lists them
 
