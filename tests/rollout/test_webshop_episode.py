@@ -6,8 +6,9 @@ import asyncio
 
 from tests.support import ScriptedBackend
 from verl_mem1.protocol import WEBSHOP, turns_left_hint
-from verl_mem1.rollout.environment import WebShopEnvironment, webshop_task
+from verl_mem1.rollout.environment import WebShopEnvironment
 from verl_mem1.rollout.episode import EpisodeConfig, default_max_turns, run_episode
+from verl_mem1.tasks.webshop import webshop_task
 
 
 def _goal_with_options(shop, min_options: int = 2) -> int:
@@ -123,7 +124,7 @@ def test_default_turns_and_goal_listing(webshop_shop, webshop_url):
     async def go():
         env = WebShopEnvironment(webshop_url)
         try:
-            return await env.goals(range(5, 9))
+            return await env.goals("5:9")
         finally:
             await env.aclose()
 
