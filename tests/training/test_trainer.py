@@ -191,6 +191,10 @@ def test_mem1_train_tiny_recipe_runs_checkpoints_and_resumes(tmp_path, monkeypat
         ("actor_rollout_ref.actor.ppo_mini_batch_size=5", "actor_rollout_ref.actor.ppo_mini_batch_size"),
         ("mem1.context=sliding", "mem1.context"),
         ("mem1.retriever_url=ftp://example", "mem1.retriever_url"),
+        ("mem1.env=shop", "mem1.env"),
+        ("mem1.webshop_url=localhost:8003", "mem1.webshop_url"),
+        ("mem1.tags=webshop", "mem1.tags"),  # a WebShop tag set for QA
+        ("mem1.invalid_action_penalty=-1", "mem1.invalid_action_penalty"),
         ("mem1.attention=sparse", "mem1.attention"),
         ("trainer.resume_mode=sometimes", "trainer.resume_mode"),
         ("data.train_files=/nonexistent/train.parquet", "data.train_files"),

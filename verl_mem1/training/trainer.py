@@ -68,7 +68,12 @@ MEM1_DEFAULTS: dict[str, Any] = {
     "max_context_tokens": None,
     "on_invalid": "continue",
     "require_state": False,
+    "env": "retrieval",  # retrieval: QA over retrieval_url | webshop: shopping on webshop_url
     "retriever_url": "auto",  # auto: serve the bundled HotpotQA BM25 index on loopback for the run
+    "webshop_url": "auto",  # auto: serve the bundled 100-product WebShop on loopback for the run
+    "train_goals": "50:",  # WebShop goals played in training / validation (data.*_files null), START:STOP
+    "val_goals": "0:50",
+    "invalid_action_penalty": 0.0,  # subtracted from an episode's reward per invalid turn
     "topk": 3,
     "retriever_timeout_s": 30.0,
     "objectives": 1,  # questions per composed task (data.train_files null)
@@ -230,9 +235,16 @@ def validate_config(cfg: DictConfig) -> None:
     integer("mem1.max_observation_tokens", 1, allow_none=True)
     integer("mem1.max_context_tokens", 2, allow_none=True)
     choice("mem1.on_invalid", ("continue", "end"))
-    url = _get(cfg, "mem1.retriever_url")
-    if not isinstance(url, str) or not (url == "auto" or url.startswith(("http://", "https://"))):
-        raise _fail("mem1.retriever_url", url, "expected 'auto' or an http(s):// URL of a retrieval server")
+    env = choice("mem1.env", ("retrieval", "webshop"))
+    for key in ("mem1.retriever_url", "mem1.webshop_url"):
+        url = _get(cfg, key)
+        if not isinstance(url, str) or not (url == "auto" or url.startswith(("http://", "https://"))):
+            raise _fail(key, url, "expected 'auto' or an http(s):// URL of a server")
+    tags = _get(cfg, "mem1.tags")
+    if tags is not None and get_tag_set(str(tags)).answers == (env == "webshop"):
+        fit = "webshop (or null)" if env == "webshop" else "paper or search_r1"
+        raise _fail("mem1.tags", tags, f"does not fit mem1.env={env}: use {fit}")
+    number("mem1.invalid_action_penalty", 0.0)
     choice("mem1.attention", ATTENTION_BACKENDS)
     choice("mem1.dtype", ("float32", "bfloat16", "float16"))
     choice("mem1.reward_metric", ("em", "f1"))
@@ -244,6 +256,11 @@ def validate_config(cfg: DictConfig) -> None:
         for path in _as_list(_get(cfg, key)):
             if not Path(str(path)).expanduser().is_file():
                 raise _fail(key, str(path), "file not found")
+
+
+def _present(metrics: dict[str, float | None]) -> dict[str, float]:
+    """Metrics that apply to this run (EM/F1 for QA, success rate for WebShop)."""
+    return {k: float(v) for k, v in metrics.items() if v is not None}
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -777,6 +794,7 @@ class Mem1Trainer:
         self._data_epoch, self._data_pos = 0, 0
         self._shuffle_gen = torch.Generator().manual_seed(self.settings.seed)
         try:
+            self.url = self._start_environment()
             self.train_tasks = self._load_tasks("train")
             validating = int(cfg.trainer.test_freq) > 0 or bool(cfg.trainer.val_before_train)
             self.val_tasks = self._load_tasks("val") if validating else []
@@ -786,7 +804,6 @@ class Mem1Trainer:
             self.total_steps = int(steps) if steps is not None else per_epoch * int(cfg.trainer.total_epochs)
             self.model_path = self._resolve_model_path(str(cfg.actor_rollout_ref.model.path))
             self._load_models()
-            self.url = self._start_retriever()
             self._resume()
         except BaseException:
             self._stack.close()
@@ -808,9 +825,11 @@ class Mem1Trainer:
         limit = _get(self.cfg, limit_key)
         limit = int(limit) if limit is not None and int(limit) > 0 else None
         files = _as_list(_get(self.cfg, key))
-        if not files:
-            files = [self._compose_tasks(split)]
         tasks: list[Task] = []
+        if not files and self.env == "webshop":
+            tasks = self._webshop_goals(str(_get(self.cfg, f"mem1.{split}_goals")))
+        elif not files:
+            files = [self._compose_tasks(split)]
         for path in files:
             tasks.extend(load_tasks(Path(str(path)).expanduser()))
         tasks = tasks[:limit] if limit else tasks
@@ -828,7 +847,7 @@ class Mem1Trainer:
         found = {str(t.extra_info["tags"]) for t in self.train_tasks if t.extra_info.get("tags")}
         if len(found) > 1:
             raise ConfigError(f"mem1.tags=None: the training tasks mix tag sets {sorted(found)}; set mem1.tags")
-        return found.pop() if found else "paper"
+        return found.pop() if found else ("webshop" if self.env == "webshop" else "paper")
 
     def _compose_tasks(self, split: str) -> Path:
         """Compose N-objective tasks from a bundled (or ``KIND:PATH``) question source, once, under the run dir."""
@@ -909,7 +928,44 @@ class Mem1Trainer:
             seed=self.seed,
         )
 
-    def _start_retriever(self) -> str:
+    @property
+    def env(self) -> str:
+        return str(_get(self.cfg, "mem1.env"))
+
+    def _webshop_goals(self, spec: str) -> list[Task]:
+        from verl_mem1.rollout.environment import WebShopEnvironment
+
+        async def fetch():
+            env = WebShopEnvironment(self.url)
+            try:
+                return await env.goals(spec)
+            finally:
+                await env.aclose()
+
+        return asyncio.run(fetch())
+
+    def _make_environment(self):
+        from verl_mem1.rollout.environment import RetrievalEnvironment, WebShopEnvironment
+
+        timeout = float(_get(self.cfg, "mem1.retriever_timeout_s"))
+        if self.env == "webshop":
+            return WebShopEnvironment(self.url, timeout_s=timeout)
+        return RetrievalEnvironment(self.url, topk=int(_get(self.cfg, "mem1.topk")), timeout_s=timeout)
+
+    def _start_environment(self) -> str:
+        """The environment server's URL; ``auto`` serves the bundled one (HotpotQA BM25 or WebShop) on loopback."""
+        if self.env == "webshop":
+            url = str(_get(self.cfg, "mem1.webshop_url"))
+            if url != "auto":
+                return url
+            from env_servers.background import BackgroundServer
+            from env_servers.webshop.data import load_catalog
+            from env_servers.webshop.server import create_app
+            from env_servers.webshop.shop import Shop
+
+            server = self._stack.enter_context(BackgroundServer(create_app(Shop(load_catalog()))))
+            print(f"serving the bundled WebShop on {server.url}")
+            return server.url
         url = str(_get(self.cfg, "mem1.retriever_url"))
         if url != "auto":
             return url
@@ -999,6 +1055,7 @@ class Mem1Trainer:
             require_state=bool(_get(self.cfg, "mem1.require_state")),
             max_context_tokens=_get(self.cfg, "mem1.max_context_tokens"),
             max_observation_tokens=_get(self.cfg, "mem1.max_observation_tokens"),
+            invalid_action_penalty=float(_get(self.cfg, "mem1.invalid_action_penalty")),
         )
 
     def reward(self, answer: str | None, ground_truth: list[list[str]]) -> float:
@@ -1009,13 +1066,10 @@ class Mem1Trainer:
 
     def rollout(self, tasks: Sequence[Task], *, validation: bool = False) -> list[EpisodeRecord]:
         """Play the tasks with the current policy (eval mode, no grad); records come back in task order."""
-        from verl_mem1.rollout.environment import RetrievalEnvironment
         from verl_mem1.rollout.runner import run_episodes
 
         config = self.episode_config(validation=validation)
-        env = RetrievalEnvironment(
-            self.url, topk=int(_get(self.cfg, "mem1.topk")), timeout_s=float(_get(self.cfg, "mem1.retriever_timeout_s"))
-        )
+        env = self._make_environment()
         self.policy.eval()
 
         async def go():
@@ -1104,8 +1158,8 @@ class Mem1Trainer:
                 "reward/mean": float(np.mean(scores)),
                 "reward/max": float(np.max(scores)),
                 "reward/min": float(np.min(scores)),
-                "reward/em": summary["em"],
-                "reward/f1": summary["f1"],
+                **_present({"reward/em": summary["em"], "reward/f1": summary["f1"]}),
+                **_present({"reward/success_rate": summary["success_rate"]}),
                 "episode/answered_rate": summary["answered_rate"],
                 "episode/turns": summary["turns"],
                 "episode/invalid_action_rate": summary["invalid_action_rate"],
@@ -1136,8 +1190,7 @@ class Mem1Trainer:
         summary = summarize([episode_metrics(r, reduce=str(_get(self.cfg, "mem1.reward_reduce"))) for r in records])
         return {
             "val/reward": float(np.mean([r.reward or 0.0 for r in records])),
-            "val/em": summary["em"],
-            "val/f1": summary["f1"],
+            **_present({"val/em": summary["em"], "val/f1": summary["f1"], "val/success_rate": summary["success_rate"]}),
             "val/peak_tokens": summary["peak_tokens"],
             "val/turns": summary["turns"],
         }
