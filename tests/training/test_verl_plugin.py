@@ -127,17 +127,19 @@ def test_qa_recipe_composes_over_verls_ppo_trainer():
     assert omega_conf_to_dataclass(cfg.actor_rollout_ref.actor).engine.strategy == "fsdp2"
 
 
+def flat(d: dict, prefix: str = "") -> dict:
+    """A nested config as {"a.b.c": value}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def test_websearch_recipe_is_qa_with_another_environment():
     from omegaconf import OmegaConf
 
     qa = OmegaConf.to_container(compose("qa"), resolve=True)
     web = OmegaConf.to_container(compose("websearch"), resolve=True)
-
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
 
     qa, web = flat(qa), flat(web)
     differ = {k for k in qa.keys() | web.keys() if qa.get(k) != web.get(k)}
@@ -152,6 +154,37 @@ def test_websearch_recipe_is_qa_with_another_environment():
         "actor_rollout_ref.rollout.trace.experiment_name",  # interpolates trainer.experiment_name
     }
     assert web["mem1.retriever_url"] == "http://127.0.0.1:8002"
+
+
+def test_webshop_recipe_is_qa_with_the_shop_as_environment():
+    from omegaconf import OmegaConf
+
+    from verl_mem1.training.verl_plugin.config import load_mem1_config
+
+    qa = flat(OmegaConf.to_container(compose("qa"), resolve=True))
+    shop = flat(OmegaConf.to_container(compose("webshop"), resolve=True))
+    differ = {k for k in qa.keys() | shop.keys() if qa.get(k) != shop.get(k)}
+    assert differ == {
+        "mem1.env",
+        "mem1.webshop_url",
+        "mem1.max_turns",
+        "mem1.max_observation_tokens",
+        "data.train_files",
+        "data.val_files",
+        "data.max_response_length",
+        "actor_rollout_ref.rollout.response_length",  # these two interpolate data.max_response_length
+        "distillation.teacher_models.teacher_model.inference.response_length",
+        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu",
+        "trainer.experiment_name",
+        "trainer.default_local_dir",
+        "actor_rollout_ref.rollout.trace.experiment_name",
+    }, differ
+    mem1 = load_mem1_config(compose("webshop"))
+    assert mem1.env == "webshop" and mem1.webshop_url.endswith(":8003") and mem1.max_turns == 15
+    with pytest.raises(ValueError, match="mem1.reward=in_loop"):
+        load_mem1_config(compose("webshop"), {"reward": "verl"})
+    with pytest.raises(ValueError, match="does not fit"):
+        load_mem1_config(compose("webshop"), {"tags": "paper"})
 
 
 # --------------------------------------------------------------------------------------------- agent loop
@@ -575,3 +608,37 @@ def test_engine_leaves_plain_batches_to_verl(tiny_backend, training_model, cpu_d
     inputs, args = engine.prepare_model_inputs(td)
     assert "mem1_backend" not in inputs and inputs["attention_mask"] is None and "mem1" not in args
     assert inputs["position_ids"][0].tolist() == [i for n in lengths for i in range(n)]
+
+
+def test_agent_loop_plays_webshop_rows_and_takes_the_shops_reward(
+    trainer_config, server, tiny_backend, webshop_url, tmp_path
+):
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from env_servers.webshop.data import load_catalog
+    from verl_mem1.tasks import write_tasks_parquet
+    from verl_mem1.tasks.webshop import webshop_rows
+
+    goals = load_catalog().goals
+    path = write_tasks_parquet(
+        webshop_rows(goals, range(3, 5), split="train", agent_name=AGENT_NAME), tmp_path / "w.parquet"
+    )
+    data = trainer_config.data.copy()
+    data.filter_overlong_prompts = False
+    dataset = RLHFDataset(data_files=[str(path)], tokenizer=tiny_backend.tokenizer, config=data)
+    row = row_kwargs(dataset[0])
+    loop = make_loop(trainer_config, server, tiny_backend.tokenizer, env="webshop", webshop_url=webshop_url)
+    calls = len(server.calls)
+
+    async def go():
+        record = await loop.play(loop.task_from_row(row), verl_sampling_params(trainer_config))
+        return record, await loop.score(record, row)
+
+    record, (reward, info) = asyncio.run(go())
+    assert record.tag_set == "webshop" and record.data_source == "webshop" and record.ground_truth == []
+    assert goals[3]["instruction_text"] in tiny_backend.tokenizer.decode(record.prompt_ids)
+    assert len(record.turns) == len(server.calls) - calls == 3  # mem1.max_turns=3 in this config
+    assert record.termination == "max_turns" and record.reward == reward == 0.0  # a random model buys nothing
+    assert info == {"score": 0.0, "webshop_success": 0.0}
+    output = loop.to_outputs(record, reward, info)
+    assert output.reward_score == 0.0 and output.extra_fields["mem1_turns"] == 3

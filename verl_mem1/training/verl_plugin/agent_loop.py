@@ -3,7 +3,8 @@
 verl's agent-loop worker hands every row (``raw_prompt``, ``reward_model``, ``extra_info``, ...) to
 ``run(sampling_params, **row)`` with a ``server_manager`` that routes token-id prompts to the vLLM/SGLang
 replicas. The loop plays the episode with the project's episode loop (contexts built from recorded token ids,
-never re-tokenized) through ``VerlServerBackend`` and a ``RetrievalEnvironment``, and returns:
+never re-tokenized) through ``VerlServerBackend`` and a ``RetrievalEnvironment`` (``mem1.env: webshop``: a
+``WebShopEnvironment``, one shopping session per episode), and returns:
 
 - ``mem1.layout: packed`` (default): one ``AgentLoopOutput`` per episode holding the packed sample
   (``[prompt | seg_1 | ... | seg_T]``): ``prompt_ids`` = the prompt, ``response_ids`` = the segments,
@@ -14,7 +15,8 @@ never re-tokenized) through ``VerlServerBackend`` and a ``RetrievalEnvironment``
 
 The reward is computed in the loop (``mem1.reward: in_loop``, default) with verl's configured custom reward
 function (``reward.custom_reward_function``, ours by default) on the episode's own text, so a truncated packed
-sample never loses its answer; ``mem1.reward: verl`` leaves it to verl's reward manager instead.
+sample never loses its answer; ``mem1.reward: verl`` leaves it to verl's reward manager instead. WebShop episodes
+are scored by the shop (the purchase reward the environment returns).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
 
 from verl_mem1.rollout.backends.verl_server import VerlServerBackend
-from verl_mem1.rollout.environment import RetrievalEnvironment
+from verl_mem1.rollout.environment import RetrievalEnvironment, WebShopEnvironment
 from verl_mem1.rollout.episode import EpisodeConfig, EpisodeRecord, prompt_ids_for, run_episode
 from verl_mem1.rollout.tasks import Task, _task_from_mapping
 from verl_mem1.training.verl_plugin.config import FIELDS, MEM1LoopConfig, load_mem1_config
@@ -134,6 +136,7 @@ class MEM1AgentLoop(AgentLoopBase):
             require_state=self.mem1.require_state,
             max_context_tokens=int(max_context),
             max_observation_tokens=self.mem1.max_observation_tokens,
+            invalid_action_penalty=float(self.mem1.invalid_action_penalty),
         )
 
     async def play(self, task: Task, sampling_params: dict[str, Any]) -> EpisodeRecord:
@@ -149,7 +152,10 @@ class MEM1AgentLoop(AgentLoopBase):
         # one request id per episode: verl routes it to one replica, whose prefix cache then holds the prompt
         backend = VerlServerBackend(self.server_manager, eos_token_ids=self.eos_token_ids, request_id=uuid.uuid4().hex)
         mem1 = self.mem1
-        env = RetrievalEnvironment(mem1.retriever_url, topk=mem1.topk, timeout_s=mem1.retriever_timeout_s)
+        if mem1.env == "webshop":
+            env = WebShopEnvironment(mem1.webshop_url, timeout_s=mem1.retriever_timeout_s)
+        else:
+            env = RetrievalEnvironment(mem1.retriever_url, topk=mem1.topk, timeout_s=mem1.retriever_timeout_s)
         try:
             return await run_episode(task, backend, env, self.tokenizer, config)
         finally:
@@ -159,6 +165,9 @@ class MEM1AgentLoop(AgentLoopBase):
         """``(reward, extra info)`` from the configured reward function, or ``(None, {})`` for ``reward: verl``."""
         if self.mem1.reward == "verl":
             return None, {}
+        if self.mem1.env == "webshop":  # the shop scored the purchase (0 without one), minus any invalid penalty
+            reward = float(record.reward or 0.0)
+            return reward, {"score": reward, "webshop_success": float(reward >= 1.0)}
         reward_model = row.get("reward_model") or {}
         result = _reward_fn(self.config)(
             data_source=row.get("data_source"),

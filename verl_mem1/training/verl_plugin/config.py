@@ -17,11 +17,14 @@ logger = logging.getLogger(__name__)
 
 LAYOUTS = ("packed", "per_turn")
 REWARDS = ("in_loop", "verl")
+ENVS = ("retrieval", "webshop")
 
 
 @dataclass
 class MEM1LoopConfig:
+    env: str = "retrieval"  # retrieval: QA over retriever_url | webshop: shopping on webshop_url
     retriever_url: str = "http://127.0.0.1:8000"  # Search-R1 API: retrieval or web search server
+    webshop_url: str = "http://127.0.0.1:8003"  # `mem1 serve webshop`
     topk: int = 3  # documents per query (MEM1 and Search-R1 train with 3)
     retriever_timeout_s: float = 30.0
     context: str = "mem1"  # context policy: mem1 | full | window:K
@@ -34,6 +37,7 @@ class MEM1LoopConfig:
     require_state: bool = False
     layout: str = "packed"  # packed: one shared-prefix sample per episode; per_turn: one sample per turn
     reward: str = "in_loop"  # in_loop: score in the agent loop; verl: leave it to verl's reward manager
+    invalid_action_penalty: float = 0.0  # subtracted from the reward per invalid turn
 
     def __post_init__(self) -> None:
         parse_context_policy(self.context)
@@ -43,6 +47,14 @@ class MEM1LoopConfig:
             raise ValueError(f"mem1.layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.reward not in REWARDS:
             raise ValueError(f"mem1.reward must be one of {REWARDS}, got {self.reward!r}")
+        if self.env not in ENVS:
+            raise ValueError(f"mem1.env must be one of {ENVS}, got {self.env!r}")
+        if self.env == "webshop" and self.reward != "in_loop":
+            raise ValueError("mem1.env=webshop needs mem1.reward=in_loop: only the agent loop sees the purchase score")
+        if self.tags is not None and get_tag_set(self.tags).answers == (self.env == "webshop"):
+            raise ValueError(f"mem1.tags={self.tags!r} does not fit mem1.env={self.env!r}")
+        if float(self.invalid_action_penalty) < 0:
+            raise ValueError(f"mem1.invalid_action_penalty must be >= 0, got {self.invalid_action_penalty!r}")
         if self.on_invalid not in ("continue", "end"):
             raise ValueError(f"mem1.on_invalid must be 'continue' or 'end', got {self.on_invalid!r}")
         if int(self.topk) < 1:
