@@ -71,3 +71,22 @@ def test_summaries_and_percentiles():
     assert percentile([1, 2, 3, 4], 50) == 2.5 and percentile([7], 99) == 7
     with pytest.raises(ValueError):
         summarize([])
+
+
+def test_environment_scored_episodes_report_reward_and_success_not_em():
+    bought = _record([_turn(0, 10, 4), _turn(1, 12, 3)], None, [])
+    bought.termination, bought.reward = "done", 1.0
+    partial = _record([_turn(0, 10, 4), _turn(1, 12, 3, "invalid")], None, [])
+    partial.termination, partial.reward = "done", 0.5
+    never = _record([_turn(0, 10, 4)], None, [])
+    never.reward = 0.0
+    rows = [episode_metrics(r) for r in (bought, partial, never)]
+    assert [r["em"] for r in rows] == [None, None, None] and [r["f1"] for r in rows] == [None] * 3
+    assert [r["success"] for r in rows] == [True, False, False]
+    assert [r["answered"] for r in rows] == [True, True, False]  # "answered" = the episode ended in a purchase
+    s = summarize(rows)
+    assert s["em"] is None and s["f1"] is None
+    assert s["reward"] == pytest.approx(0.5) and s["success_rate"] == pytest.approx(1 / 3)
+    assert s["answered_rate"] == pytest.approx(2 / 3) and s["invalid_action_rate"] == pytest.approx(1 / 5)
+    qa = episode_metrics(_record([_turn(0, 5, 2)], "Paris", [["Paris"]]))
+    assert qa["em"] == 1.0 and qa["success"] is None and qa["reward"] is None  # QA: reward set by the harness
