@@ -4,7 +4,9 @@
    HotpotQA paragraphs and its BM25 index, and serves it on loopback;
 2. runs episodes on single questions with each context policy and prints the context size at every turn;
 3. composes 1-, 2-, 4-, 8- and 16-objective tasks from the HotpotQA dev questions, evaluates the model with the
-   mem1, full and window:1 policies, and writes a report (markdown table + PNG plot).
+   mem1, full and window:1 policies, and writes a report (markdown table + PNG plot);
+4. serves the bundled 100-product WebShop on loopback and evaluates the model on a few of its goals with the
+   mem1 and full policies (reward, peak tokens).
 
 The tiny model's weights are random, so its answers are meaningless; the demo shows the machinery: MEM1's context
 stays flat while the full-context baseline grows with every turn and every objective.
@@ -21,6 +23,7 @@ from pathlib import Path
 TURN_POLICIES = ("mem1", "full", "window:2")
 SWEEP_POLICIES = ("mem1", "full", "window:1")
 SWEEP_OBJECTIVES = (1, 2, 4, 8, 16)
+WEBSHOP_POLICIES = ("mem1", "full")
 
 
 def bundled_hotpotqa(split: str = "dev") -> Path:
@@ -105,6 +108,41 @@ def objectives_sweep(
     return write_report(runs, out / "report")
 
 
+def webshop_part(
+    backend, out: Path, *, goals: str = "0:4", max_turns: int = 8, max_new_tokens: int = 32, progress: bool = True
+) -> dict[str, dict]:
+    """Evaluate the model on WebShop goals with each policy against the bundled shop; summaries by policy."""
+    from env_servers.background import BackgroundServer
+    from env_servers.webshop.data import load_catalog
+    from env_servers.webshop.server import create_app
+    from env_servers.webshop.shop import Shop
+    from verl_mem1.evaluation.harness import evaluate
+    from verl_mem1.rollout.environment import WebShopEnvironment
+    from verl_mem1.rollout.episode import EpisodeConfig
+
+    summaries = {}
+    with BackgroundServer(create_app(Shop(load_catalog()))) as server:
+        for policy in WEBSHOP_POLICIES:
+            config = EpisodeConfig(context=policy, tags="webshop", max_turns=max_turns, max_new_tokens=max_new_tokens)
+
+            async def go(config=config, policy=policy):
+                env = WebShopEnvironment(server.url)
+                try:
+                    tasks = await env.goals(goals)
+                    run_dir = out / "webshop" / policy
+                    return await evaluate(tasks, backend, env, backend.tokenizer, config, run_dir, progress=False)
+                finally:
+                    await env.aclose()
+
+            summaries[policy] = s = asyncio.run(go())["summary"]
+            if progress:
+                print(
+                    f"  WebShop goals {goals}, {policy:<5}: peak {s['peak_tokens']:>6.0f} tokens, "
+                    f"reward {s['reward']:.2f}, {s['turns']:.0f} turns"
+                )
+    return summaries
+
+
 def run_demo(
     out_dir: str | Path,
     *,
@@ -114,6 +152,7 @@ def run_demo(
     objectives: Sequence[int] = SWEEP_OBJECTIVES,
     tasks_per_point: int = 2,
     sweep_max_new_tokens: int = 32,
+    webshop_goals: str | None = "0:4",
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, list]:
@@ -165,6 +204,9 @@ def run_demo(
                 progress=progress,
             )
             print(f"\n{report}\n\nwrote {out / 'report' / 'report.md'} and {png}")
+    if webshop_goals:
+        print(f"\n== 3. WebShop (bundled 100-product shop), goals {webshop_goals} x {', '.join(WEBSHOP_POLICIES)}")
+        webshop_part(backend, out, goals=webshop_goals, max_new_tokens=sweep_max_new_tokens, progress=progress)
     print(
         "\nThe tiny model has random weights: its actions are gibberish (invalid actions get an explanatory"
         "\nobservation and the episode goes on) and its answers are meaningless. What the demo shows is the"
@@ -189,6 +231,9 @@ def add_demo_command(subparsers) -> None:
         "--objectives", type=int, nargs="*", default=list(SWEEP_OBJECTIVES), help="objective counts for part 2"
     )
     parser.add_argument("--tasks-per-point", type=int, default=2, help="composite tasks per objective count")
+    parser.add_argument(
+        "--webshop-goals", default="0:4", help="WebShop goals START:STOP for part 3 ('' skips it; default 0:4)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_cmd_demo)
 
@@ -201,6 +246,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         objectives=args.objectives,
         tasks_per_point=args.tasks_per_point,
+        webshop_goals=args.webshop_goals,
         seed=args.seed,
     )
     return 0
