@@ -120,7 +120,7 @@ def create_app(shop: Shop) -> FastAPI:
 
     @app.get("/sessions/{session_id}")
     async def observe(session_id: str) -> dict[str, Any]:
-        return shop.observe(session_id).to_dict()
+        return (await run_in_threadpool(shop.observe, session_id)).to_dict()
 
     @app.delete("/sessions/{session_id}")
     async def close(session_id: str) -> dict[str, str]:
