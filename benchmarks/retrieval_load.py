@@ -14,20 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from loadtest import http_session, start_server  # noqa: E402
 
 from env_servers.background import free_port  # noqa: E402
 from env_servers.retrieval.corpus import build_hotpotqa_corpus, default_hotpotqa_sources  # noqa: E402
@@ -72,53 +68,6 @@ def ensure_index(workdir: Path) -> Path:
     return index
 
 
-def start_server(index: Path, port: int, timeout: float = 60.0) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "verl_mem1.cli", "serve", "retrieval", "--index", str(index)]
-    cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.terminate()
-    raise RuntimeError("server did not become healthy")
-
-
-def _session(kind: str, url: str, clients: int) -> tuple[Any, Callable[[dict], Awaitable[tuple[int, Any]]]]:
-    """An HTTP client and a ``post(body) -> (status, json)`` for it.
-
-    aiohttp is the default: at 32 concurrent requests httpx's connection pool costs more CPU than the
-    server does, so with httpx the number measured is mostly the client's.
-    """
-    if kind == "aiohttp":
-        import aiohttp
-
-        session = aiohttp.ClientSession(
-            url, connector=aiohttp.TCPConnector(limit=clients), timeout=aiohttp.ClientTimeout(total=30)
-        )
-
-        async def post_aiohttp(body: dict) -> tuple[int, Any]:
-            async with session.post("/retrieve", json=body) as r:
-                return r.status, await r.json()
-
-        return session, post_aiohttp
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    client = httpx.AsyncClient(base_url=url, timeout=30.0, limits=limits)
-
-    async def post_httpx(body: dict) -> tuple[int, Any]:
-        r = await client.post("/retrieve", json=body)
-        return r.status_code, r.json()
-
-    return client, post_httpx
-
-
 async def run_load(
     url: str,
     questions: list[str],
@@ -134,7 +83,7 @@ async def run_load(
     latencies: list[float] = []
     errors = 0
     issued = 0
-    session, post = _session(client, url, clients)
+    session, call = http_session(client, url, clients)
     async with session:
         start = time.perf_counter()
         deadline = start + max_seconds
@@ -148,7 +97,7 @@ async def run_load(
                 body = {"queries": queries, "topk": topk, "return_scores": True}
                 t0 = time.perf_counter()
                 try:
-                    status, data = await post(body)
+                    status, data = await call("POST", "/retrieve", body)
                     ok = status == 200 and len(data["result"]) == batch
                 except Exception:  # noqa: BLE001 - any failure (connection, timeout, bad body) is an error
                     ok = False
@@ -202,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         index = ensure_index(workdir)
         print(f"index: {index} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
         port = free_port()
-        proc = start_server(index, port)
+        proc = start_server(["retrieval", "--index", str(index)], port)
         try:
             url = f"http://127.0.0.1:{port}"
             questions = _questions()

@@ -19,10 +19,8 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +30,13 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from loadtest import Call, http_session, start_server  # noqa: E402
+
 from env_servers.background import free_port  # noqa: E402
 from env_servers.webshop.data import load_catalog  # noqa: E402
 
 # One episode's script: the goal index and the actions a perfect shopper takes.
 Plan = tuple[int, list[str]]
-# ``call(method, path, body) -> (status, json)``
-Call = Callable[[str, str, "dict | None"], Awaitable[tuple[int, Any]]]
 
 
 @dataclass
@@ -112,53 +110,6 @@ def check_goals(url: str, plans: list[Plan]) -> None:
         raise RuntimeError(f"the server's {data['total']} goals differ from the bundled catalog's {len(plans)}")
 
 
-def start_server(port: int, timeout: float = 60.0) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "verl_mem1.cli", "serve", "webshop"]
-    cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.terminate()
-    raise RuntimeError("server did not become healthy")
-
-
-def _session(kind: str, url: str, clients: int) -> tuple[Any, Call]:
-    """An HTTP client and a ``call(method, path, body) -> (status, json)`` for it.
-
-    aiohttp is the default: at 32 concurrent requests httpx's connection pool costs more CPU than the
-    server does (see the retrieval load test), so with httpx the number measured is mostly the client's.
-    """
-    if kind == "aiohttp":
-        import aiohttp
-
-        session = aiohttp.ClientSession(
-            url, connector=aiohttp.TCPConnector(limit=clients), timeout=aiohttp.ClientTimeout(total=30)
-        )
-
-        async def call_aiohttp(method: str, path: str, body: dict | None) -> tuple[int, Any]:
-            async with session.request(method, path, json=body) as r:
-                return r.status, await r.json(content_type=None)
-
-        return session, call_aiohttp
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    client = httpx.AsyncClient(base_url=url, timeout=30.0, limits=limits)
-
-    async def call_httpx(method: str, path: str, body: dict | None) -> tuple[int, Any]:
-        r = await client.request(method, path, json=body)
-        return r.status_code, r.json()
-
-    return client, call_httpx
-
-
 async def play_episode(call: Call, plan: Plan, latencies: list[float]) -> tuple[bool, float]:
     """Open a session, play ``plan``, close the session: ``(ok, final reward)``.
 
@@ -205,7 +156,7 @@ async def run_load(
     rewards: list[float] = []
     errors = 0
     issued = 0
-    session, call = _session(client, url, clients)
+    session, call = http_session(client, url, clients)
     async with session:
         start = time.perf_counter()
         deadline = start + max_seconds
@@ -260,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     plans = episode_plans()
     port = free_port()
     t0 = time.perf_counter()
-    proc = start_server(port)
+    proc = start_server(["webshop"], port)
     print(f"server up on port {port} ({time.perf_counter() - t0:.1f} s), {len(plans)} goals", file=sys.stderr)
     try:
         url = f"http://127.0.0.1:{port}"

@@ -49,6 +49,25 @@ class Environment(Protocol):
         ...
 
 
+class _HTTPEnvironment:
+    """An environment behind an HTTP server: one pooled client, made on first use in the running event loop."""
+
+    def __init__(self, url: str, *, timeout_s: float = 30.0, client: httpx.AsyncClient | None = None):
+        self.url = url.rstrip("/")
+        self._client = client
+        self._timeout = timeout_s
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._timeout)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
 class _SearchSession:
     def __init__(self, env: RetrievalEnvironment):
         self._env = env
@@ -60,7 +79,7 @@ class _SearchSession:
         pass
 
 
-class RetrievalEnvironment:
+class RetrievalEnvironment(_HTTPEnvironment):
     """Client of a Search-R1-compatible retrieval server (``POST /retrieve``)."""
 
     rewards_episodes = False
@@ -68,16 +87,9 @@ class RetrievalEnvironment:
     def __init__(self, url: str, *, topk: int = 3, timeout_s: float = 30.0, client: httpx.AsyncClient | None = None):
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
-        self.url = url.rstrip("/")
+        super().__init__(url, timeout_s=timeout_s, client=client)
         self.endpoint = self.url if self.url.endswith("/retrieve") else self.url + "/retrieve"
         self.topk = topk
-        self._client = client
-        self._timeout = timeout_s
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout)
-        return self._client
 
     async def search(self, queries: list[str]) -> list[list[str]]:
         """Retrieve ``topk`` documents' contents for each query."""
@@ -102,11 +114,6 @@ class RetrievalEnvironment:
     async def open(self, task: Task) -> EpisodeSession:
         return _SearchSession(self)
 
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
 
 class WebShopSession:
     """One shopping session on a WebShop server (``mem1 serve webshop``)."""
@@ -126,20 +133,10 @@ class WebShopSession:
             pass  # the server may have dropped it already; nothing to keep
 
 
-class WebShopEnvironment:
+class WebShopEnvironment(_HTTPEnvironment):
     """Client of the WebShop server: a session per episode on the task's goal (``extra_info.goal_index``)."""
 
     rewards_episodes = True
-
-    def __init__(self, url: str, *, timeout_s: float = 30.0, client: httpx.AsyncClient | None = None):
-        self.url = url.rstrip("/")
-        self._client = client
-        self._timeout = timeout_s
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout)
-        return self._client
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
@@ -185,8 +182,3 @@ class WebShopEnvironment:
             page = await self.call("GET", f"/goals?offset={start}&limit={min(1000, indices.stop - start)}")
             tasks += [webshop_task(g["index"], g["instruction"], g["asin"]) for g in page["goals"]]
         return tasks
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
