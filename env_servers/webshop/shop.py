@@ -144,13 +144,13 @@ class Shop:
         return session
 
     def reset(self, session_id: str, goal_index: int | None = None) -> StepResult:
-        session = self._get(session_id)
+        """Start the session over on the search page, on ``goal_index`` (or a drawn goal)."""
+        self._get(session_id)
         index, goal = self._goal(goal_index)
-        with session.lock:
-            fresh = Session(index, goal)
-            for name in ("goal_index", "goal", "page", "keywords", "results", "results_page", "asin", "options"):
-                setattr(session, name, getattr(fresh, name))
-            session.sub_page, session.reward, session.reward_info, session.steps = None, None, {}, 0
+        with self._table_lock:
+            if session_id not in self._sessions:  # closed meanwhile
+                raise UnknownSession(session_id)
+            self._sessions[session_id] = Session(index, goal)
         return self.observe(session_id)
 
     def close(self, session_id: str) -> None:
