@@ -267,28 +267,34 @@ def _segmented_sdpa(
         gqa = {"enable_gqa": True}  # no H/Hkv-times copy of K/V; elsewhere repeat so fused masked kernels apply
     elif n_rep > 1:
         key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+    # Split once at the segment boundaries (views; their backward is one concatenation) rather than slicing per
+    # segment: each slice's backward would zero-fill and add a gradient the size of the whole packed row.
+    sizes = [b - a for a, b, _, _ in layout.spans]
+    q_parts, k_parts, v_parts = query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2)
+    part_at = {a: i for i, (a, _, _, _) in enumerate(layout.spans)}
     outs = []
-    for a, b, pa, pb in layout.spans:
-        q = query[:, :, a:b]
+    for i, (_, _, pa, pb) in enumerate(layout.spans):
+        q = q_parts[i]
         if pa == pb:
             o = torch.nn.functional.scaled_dot_product_attention(
-                q, key[:, :, a:b], value[:, :, a:b], is_causal=True, dropout_p=dropout, scale=scaling, **gqa
+                q, k_parts[i], v_parts[i], is_causal=True, dropout_p=dropout, scale=scaling, **gqa
             )
             outs.append(o)
             continue
-        k = torch.cat([key[:, :, pa:pb], key[:, :, a:b]], dim=2)
-        v = torch.cat([value[:, :, pa:pb], value[:, :, a:b]], dim=2)
-        n, p = b - a, pb - pa
+        k = torch.cat([k_parts[part_at[pa]], k_parts[i]], dim=2)
+        v = torch.cat([v_parts[part_at[pa]], v_parts[i]], dim=2)
+        p = pb - pa
         # A masked SDPA computes every tile of its rectangle, so the segment's queries go in row blocks, each
         # against the keys it can reach (prefix + segment up to its last row), which skips most of the masked tiles.
-        for r0 in range(0, n, SEGMENTED_ROW_BLOCK):
-            r1 = min(n, r0 + SEGMENTED_ROW_BLOCK)
+        r0 = 0
+        for q_rows in q.split(SEGMENTED_ROW_BLOCK, dim=2):
+            r1 = r0 + q_rows.shape[2]
             rows = torch.arange(r0, r1, device=q.device)[:, None]
             cols = torch.arange(p + r1, device=q.device)[None, :]
             mask = (cols < p) | (cols - p <= rows)
             outs.append(
                 torch.nn.functional.scaled_dot_product_attention(
-                    q[:, :, r0:r1],
+                    q_rows,
                     k[:, :, : p + r1],
                     v[:, :, : p + r1],
                     attn_mask=mask,
@@ -297,6 +303,7 @@ def _segmented_sdpa(
                     **gqa,
                 )
             )
+            r0 = r1
     return torch.cat(outs, dim=2)
 
 
