@@ -80,7 +80,7 @@ def add_eval_command(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "eval",
-        help="evaluate a model on tasks: accuracy (EM, F1; WebShop: reward) and efficiency (peak tokens, dependency, time)",
+        help="evaluate a model: accuracy (EM, F1; WebShop: reward) and efficiency (peak tokens, dependency, time)",
         description=(
             "Run a model (hub name, local path, or the URL of an OpenAI-compatible server such as `vllm serve`) "
             "on a task file with one context policy; write episodes.jsonl and metrics.json to --out."
