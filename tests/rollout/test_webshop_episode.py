@@ -91,6 +91,7 @@ def test_no_purchase_scores_zero_and_bad_actions_are_invalid_turns(tiny_backend,
     kinds = [t.action["kind"] for t in record.turns]
     assert kinds == ["invalid", "invalid", "query"]
     assert "Invalid action" in record.turns[0].action["reason"]
+    assert record.turns[1].action["reason"] == "no action: expected <action>…</action>"  # WebShop agents never answer
     assert "Invalid action" in tok.decode(record.turns[0].observation_ids)
     assert abs(record.reward - (0.0 - 0.2)) < 1e-9  # no purchase is 0, minus the penalty for two invalid turns
 

@@ -75,7 +75,7 @@ def parse_turn(text: str, tags: TagSet = PAPER, *, require_state: bool = False) 
                 "invalid",
                 "",
                 f"no action: expected {tags.open(tags.query)}…{tags.close(tags.query)}"
-                f" or {tags.open(tags.answer)}…{tags.close(tags.answer)}",
+                + (f" or {tags.open(tags.answer)}…{tags.close(tags.answer)}" if tags.answers else ""),
             )
 
     # The first complete state block, if it ends before the action starts. Only the first opening tag can start
