@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+
+import httpx
 import torch
 
 from verl_mem1.rollout.backends.base import Generation, SamplingConfig
@@ -30,3 +34,18 @@ class ScriptedBackend:
         logp = torch.log_softmax(logits / sampling.temperature, dim=-1)
         lps = [float(logp[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(ids)]
         return Generation(ids, lps, "stop")
+
+
+def wait_until_healthy(proc: subprocess.Popen, url: str, timeout_s: float = 60.0) -> dict:
+    """Poll ``url/health`` until it answers 200 (its JSON is returned); fail if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "server exited"
+        try:
+            response = httpx.get(f"{url}/health", timeout=1.0)
+            if response.status_code == 200:
+                return response.json()
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not come up"
+        time.sleep(0.1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 
 from env_servers.background import free_port
 from env_servers.retrieval.corpus import read_corpus
+from tests.support import wait_until_healthy
 from verl_mem1.cli import main
 
 REPO = Path(__file__).resolve().parents[3]
@@ -105,16 +105,7 @@ def test_serve_retrieval_subprocess(bm25_index: Path) -> None:
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.1)
+        wait_until_healthy(proc, url)
         r = httpx.post(f"{url}/retrieve", json={"queries": ["Tinted Windows band"], "topk": 2, "return_scores": True})
         assert r.status_code == 200 and len(r.json()["result"][0]) == 2
         assert httpx.post(f"{url}/retrieve", json={"query": ""}).status_code == 422

@@ -6,7 +6,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import env_servers.websearch.server as server_module
 from env_servers.background import free_port
 from env_servers.websearch.cli import add_serve_websearch_command
 from tests.env_servers.websearch.fake_serper import API_KEY, FakeSerper, expected_contents
+from tests.support import wait_until_healthy
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -149,15 +149,7 @@ def test_real_entry_point_serves_from_the_fake(fake: FakeSerper, tmp_path: Path)
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).json() == {"status": "ok", "provider": "serper"}:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.1)
+        assert wait_until_healthy(proc, url, timeout_s=30) == {"status": "ok", "provider": "serper"}
         r = httpx.post(f"{url}/retrieve", json={"query": "eiffel tower", "topk": 2, "return_scores": True}, timeout=10)
         assert r.status_code == 200
         assert r.json()["result"][0][0]["document"]["contents"] == expected_contents("eiffel tower", 1)

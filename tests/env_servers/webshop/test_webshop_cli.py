@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from env_servers.background import free_port
+from tests.support import wait_until_healthy
 from verl_mem1.cli import main
 
 REPO = Path(__file__).resolve().parents[3]
@@ -70,16 +70,7 @@ def test_serve_webshop_subprocess() -> None:
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.1)
+        wait_until_healthy(proc, url)
         health = httpx.get(f"{url}/health").json()
         assert health["products"] == 100 and health["goals"] == 501 and health["noun_tagger"] == "fallback"
         opened = httpx.post(f"{url}/sessions", json={"goal_index": 0}).json()
