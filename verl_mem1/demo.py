@@ -112,16 +112,13 @@ def webshop_part(
     backend, out: Path, *, goals: str = "0:4", max_turns: int = 8, max_new_tokens: int = 32, progress: bool = True
 ) -> dict[str, dict]:
     """Evaluate the model on WebShop goals with each policy against the bundled shop; summaries by policy."""
-    from env_servers.background import BackgroundServer
-    from env_servers.webshop.data import load_catalog
-    from env_servers.webshop.server import create_app
-    from env_servers.webshop.shop import Shop
+    from env_servers.webshop.server import bundled_shop_server
     from verl_mem1.evaluation.harness import evaluate
     from verl_mem1.rollout.environment import WebShopEnvironment
     from verl_mem1.rollout.episode import EpisodeConfig
 
     summaries = {}
-    with BackgroundServer(create_app(Shop(load_catalog()))) as server:
+    with bundled_shop_server() as server:
         for policy in WEBSHOP_POLICIES:
             config = EpisodeConfig(context=policy, tags="webshop", max_turns=max_turns, max_new_tokens=max_new_tokens)
 

@@ -128,3 +128,12 @@ def create_app(shop: Shop) -> FastAPI:
         return {"closed": session_id}
 
     return app
+
+
+def bundled_shop_server():
+    """A loopback server (``BackgroundServer``, not started) over the bundled 100-product shop: what
+    ``--webshop auto``, ``mem1.webshop_url=auto`` and the demo serve for a run."""
+    from env_servers.background import BackgroundServer
+    from env_servers.webshop.data import load_catalog
+
+    return BackgroundServer(create_app(Shop(load_catalog())))

@@ -85,10 +85,9 @@ def add_environment_arguments(parser: argparse.ArgumentParser) -> None:
 
 def make_environment(args: argparse.Namespace):
     """The environment and its tasks: (env, tasks). ``--webshop auto`` starts the bundled shop for this run."""
-    import asyncio
     import atexit
 
-    from verl_mem1.rollout.environment import RetrievalEnvironment, WebShopEnvironment
+    from verl_mem1.rollout.environment import RetrievalEnvironment, WebShopEnvironment, fetch_webshop_tasks
     from verl_mem1.rollout.tasks import load_tasks
 
     if args.env == "retrieval":
@@ -97,26 +96,15 @@ def make_environment(args: argparse.Namespace):
         return RetrievalEnvironment(args.retriever, topk=args.topk_docs), load_tasks(args.tasks, limit=args.limit)
     url = args.webshop
     if url == "auto":
-        from env_servers.background import BackgroundServer
-        from env_servers.webshop.data import load_catalog
-        from env_servers.webshop.server import create_app
-        from env_servers.webshop.shop import Shop
+        from env_servers.webshop.server import bundled_shop_server
 
-        server = BackgroundServer(create_app(Shop(load_catalog()))).start()
+        server = bundled_shop_server().start()
         atexit.register(server.stop)
         url = server.url
-    env = WebShopEnvironment(url)
     if args.tasks:
-        return env, load_tasks(args.tasks, limit=args.limit)
-
-    async def goals():
-        try:
-            return await env.goals(args.goals)
-        finally:
-            await env.aclose()  # its client belongs to this event loop; the run opens a new one
-
-    tasks = asyncio.run(goals())
-    return env, tasks[: args.limit] if args.limit else tasks
+        return WebShopEnvironment(url), load_tasks(args.tasks, limit=args.limit)
+    tasks = fetch_webshop_tasks(url, args.goals)
+    return WebShopEnvironment(url), tasks[: args.limit] if args.limit else tasks
 
 
 def make_backend(args: argparse.Namespace):

@@ -182,3 +182,17 @@ class WebShopEnvironment(_HTTPEnvironment):
             page = await self.call("GET", f"/goals?offset={start}&limit={min(1000, indices.stop - start)}")
             tasks += [webshop_task(g["index"], g["instruction"], g["asin"]) for g in page["goals"]]
         return tasks
+
+
+def fetch_webshop_tasks(url: str, spec: str = "0:") -> list[Task]:
+    """The server's goals ``START:STOP`` as tasks, from synchronous code (a client in its own event loop)."""
+    import asyncio
+
+    async def fetch() -> list[Task]:
+        env = WebShopEnvironment(url)
+        try:
+            return await env.goals(spec)
+        finally:
+            await env.aclose()
+
+    return asyncio.run(fetch())

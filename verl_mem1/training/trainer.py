@@ -933,16 +933,9 @@ class Mem1Trainer:
         return str(_get(self.cfg, "mem1.env"))
 
     def _webshop_goals(self, spec: str) -> list[Task]:
-        from verl_mem1.rollout.environment import WebShopEnvironment
+        from verl_mem1.rollout.environment import fetch_webshop_tasks
 
-        async def fetch():
-            env = WebShopEnvironment(self.url)
-            try:
-                return await env.goals(spec)
-            finally:
-                await env.aclose()
-
-        return asyncio.run(fetch())
+        return fetch_webshop_tasks(self.url, spec)
 
     def _make_environment(self):
         from verl_mem1.rollout.environment import RetrievalEnvironment, WebShopEnvironment
@@ -958,12 +951,9 @@ class Mem1Trainer:
             url = str(_get(self.cfg, "mem1.webshop_url"))
             if url != "auto":
                 return url
-            from env_servers.background import BackgroundServer
-            from env_servers.webshop.data import load_catalog
-            from env_servers.webshop.server import create_app
-            from env_servers.webshop.shop import Shop
+            from env_servers.webshop.server import bundled_shop_server
 
-            server = self._stack.enter_context(BackgroundServer(create_app(Shop(load_catalog()))))
+            server = self._stack.enter_context(bundled_shop_server())
             print(f"serving the bundled WebShop on {server.url}")
             return server.url
         url = str(_get(self.cfg, "mem1.retriever_url"))
