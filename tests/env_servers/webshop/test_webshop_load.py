@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import httpx
@@ -62,11 +61,8 @@ def test_32_concurrent_episodes(webshop_url: str, webshop_shop: Shop) -> None:
     indices = list(range(0, len(all_goals), len(all_goals) // SESSIONS))[:SESSIONS]  # spread over the goal list
     assert len(set(indices)) == SESSIONS
     sessions_before = webshop_shop.num_sessions
-    start = time.monotonic()
     rewards, errors = asyncio.run(_run(webshop_url, {i: all_goals[i] for i in indices}))
-    elapsed = time.monotonic() - start
     assert errors == []
     assert rewards == [1.0] * SESSIONS
     assert webshop_shop.num_sessions == sessions_before  # every session was closed
-    assert elapsed < 30, f"32 episodes took {elapsed:.1f} s"
     assert httpx.get(f"{webshop_url}/health").json()["status"] == "ok"
