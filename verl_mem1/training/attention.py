@@ -253,6 +253,17 @@ def _flex(
         return fn(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=gqa)
 
 
+def _first_query_span(layout: SegmentLayout, offset: int) -> int:
+    """Index of the first span with queries when the first ``offset`` keys have none (a prompt computed in an
+    earlier call and prepended through ``mem1_prefix_kv``); they must end at a span boundary."""
+    starts = [a for a, _, _, _ in layout.spans]
+    if offset == 0:
+        return 0
+    if offset not in starts:
+        raise ValueError(f"the {offset} prepended keys do not end at a segment boundary of the layout")
+    return starts.index(offset)
+
+
 def _segmented_sdpa(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -270,10 +281,16 @@ def _segmented_sdpa(
     # Split once at the segment boundaries (views; their backward is one concatenation) rather than slicing per
     # segment: each slice's backward would zero-fill and add a gradient the size of the whole packed row.
     sizes = [b - a for a, b, _, _ in layout.spans]
-    q_parts, k_parts, v_parts = query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2)
+    if sum(sizes) != key.shape[2]:
+        raise ValueError(f"the segment layout covers {sum(sizes)} keys, the attention call has {key.shape[2]}")
+    first = _first_query_span(layout, key.shape[2] - query.shape[2])
+    k_parts, v_parts = key.split(sizes, dim=2), value.split(sizes, dim=2)
+    q_parts = (None,) * first + query.split(sizes[first:], dim=2)
     part_at = {a: i for i, (a, _, _, _) in enumerate(layout.spans)}
     outs = []
     for i, (_, _, pa, pb) in enumerate(layout.spans):
+        if i < first:
+            continue
         q = q_parts[i]
         if pa == pb:
             o = torch.nn.functional.scaled_dot_product_attention(
@@ -325,7 +342,10 @@ def _flash_varlen(
     if query.dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"backend 'flash' needs fp16/bf16 activations, got {query.dtype}")
     device = query.device
-    kv_index = layout.kv_index.to(device)
+    offset = key.shape[2] - query.shape[2]  # prepended prompt keys without queries (segment-group training)
+    first = _first_query_span(layout, offset)
+    cu_q, cu_k = layout.cu_seqlens_q[first:] - offset, layout.cu_seqlens_k[first:]
+    kv_index = layout.kv_index[int(cu_k[0]) :].to(device)
     q = query[0].transpose(0, 1).contiguous()  # [L, H, D]
     k = key[0].transpose(0, 1).index_select(0, kv_index)  # [Σ (P + n), Hkv, D]
     v = value[0].transpose(0, 1).index_select(0, kv_index)
@@ -333,8 +353,8 @@ def _flash_varlen(
         q,
         k,
         v,
-        cu_seqlens_q=layout.cu_seqlens_q.to(device),
-        cu_seqlens_k=layout.cu_seqlens_k.to(device),
+        cu_seqlens_q=cu_q.to(device),
+        cu_seqlens_k=(cu_k - cu_k[0]).to(device),
         max_seqlen_q=layout.max_seqlen_q,
         max_seqlen_k=layout.max_seqlen_k,
         dropout_p=dropout,
@@ -366,6 +386,19 @@ def packed_attention_forward(
     backend = kwargs.pop("mem1_backend", None)
     layout = kwargs.pop("mem1_layout", None)
     compiled = kwargs.pop("mem1_flex_compile", True)
+    prefix_kv = kwargs.pop("mem1_prefix_kv", None)
+    collect_kv = kwargs.pop("mem1_collect_kv", None)
+    if prefix_kv is not None or collect_kv is not None:
+        layer = getattr(module, "layer_idx", None)
+        if layer is None:
+            raise TypeError(f"{type(module).__name__} has no layer_idx; prompt keys/values cannot be shared")
+        if prefix_kv is not None and backend not in ("segmented", "flash"):
+            raise ValueError(f"prepended prompt keys/values need the 'segmented' or 'flash' backend, not {backend!r}")
+        if prefix_kv is not None:  # keys/values of a prompt computed in an earlier call (segment-group training)
+            prefix_key, prefix_value = prefix_kv[layer]
+            key, value = torch.cat([prefix_key, key], dim=2), torch.cat([prefix_value, value], dim=2)
+        if collect_kv is not None:  # first write wins: a checkpoint recompute must not replace the graph's tensors
+            collect_kv.setdefault(layer, (key, value))
     if backend is None:
         if isinstance(attention_mask, torch.Tensor) and attention_mask.is_floating_point():
             if bool((attention_mask > 0).any()):  # additive masks are 0 / negative; a positive entry is a 0/1 mask
