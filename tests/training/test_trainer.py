@@ -101,6 +101,42 @@ def test_ppo_updates_lower_the_loss_on_a_fixed_batch(fixed_batch):
     )
 
 
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_segment_groups_give_the_packed_update(fixed_batch, agg):
+    """mem1.segment_group_tokens: the same gradient (so the same SGD step) and metrics as one packed row."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    model_dir, records, scores, groups = fixed_batch
+    batch = build_batch(records, scores, groups)
+    compute_batch_advantages(batch, "grpo")
+    base = PPOSettings(
+        mini_batch_episodes=4, micro_batch_episodes=3, loss_agg_mode=agg, entropy_coeff=0.01, use_kl_loss=True
+    )
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    batch.ref_logprobs = [lp + 0.05 for lp in batch_logprobs(model, batch.samples, base)]  # a non-zero KL term
+
+    def one_update(settings):
+        policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+        metrics = update_policy(policy, torch.optim.SGD(policy.parameters(), lr=1.0), batch, settings)
+        return metrics, {n: p.detach() - before[n] for n, p in policy.named_parameters()}
+
+    packed_metrics, packed_step = one_update(base)
+    grouped_metrics, grouped_step = one_update(replace(base, segment_group_tokens=16))
+    assert grouped_metrics.keys() == packed_metrics.keys()
+    for key, value in packed_metrics.items():
+        assert grouped_metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert abs(packed_metrics["actor/kl_loss"]) > 1e-3
+    moved = 0
+    for name, step in packed_step.items():
+        scale = step.abs().max().item()
+        moved += scale > 0
+        assert (grouped_step[name] - step).abs().max().item() <= 1e-4 * scale + 1e-9, name
+    assert moved > 10
+
+
 def test_critic_and_gae_on_a_fixed_batch(fixed_batch):
     from transformers import AutoModelForTokenClassification
 
@@ -196,6 +232,11 @@ def test_mem1_train_tiny_recipe_runs_checkpoints_and_resumes(tmp_path, monkeypat
         ("mem1.tags=webshop", "mem1.tags"),  # a WebShop tag set for QA
         ("mem1.invalid_action_penalty=-1", "mem1.invalid_action_penalty"),
         ("mem1.attention=sparse", "mem1.attention"),
+        ("mem1.segment_group_tokens=0", "mem1.segment_group_tokens"),
+        (  # GSPO's sequence-level ratio couples tokens: its loss cannot be back-propagated in groups
+            "mem1.segment_group_tokens=256 actor_rollout_ref.actor.policy_loss.loss_mode=gspo",
+            "mem1.segment_group_tokens",
+        ),
         ("trainer.resume_mode=sometimes", "trainer.resume_mode"),
         ("data.train_files=/nonexistent/train.parquet", "data.train_files"),
         ("mem1.no_such_key=1", "no_such_key"),
@@ -205,7 +246,7 @@ def test_bad_config_fails_at_start_up_naming_the_key(override, key, tmp_path, ca
     from verl_mem1.training.train_cli import main
 
     run_dir = tmp_path / "run"
-    assert main([f"trainer.default_local_dir={run_dir}", override]) == 2
+    assert main([f"trainer.default_local_dir={run_dir}", *override.split()]) == 2
     err = capsys.readouterr().err
     assert "mem1 train: error:" in err and key in err, err
     assert not run_dir.exists(), "nothing was built or loaded"

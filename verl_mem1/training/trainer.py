@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +40,15 @@ import numpy as np
 import torch
 
 from verl_mem1.training import algorithms as algos
-from verl_mem1.training.forward import packed_logprobs, packed_logprobs_and_entropy, packed_values
+from verl_mem1.training.forward import (
+    PLAIN_HEAD_MODEL_TYPES,
+    _plain_head,
+    packed_logprobs,
+    packed_logprobs_and_entropy,
+    packed_values,
+)
 from verl_mem1.training.packing import PackedSample, pack_batch, pack_episode, packed_token_count, per_turn_token_count
+from verl_mem1.training.streaming import streamed_logprobs_and_entropy
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -55,6 +63,8 @@ STEP_DIR = "global_step_{}"
 ATTENTION_BACKENDS = ("flex", "dense", "segmented", "flash")
 RESUME_MODES = ("auto", "disable", "resume_path")
 LOSS_MODES = ("vanilla", "gspo", "gpg", "clip_cov", "kl_cov", "geo_mean", "dppo_tv", "dppo_kl", "cispo", "sapo")
+# Loss modes whose loss is a weighted sum of per-token terms, so segment groups can back-propagate it in parts.
+GROUPABLE_LOSS_MODES = ("vanilla", "gpg", "cispo")
 
 
 # The ``mem1:`` keys the trainer reads and their values when a recipe leaves them out. Names shared with the verl
@@ -85,6 +95,7 @@ MEM1_DEFAULTS: dict[str, Any] = {
     "compile_flex": False,
     "dtype": "float32",
     "logprob_tolerance": 1e-4,  # None: only log actor/rollout_logprob_diff
+    "segment_group_tokens": None,  # None: one packed row per micro-batch; N: segment groups of <= N tokens
     "concurrency": 64,
     "generate_batch_size": 16,
     "seed": 0,
@@ -250,6 +261,15 @@ def validate_config(cfg: DictConfig) -> None:
     choice("mem1.reward_metric", ("em", "f1"))
     choice("mem1.reward_reduce", ("sum", "mean"))
     number("mem1.logprob_tolerance", 0.0, allow_none=True)
+    if integer("mem1.segment_group_tokens", 1, allow_none=True) is not None:
+        mode = _get(cfg, "actor_rollout_ref.actor.policy_loss.loss_mode", "vanilla")
+        if mode not in GROUPABLE_LOSS_MODES:
+            raise _fail(
+                "mem1.segment_group_tokens",
+                _get(cfg, "mem1.segment_group_tokens"),
+                f"segment groups need a per-token loss ({', '.join(GROUPABLE_LOSS_MODES)}); loss_mode {mode!r} "
+                "couples tokens: set mem1.segment_group_tokens=null",
+            )
     if _get(cfg, "data.train_files") is None and not _get(cfg, "mem1.train_source"):
         raise _fail("mem1.train_source", None, "give data.train_files or a question source to compose tasks from")
     for key in ("data.train_files", "data.val_files"):
@@ -398,6 +418,7 @@ class PPOSettings:
     backend: str = "flex"
     compile_flex: bool = False
     logprob_tolerance: float | None = 1e-4
+    segment_group_tokens: int | None = None
     critic_ppo_epochs: int = 1
     cliprange_value: float = 0.5
     critic_clip_grad: float | None = 1.0
@@ -433,6 +454,7 @@ class PPOSettings:
             backend=str(_get(cfg, "mem1.attention")),
             compile_flex=bool(_get(cfg, "mem1.compile_flex")),
             logprob_tolerance=_get(cfg, "mem1.logprob_tolerance"),
+            segment_group_tokens=_get(cfg, "mem1.segment_group_tokens"),
             critic_ppo_epochs=int(_get(cfg, "critic.ppo_epochs", 1) or 1),
             cliprange_value=float(_get(cfg, "critic.cliprange_value", 0.5)),
             critic_clip_grad=_get(cfg, "critic.optim.clip_grad", 1.0),
@@ -576,45 +598,25 @@ def update_policy(
             for micro in micro_batches(mini, batch.samples, settings.micro_batch_episodes, settings.max_token_len):
                 lens = [lengths[i] for i in micro]
                 packed = pack_batch([batch.samples[i] for i in micro])
-                lp, ent = packed_logprobs_and_entropy(
-                    model, packed, backend=settings.backend, compile_flex=settings.compile_flex
-                )
-                logprobs = algos.pad_episodes(algos.split_episodes(lp.float(), lens))
-                entropy = algos.pad_episodes(algos.split_episodes(ent.float(), lens))
                 mask = algos.response_mask(lens, device=device)
                 old = _rows([batch.old_logprobs[i] for i in micro], device)
                 advantages = _rows([batch.advantages[i] for i in micro], device)
-                if check_logprobs and not stepped:
-                    delta = ((logprobs.detach() - old).abs() * mask).max()
-                    diff, checked = max(diff, float(delta)), checked + sum(lens)
-                pg_loss, pg_metrics = algos.policy_loss(
-                    old,
-                    logprobs,
-                    advantages,
-                    mask,
-                    clip_ratio=settings.clip_ratio,
-                    clip_ratio_low=settings.clip_ratio_low,
-                    clip_ratio_high=settings.clip_ratio_high,
-                    clip_ratio_c=settings.clip_ratio_c,
-                    loss_mode=settings.loss_mode,
-                    actor_config=settings.actor_config,
-                    **agg,
+                ref = _rows([batch.ref_logprobs[i] for i in micro], device) if settings.use_kl_loss else None
+                loss_of = functools.partial(
+                    _policy_loss,
+                    lens=lens,
+                    old=old,
+                    advantages=advantages,
+                    ref=ref,
+                    mask=mask,
+                    settings=settings,
+                    agg=agg,
                 )
-                loss = pg_loss
-                ent_term = algos.entropy_loss(entropy, mask, **agg)
-                if settings.entropy_coeff:
-                    loss = loss - settings.entropy_coeff * ent_term
-                metrics = {
-                    **pg_metrics,
-                    "actor/pg_loss": float(pg_loss.detach()),
-                    "actor/entropy": float(ent_term.detach()),
-                }
-                if settings.use_kl_loss:
-                    ref = _rows([batch.ref_logprobs[i] for i in micro], device)
-                    kl = algos.kl_loss(logprobs, ref, mask, kl_type=settings.kl_loss_type, **agg)
-                    loss = loss + settings.kl_loss_coef * kl
-                    metrics["actor/kl_loss"] = float(kl.detach())
-                loss.backward()
+                lp, metrics = _actor_backward(model, packed, loss_of, old[mask.bool()], settings)
+                if check_logprobs and not stepped:
+                    logprobs = algos.pad_episodes(algos.split_episodes(lp.detach().float(), lens))
+                    delta = ((logprobs - old).abs() * mask).max()
+                    diff, checked = max(diff, float(delta)), checked + sum(lens)
                 # the losses are scaled to the mini-batch, so its micro-batch losses sum to the mini-batch loss:
                 # report the mean over mini-batches of those sums, and token-weighted means of the ratios
                 share = sum(lens) / mini_tokens
@@ -640,6 +642,76 @@ def update_policy(
 
 
 _SUMMED = ("actor/pg_loss", "actor/entropy", "actor/kl_loss", "critic/vf_loss")
+
+
+def _policy_loss(
+    lp: torch.Tensor,
+    ent: torch.Tensor,
+    *,
+    lens: list[int],
+    old: torch.Tensor,
+    advantages: torch.Tensor,
+    ref: torch.Tensor | None,
+    mask: torch.Tensor,
+    settings: PPOSettings,
+    agg: dict[str, Any],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The actor's loss from packed-order log-probs and entropies: PPO policy loss, minus the entropy bonus, plus
+    the KL loss, on ``[B, T]`` rows of episodes of ``lens`` generated tokens."""
+    logprobs = algos.pad_episodes(algos.split_episodes(lp.float(), lens))
+    entropy = algos.pad_episodes(algos.split_episodes(ent.float(), lens))
+    pg_loss, pg_metrics = algos.policy_loss(
+        old,
+        logprobs,
+        advantages,
+        mask,
+        clip_ratio=settings.clip_ratio,
+        clip_ratio_low=settings.clip_ratio_low,
+        clip_ratio_high=settings.clip_ratio_high,
+        clip_ratio_c=settings.clip_ratio_c,
+        loss_mode=settings.loss_mode,
+        actor_config=settings.actor_config,
+        **agg,
+    )
+    loss = pg_loss
+    ent_term = algos.entropy_loss(entropy, mask, **agg)
+    if settings.entropy_coeff:
+        loss = loss - settings.entropy_coeff * ent_term
+    metrics = {**pg_metrics, "actor/pg_loss": float(pg_loss.detach()), "actor/entropy": float(ent_term.detach())}
+    if ref is not None:
+        kl = algos.kl_loss(logprobs, ref, mask, kl_type=settings.kl_loss_type, **agg)
+        loss = loss + settings.kl_loss_coef * kl
+        metrics["actor/kl_loss"] = float(kl.detach())
+    return loss, metrics
+
+
+def _actor_backward(
+    model: torch.nn.Module, packed: PackedSample, loss_of: Callable, old: torch.Tensor, settings: PPOSettings
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Back-propagate ``loss_of(logprobs, entropies)`` of a micro-batch; return its log-probs and metrics.
+
+    With ``segment_group_tokens``, group by group: each group's loss sees its own tokens' log-probs and the old
+    ones (``old``, packed order) elsewhere. The loss is a sum of per-token terms (``GROUPABLE_LOSS_MODES``), so
+    the groups' gradients add up to the full loss's gradient; the metrics come from the full loss, recomputed
+    without gradient.
+    """
+    if not settings.segment_group_tokens:
+        backend, compile_flex = settings.backend, settings.compile_flex
+        lp, ent = packed_logprobs_and_entropy(model, packed, backend=backend, compile_flex=compile_flex)
+        loss, metrics = loss_of(lp, ent)
+        loss.backward()
+        return lp.detach(), metrics
+    zeros = torch.zeros_like(old)
+
+    def group_loss(lp_g: torch.Tensor, ent_g: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return loss_of(old.index_put((index,), lp_g), zeros.index_put((index,), ent_g))[0]
+
+    lp, ent = streamed_logprobs_and_entropy(
+        model, packed, group_loss, group_tokens=settings.segment_group_tokens, backend=settings.backend
+    )
+    with torch.no_grad():
+        _, metrics = loss_of(lp, ent)
+    return lp, metrics
 
 
 def update_critic(
@@ -896,6 +968,11 @@ class Mem1Trainer:
         tokenizer_path = _get(cfg, "actor_rollout_ref.model.tokenizer_path") or self.model_path
         self.tokenizer = AutoTokenizer.from_pretrained(self._resolve_model_path(str(tokenizer_path)))
         self.policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=self.dtype).to(self.device)
+        if _get(cfg, "mem1.segment_group_tokens") is not None and _plain_head(self.policy) is None:
+            raise ConfigError(
+                f"mem1.segment_group_tokens: {type(self.policy).__name__} has no plain linear LM head "
+                f"(model types {', '.join(sorted(PLAIN_HEAD_MODEL_TYPES))}); set mem1.segment_group_tokens=null"
+            )
         if bool(_get(cfg, "actor_rollout_ref.model.enable_gradient_checkpointing", False)):
             self.policy.gradient_checkpointing_enable()
         self.ref = None
