@@ -10,6 +10,8 @@ Measured in one run, for each objective count:
 - packed forward+backward: one packed row through ``packed_logprobs``. On CPU this is the ``segmented`` kernel,
   because torch has no flex-attention backward on CPU (``flex`` under autograd resolves to it);
 - per-turn forward+backward: one plain causal sample per turn, backward after each (verl's multi-output loops);
+- segment groups forward+backward (``mem1.segment_group_tokens``): the packed layout back-propagated in groups of
+  whole segments of at most ``--group-tokens`` tokens sharing the prompt's keys/values (``streaming.py``);
 - packed forward only (no grad): compiled flex, segmented, and the dense mask (the O(L²) reference).
 
 Memory is the peak resident set size (VmHWM, reset through /proc/self/clear_refs before each phase) minus the
@@ -22,6 +24,7 @@ glibc's default allocator and memory from a second process with the pin. Linux o
 
     .venv/bin/python benchmarks/packing.py            # full run, a few minutes on 2 cores
     .venv/bin/python benchmarks/packing.py --quick    # 2 and 4 objectives, smaller attention check
+    .venv/bin/python benchmarks/packing.py --objectives 16 --layers 4 --intermediate 5632 --training-only
 """
 
 from __future__ import annotations
@@ -162,6 +165,7 @@ def bench_objectives(model, objectives: int, args) -> dict:
         per_turn_samples,
         per_turn_token_count,
     )
+    from verl_mem1.training.streaming import streamed_logprobs_and_entropy
 
     record = synthetic_record(
         objectives,
@@ -186,6 +190,12 @@ def bench_objectives(model, objectives: int, args) -> dict:
         model.zero_grad(set_to_none=True)
         packed_logprobs(model, sample, backend="segmented").sum().backward()
 
+    def grouped_train():
+        model.zero_grad(set_to_none=True)
+        streamed_logprobs_and_entropy(
+            model, sample, lambda lp, ent, index: lp.sum(), group_tokens=args.group_tokens, with_entropy=False
+        )
+
     def per_turn_train():
         model.zero_grad(set_to_none=True)
         for s in per_turn_samples(record):
@@ -204,11 +214,15 @@ def bench_objectives(model, objectives: int, args) -> dict:
     model.train()
     row["packed"] = measure(packed_train)
     row["per_turn"] = measure(per_turn_train)
+    row["grouped"] = measure(grouped_train)
     model.zero_grad(set_to_none=True)
-    row["speedup"] = row["per_turn"]["cpu_s"] / row["packed"]["cpu_s"]
-    row["speedup_wall"] = row["per_turn"]["wall_s"] / row["packed"]["wall_s"]
-    row["of_limit"] = row["speedup"] / row["token_ratio"]
-    row["of_work_limit"] = row["speedup"] / row["work_ratio"]
+    for name, prefix in (("packed", ""), ("grouped", "grouped_")):
+        row[f"{prefix}speedup"] = row["per_turn"]["cpu_s"] / row[name]["cpu_s"]
+        row[f"{prefix}speedup_wall"] = row["per_turn"]["wall_s"] / row[name]["wall_s"]
+        row[f"{prefix}of_limit"] = row[f"{prefix}speedup"] / row["token_ratio"]
+        row[f"{prefix}of_work_limit"] = row[f"{prefix}speedup"] / row["work_ratio"]
+    if args.training_only:
+        return row
     model.eval()
     forward("flex")()  # warm-up: compiles flex attention for this shape
     row["flex_fwd"] = measure(forward("flex"))
@@ -389,6 +403,26 @@ def print_tables(rows: list[dict], attention: list[dict], meta: dict) -> None:
             f"| {100 * r['of_work_limit']:.0f}% | {p['mb']:.0f} | {t['mb']:.0f} "
             f"| {p['load']:.1f} / {t['load']:.1f} |"
         )
+    print(
+        "\nsegment groups (mem1.segment_group_tokens, at most "
+        f"{meta['group_tokens']} tokens per group) against one packed row, same run:\n"
+    )
+    print(
+        "| objectives | token ratio | FLOP ratio | packed speedup | groups fwd+bwd CPU s (wall) | groups speedup "
+        "| groups % of token ratio | groups % of FLOP ratio | packed MB | groups MB | per-turn MB |"
+    )
+    print("|" + "---:|" * 11)
+    for r in rows:
+        g = r["grouped"]
+        print(
+            f"| {r['objectives']} | {r['token_ratio']:.2f}x | {r['work_ratio']:.2f}x | {r['speedup']:.2f}x "
+            f"| {g['cpu_s']:.1f} ({g['wall_s']:.1f}) | {r['grouped_speedup']:.2f}x "
+            f"| {100 * r['grouped_of_limit']:.0f}% | {100 * r['grouped_of_work_limit']:.0f}% "
+            f"| {r['packed']['mb']:.0f} | {g['mb']:.0f} "
+            f"| {r['per_turn']['mb']:.0f} |"
+        )
+    if "flex_fwd" not in rows[0]:
+        return
     print("\npacked forward only (no grad), whole model:\n")
     print("| objectives | packed tokens | flex compiled CPU s | segmented CPU s | dense CPU s | flex MB | dense MB |")
     print("|" + "---:|" * 7)
@@ -439,6 +473,10 @@ def main(argv: list[str] | None = None) -> int:
         "--dense-max-tokens", type=int, default=12000, help="skip the dense forward above this length (0: never)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--group-tokens", type=int, default=2048, help="segment-group size (mem1.segment_group_tokens)")
+    parser.add_argument(
+        "--training-only", action="store_true", help="only the fwd+bwd comparison (no forward-only/attention tables)"
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--memory-pass", default=None, help=argparse.SUPPRESS)  # internal: the pinned child's output
     args = parser.parse_args(argv)
@@ -463,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
         "head_dim": args.hidden // 16,
+        "group_tokens": args.group_tokens,
         "model": f"Qwen2 {args.layers} layers, hidden {args.hidden}, MLP {args.intermediate}, 16/2 heads, "
         f"vocab 32000, {params / 1e6:.0f}M params, fp32",
     }
@@ -471,10 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     for n in objectives:
         rows.append(bench_objectives(model, n, args))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    attention = [bench_attention(4, 5, args, eager=True)]  # ~4k tokens; eager flex materialises H x L x L scores
-    if not args.quick:
-        attention.append(bench_attention(8, 10, args, eager=False))  # ~8k tokens
-    long_rows = bench_long_rows([32_768] if args.quick else [32_768, 131_072])
+    attention, long_rows = [], []
+    if not args.training_only:
+        attention.append(bench_attention(4, 5, args, eager=True))  # ~4k tokens; eager flex materialises H x L x L
+        if not args.quick:
+            attention.append(bench_attention(8, 10, args, eager=False))  # ~8k tokens
+        long_rows = bench_long_rows([32_768] if args.quick else [32_768, 131_072])
     meta["wall_s"] = time.perf_counter() - started
     if args.memory_pass:
         Path(args.memory_pass).write_text(json.dumps({"rows": rows, "attention": attention}))
@@ -482,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     merge_memory(rows, attention, memory_pass(argv if argv is not None else sys.argv[1:]))
     meta["wall_s"] = time.perf_counter() - started
     print_tables(rows, attention, meta)
-    print_long_rows(long_rows)
+    if long_rows:
+        print_long_rows(long_rows)
     print(f"\ntotal {meta['wall_s']:.0f} s")
     if args.json:
         results = {"meta": meta, "rows": rows, "attention": attention, "long_rows": long_rows}
