@@ -114,3 +114,29 @@ def test_flash_gradients_flow_to_the_shared_prompt(tiny_model_dir):
     logprobs.sum().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_segment_groups_on_cuda_match_the_packed_row(tiny_model_dir):
+    """fp32 on CUDA: segment groups (prompt keys/values prepended per group) give the packed log-probs."""
+    from verl_mem1.training.streaming import streamed_logprobs_and_entropy
+
+    model = _model(tiny_model_dir, torch.float32)
+    sample = pack_batch(_records())
+    with torch.no_grad():
+        packed = packed_logprobs(model, sample, backend="segmented")
+        grouped, _ = streamed_logprobs_and_entropy(model, sample, group_tokens=300, with_entropy=False)
+    assert (grouped - packed).abs().max().item() <= 1e-4
+
+
+@needs_flash
+def test_flash_segment_groups_in_bf16(tiny_model_dir):
+    """The flash kernel with the prompt's keys/values prepended (queries only for the group) in bf16."""
+    from verl_mem1.training.streaming import streamed_logprobs_and_entropy
+
+    model = _model(tiny_model_dir, torch.bfloat16)
+    sample = pack_batch(_records())
+    with torch.no_grad():
+        packed = packed_logprobs(model, sample, backend="flash")
+        grouped, _ = streamed_logprobs_and_entropy(model, sample, group_tokens=300, backend="flash", with_entropy=False)
+    delta = (grouped - packed).abs()
+    assert delta.max().item() <= BF16_MAX and delta.mean().item() <= BF16_MEAN

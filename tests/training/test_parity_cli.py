@@ -22,10 +22,10 @@ def _run(argv: list[str]) -> int:
 def test_parity_json(episodes_by_config, tiny_model_dir, capsys):
     _, path = episodes_by_config[("mem1", 0.7)]
     argv = ["parity", "--model", str(tiny_model_dir), "--episodes", str(path), "--json", "--eager-flex"]
-    assert _run([*argv, "--backends", "dense", "flex", "segmented", "per_turn"]) == 0
+    assert _run([*argv, "--backends", "dense", "flex", "segmented", "segment_groups", "per_turn"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True and report["tolerance"] == 1e-4
-    assert set(report["backends"]) == {"dense", "flex", "segmented", "per_turn"}
+    assert set(report["backends"]) == {"dense", "flex", "segmented", "segment_groups", "per_turn"}
     records = read_episodes(path)
     generated = sum(len(t.generated_ids) for r in records for t in r.turns)
     assert report["generated_tokens"] == generated and report["episodes"] == len(records)
@@ -43,6 +43,8 @@ def test_parity_table_and_failure_exit(episodes_by_config, tiny_model_dir, tmp_p
     path = tmp_path / "tampered.jsonl"
     write_jsonl(tampered, path)
     base = ["parity", "--model", str(tiny_model_dir), "--episodes", str(path), "--eager-flex"]
+    assert _run([*base, "--backends", "segment_groups"]) == 1
+    capsys.readouterr()
     assert _run([*base, "--backends", "dense", "per_turn"]) == 1
     captured = capsys.readouterr()
     assert "| dense |" in captured.out and "| NO |" in captured.out and "parity FAILED" in captured.err

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.training.records import mem1_record
-from verl_mem1.training import pack_batch, pack_episode, packed_logprobs_and_entropy
+from verl_mem1.training import pack_batch, pack_episode, packed_logprobs_and_entropy, streaming
 from verl_mem1.training.attention import packed_model_call
 from verl_mem1.training.streaming import segment_groups, streamed_logprobs_and_entropy
 
@@ -64,10 +64,13 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_streamed_gradients_equal_the_packed_ones(tiny_model_dir, checkpointing):
+@pytest.mark.parametrize(("checkpointing", "keep_logits"), [(False, True), (True, True), (False, False)])
+def test_streamed_gradients_equal_the_packed_ones(tiny_model_dir, checkpointing, keep_logits, monkeypatch):
     """A per-token loss (weighted log-probs and entropies) back-propagated group by group gives the packed
-    gradient, prompt and embeddings included, with and without gradient checkpointing."""
+    gradient, prompt and embeddings included: with and without gradient checkpointing, with the group's logits
+    kept for backward or (over the budget) chunked and recomputed."""
+    if not keep_logits:
+        monkeypatch.setattr(streaming, "HEAD_KEEP_ELEMENTS", 0)
     sample = pack_batch(_records())
     weights = torch.randn(sample.num_generated, generator=torch.Generator().manual_seed(0))
 

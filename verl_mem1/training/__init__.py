@@ -9,6 +9,7 @@ Public API (imported lazily, so ``mem1 --help`` and ``verl_mem1.training.parity`
   ``skip_mask_creation``, ``packed_model_call``, ``masked_forward``, ``PACKED_BACKENDS``, ``MEM1_ATTENTION``
 - forward: ``packed_logprobs``, ``packed_logprobs_and_entropy``, ``packed_values``, ``per_turn_logprobs``,
   ``per_turn_logprobs_and_entropy``, ``episode_logprobs``, ``resolve_backend``
+- streaming (segment-group training): ``streamed_logprobs_and_entropy``, ``segment_groups``
 - parity: ``parity_report``, ``format_report``, ``add_parity_command``
 """
 
@@ -51,6 +52,7 @@ _EXPORTS = {
         "episode_logprobs",
         "resolve_backend",
     ),
+    "streaming": ("streamed_logprobs_and_entropy", "segment_groups"),
     "parity": ("parity_report", "format_report", "add_parity_command"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -27,6 +27,11 @@ gradient-checkpoint recomputation), plus a 4-D bool mask or a ``BlockMask`` as `
 mask is used as-is by ``create_causal_mask``), or a ``SegmentLayout`` as ``mem1_layout`` with mask creation
 skipped (otherwise the reset position ids would make transformers build an L×L packed-sequence mask).
 
+Segment-group training (``streaming.py``) adds two such kwargs: ``mem1_collect_kv`` (a dict the attention fills with
+each layer's keys/values, after RoPE) on the prompt's call, and ``mem1_prefix_kv`` (those keys/values, per layer)
+on each group's call, prepended to the group's own; the layout then spans ``[prompt | group]`` and only the
+group has queries (``segmented`` and ``flash`` only).
+
 A float 0/1 mask is rejected everywhere here (``TypeError``): SDPA and Hugging Face *add* a float mask to the
 scores, so 1.0/0.0 masks nothing and causality is lost — the reference implementation's bug.
 """

@@ -101,13 +101,15 @@ def _chunked_head_logprobs(
     temperatures: torch.Tensor,
     with_entropy: bool,
     chunk: int,
+    recompute: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Apply the head ``chunk`` rows at a time; under autograd each chunk is checkpointed, so only the hidden
-    states are kept and the ``chunk × V`` logits are recomputed in backward (peak: one chunk, not ``N × V``)."""
+    """Apply the head ``chunk`` rows at a time; under autograd (and ``recompute``) each chunk is checkpointed, so
+    only the hidden states are kept and the ``chunk × V`` logits are recomputed in backward (peak: one chunk, not
+    ``N × V``)."""
     from torch.utils.checkpoint import checkpoint
 
     tokens, entropies = [], []
-    grad = torch.is_grad_enabled()
+    grad = torch.is_grad_enabled() and recompute
     for i in range(0, hidden.shape[0], chunk):
         args = (hidden[i : i + chunk], head.weight, head.bias, targets[i : i + chunk], temperatures[i : i + chunk])
         if grad:

@@ -20,14 +20,19 @@ if TYPE_CHECKING:
     from verl_mem1.rollout.episode import EpisodeRecord
 
 DEFAULT_TOLERANCE = 1e-4
-ALL_BACKENDS = ("dense", "flex", "segmented", "flash", "per_turn")
+ALL_BACKENDS = ("dense", "flex", "segmented", "flash", "segment_groups", "per_turn")
 
 
 def default_backends(model: torch.nn.Module | None = None) -> list[str]:
-    """dense, flex and per_turn; flash too when flash-attn can run the model (CUDA, fp16/bf16 weights)."""
+    """dense, flex, segment_groups (plain-head models) and per_turn; flash too when flash-attn can run the model
+    (CUDA, fp16/bf16 weights)."""
     import torch
 
+    from verl_mem1.training.forward import _plain_head
+
     backends = ["dense", "flex", "per_turn"]
+    if model is not None and _plain_head(model) is not None:
+        backends.insert(2, "segment_groups")
     if model is not None:
         param = next(model.parameters())
         if param.device.type == "cuda" and param.dtype in (torch.float16, torch.bfloat16):
@@ -58,6 +63,7 @@ def parity_report(
 
     from verl_mem1.training.forward import episode_logprobs
     from verl_mem1.training.packing import pack_episode, packed_token_count, per_turn_token_count
+    from verl_mem1.training.streaming import streamed_logprobs_and_entropy
 
     backends = list(backends or default_backends(model))
     for b in backends:
@@ -85,8 +91,11 @@ def parity_report(
             for backend in backends:
                 start = time.perf_counter()
                 deltas = []
-                for record, expected in zip(records, recorded, strict=True):
-                    got = episode_logprobs(model, record, backend=backend, compile_flex=compile_flex)
+                for record, sample, expected in zip(records, rollout, recorded, strict=True):
+                    if backend == "segment_groups":  # one segment per group: every segment reads the shared prompt
+                        got, _ = streamed_logprobs_and_entropy(model, sample, group_tokens=1, with_entropy=False)
+                    else:
+                        got = episode_logprobs(model, record, backend=backend, compile_flex=compile_flex)
                     deltas.append((got.detach().double().cpu() - expected).abs())
                 delta = torch.cat(deltas) if deltas else torch.zeros(0, dtype=torch.float64)
                 max_delta = float(delta.max()) if delta.numel() else 0.0
@@ -169,7 +178,7 @@ def add_parity_command(subparsers) -> None:
         nargs="+",
         choices=ALL_BACKENDS,
         default=None,
-        help="backends to check (default: dense flex per_turn; plus flash for a fp16/bf16 CUDA model)",
+        help="backends to check (default: dense flex segment_groups per_turn; plus flash for a fp16/bf16 CUDA model)",
     )
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max allowed |delta| per token")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")

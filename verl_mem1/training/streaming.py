@@ -40,6 +40,8 @@ from verl_mem1.training.forward import (
 from verl_mem1.training.packing import PackedSample
 
 DEFAULT_GROUP_TOKENS = 2048
+# A group's logits are kept for backward (no recompute) when they have at most this many entries (256 MB in fp32).
+HEAD_KEEP_ELEMENTS = 1 << 26
 GroupLoss = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
 
@@ -86,6 +88,10 @@ def streamed_logprobs_and_entropy(
     model's ``.grad`` (accumulating, like ``loss.backward()``), so after the call the gradients equal those of
     ``Σ_groups group_loss`` over the packed forward. ``backend``: ``flash`` (CUDA) or anything else for the
     ``segmented`` kernel. Needs a plain-head model (``forward.PLAIN_HEAD_MODEL_TYPES``).
+
+    The LM head runs on a group's generated tokens at once, its logits kept for backward, when they have at most
+    ``HEAD_KEEP_ELEMENTS`` entries; otherwise ``logits_chunk`` rows at a time, recomputed in backward (as in
+    ``packed_logprobs_and_entropy``).
     """
     plain = _plain_head(model)
     if plain is None:
@@ -139,13 +145,15 @@ def streamed_logprobs_and_entropy(
                 raise ValueError("a generated token's predictor is neither in its segment nor the last prompt token")
             local = torch.where(outside, 0, predictors - a + 1).to(device)  # row 0: the prompt's last hidden state
             index = rank[a:b][own].to(device)
+            keep = not logits_chunk or index.numel() * head.out_features <= HEAD_KEEP_ELEMENTS
             lp, ent = _chunked_head_logprobs(
                 torch.cat([last_leaf, hidden]).index_select(0, local),
                 head,
                 targets[index],
                 temperatures[index],
                 with_entropy,
-                int(logits_chunk or max(1, index.numel())),
+                max(1, index.numel()) if keep else int(logits_chunk),
+                recompute=not keep,
             )
             if train:
                 loss = group_loss(lp, ent, index)
