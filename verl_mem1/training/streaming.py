@@ -66,10 +66,6 @@ def segment_groups(sample: PackedSample, group_tokens: int) -> list[tuple[tuple[
     return list(episodes.items())
 
 
-def _streaming_backend(backend: str) -> str:
-    return "flash" if backend == "flash" else "segmented"
-
-
 def streamed_logprobs_and_entropy(
     model: torch.nn.Module,
     sample: PackedSample,
@@ -101,7 +97,7 @@ def streamed_logprobs_and_entropy(
         )
     decoder, head = plain
     enable_packed_attention(model)
-    backend = _streaming_backend(backend)
+    backend = "flash" if backend == "flash" else "segmented"  # the kernels that take prepended keys/values
     device = model_device(model)
     train = group_loss is not None and torch.is_grad_enabled()
     ids, pos = sample.input_ids.to(device), sample.position_ids.to(device)
