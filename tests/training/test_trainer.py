@@ -156,6 +156,45 @@ def test_critic_and_gae_on_a_fixed_batch(fixed_batch):
     print(f"\ncritic vf_loss per update: {[round(x, 4) for x in losses]}")
 
 
+def test_segment_groups_give_the_packed_critic_update(fixed_batch):
+    """The critic's clipped value loss back-propagated in segment groups: the packed update's step and metrics."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForTokenClassification
+
+    model_dir, records, scores, groups = fixed_batch
+
+    def load():
+        torch.manual_seed(0)  # the score head is freshly initialised: the same one for both runs
+        critic = AutoModelForTokenClassification.from_pretrained(str(model_dir), num_labels=1, dtype=torch.float32)
+        critic.dropout.p = 0.0  # a train-mode dropout would draw different masks in the two layouts
+        return critic
+
+    batch = build_batch(records, scores, groups)
+    base = PPOSettings(mini_batch_episodes=4, micro_batch_episodes=3, cliprange_value=0.05)
+    batch.values = batch_values(load(), batch.samples, base)
+    compute_batch_advantages(batch, "gae", gamma=1.0, lam=0.95)
+    batch.values = [v + 0.1 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) for v in batch.values]
+
+    def one_update(settings):
+        critic = load()
+        before = {n: p.detach().clone() for n, p in critic.named_parameters()}
+        metrics = update_critic(critic, torch.optim.SGD(critic.parameters(), lr=1.0), batch, settings)
+        return metrics, {n: p.detach() - before[n] for n, p in critic.named_parameters()}
+
+    packed_metrics, packed_step = one_update(base)
+    grouped_metrics, grouped_step = one_update(replace(base, segment_group_tokens=16))
+    assert 0 < packed_metrics["critic/vf_clipfrac"] < 1, "some values clipped, some not: both branches matter"
+    for key, value in packed_metrics.items():
+        assert grouped_metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    moved = 0
+    for name, step in packed_step.items():
+        scale = step.abs().max().item()
+        moved += scale > 0
+        assert (grouped_step[name] - step).abs().max().item() <= 1e-4 * scale + 1e-9, name
+    assert moved > 10 and packed_step["score.weight"].abs().max() > 0
+
+
 # ------------------------------------------------------------------------------------------------ mem1 train
 
 

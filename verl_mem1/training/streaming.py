@@ -8,8 +8,9 @@ working sets:
 1. the prompt runs once; its keys/values of every layer (and its last hidden state, the predictor of a segment
    that starts with a generated token) are kept and cut from the graph as leaves;
 2. each group of whole segments (at most ``group_tokens`` tokens) runs with the prompt's keys/values prepended in
-   attention (``mem1_prefix_kv``), its log-probs go to ``group_loss`` and that loss is back-propagated at once,
-   freeing the group's activations and accumulating the gradient of the prompt's keys/values;
+   attention (``mem1_prefix_kv``), its outputs (the policy's log-probs, or the critic's values) go to
+   ``group_loss`` and that loss is back-propagated at once, freeing the group's activations and accumulating the
+   gradient of the prompt's keys/values;
 3. the accumulated gradients are back-propagated through the prompt.
 
 Every token sees exactly the keys it sees in the packed row, so log-probs match the packed forward and the
@@ -66,36 +67,19 @@ def segment_groups(sample: PackedSample, group_tokens: int) -> list[tuple[tuple[
     return list(episodes.items())
 
 
-def streamed_logprobs_and_entropy(
+def _stream(
     model: torch.nn.Module,
+    decoder: torch.nn.Module,
     sample: PackedSample,
-    group_loss: GroupLoss | None = None,
-    *,
-    group_tokens: int = DEFAULT_GROUP_TOKENS,
-    backend: str = "segmented",
-    temperature: float | None = None,
-    with_entropy: bool = True,
-    logits_chunk: int | None = DEFAULT_LOGITS_CHUNK,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (and entropies) of the generated tokens in packed order, detached, computed group by group.
-
-    With ``group_loss`` and gradients enabled, ``group_loss(logprobs, entropies, index)`` is called per group —
-    ``index`` holds the group's tokens' places in packed order — and its result is back-propagated into the
-    model's ``.grad`` (accumulating, like ``loss.backward()``), so after the call the gradients equal those of
-    ``Σ_groups group_loss`` over the packed forward. ``backend``: ``flash`` (CUDA) or anything else for the
-    ``segmented`` kernel. Needs a plain-head model (``forward.PLAIN_HEAD_MODEL_TYPES``).
-
-    The LM head runs on a group's generated tokens at once, its logits kept for backward, when they have at most
-    ``HEAD_KEEP_ELEMENTS`` entries; otherwise ``logits_chunk`` rows at a time, recomputed in backward (as in
-    ``packed_logprobs_and_entropy``).
-    """
-    plain = _plain_head(model)
-    if plain is None:
-        raise TypeError(
-            "segment-group training needs a model whose logits are a plain linear head over its decoder "
-            f"(model types {sorted(PLAIN_HEAD_MODEL_TYPES)}), got {type(model).__name__}"
-        )
-    decoder, head = plain
+    outputs: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
+    group_loss: Callable[..., torch.Tensor] | None,
+    group_tokens: int,
+    backend: str,
+) -> list[torch.Tensor]:
+    """The three steps of the module docstring. ``outputs(hidden, index)`` maps the hidden states at a group's
+    predictor positions (its generated tokens' places ``index`` in packed order) to per-token outputs;
+    ``group_loss(*outputs, index)`` is back-propagated per group. Returns each output over all generated tokens,
+    detached, in packed order."""
     enable_packed_attention(model)
     backend = "flash" if backend == "flash" else "segmented"  # the kernels that take prepended keys/values
     device = model_device(model)
@@ -104,10 +88,7 @@ def streamed_logprobs_and_entropy(
     seg, pseg = sample.segment_ids, sample.prompt_segment_ids
     gen = sample.loss_mask.bool()
     rank = torch.cumsum(sample.loss_mask, 0) - 1  # place of each generated token in packed order
-    targets = sample.input_ids[gen].to(device)
-    temperatures = _temperatures(sample, temperature, device)
-    logprobs = torch.zeros(sample.num_generated, dtype=torch.float32, device=device)
-    entropies = torch.zeros_like(logprobs) if with_entropy else None
+    results: list[torch.Tensor] = []
 
     def run(a: int, b: int, layout_seg: torch.Tensor, layout_pseg: torch.Tensor, **kw) -> torch.Tensor:
         with skip_mask_creation():
@@ -141,23 +122,15 @@ def streamed_logprobs_and_entropy(
                 raise ValueError("a generated token's predictor is neither in its segment nor the last prompt token")
             local = torch.where(outside, 0, predictors - a + 1).to(device)  # row 0: the prompt's last hidden state
             index = rank[a:b][own].to(device)
-            keep = not logits_chunk or index.numel() * head.out_features <= HEAD_KEEP_ELEMENTS
-            lp, ent = _chunked_head_logprobs(
-                torch.cat([last_leaf, hidden]).index_select(0, local),
-                head,
-                targets[index],
-                temperatures[index],
-                with_entropy,
-                max(1, index.numel()) if keep else int(logits_chunk),
-                recompute=not keep,
-            )
+            outs = outputs(torch.cat([last_leaf, hidden]).index_select(0, local), index)
             if train:
-                loss = group_loss(lp, ent, index)
+                loss = group_loss(*outs, index)
                 if loss.requires_grad:
                     loss.backward()
-            logprobs[index] = lp.detach()
-            if entropies is not None:
-                entropies[index] = ent.detach()
+            if not results:
+                results = [torch.zeros(sample.num_generated, dtype=o.dtype, device=device) for o in outs]
+            for result, out in zip(results, outs, strict=True):
+                result[index] = out.detach()
         if train:  # the prompt's share: back-propagate what its keys/values and last state accumulated
             pairs = [
                 (t, leaf.grad)
@@ -168,4 +141,97 @@ def streamed_logprobs_and_entropy(
             pairs = [(t, g) for t, g in pairs if g is not None]
             if pairs:
                 torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
-    return logprobs, entropies
+    return results
+
+
+def streamed_logprobs_and_entropy(
+    model: torch.nn.Module,
+    sample: PackedSample,
+    group_loss: GroupLoss | None = None,
+    *,
+    group_tokens: int = DEFAULT_GROUP_TOKENS,
+    backend: str = "segmented",
+    temperature: float | None = None,
+    with_entropy: bool = True,
+    logits_chunk: int | None = DEFAULT_LOGITS_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of the generated tokens in packed order, detached, computed group by group.
+
+    With ``group_loss`` and gradients enabled, ``group_loss(logprobs, entropies, index)`` is called per group —
+    ``index`` holds the group's tokens' places in packed order — and its result is back-propagated into the
+    model's ``.grad`` (accumulating, like ``loss.backward()``), so after the call the gradients equal those of
+    ``Σ_groups group_loss`` over the packed forward. ``backend``: ``flash`` (CUDA) or anything else for the
+    ``segmented`` kernel. Needs a plain-head model (``forward.PLAIN_HEAD_MODEL_TYPES``).
+
+    The LM head runs on a group's generated tokens at once, its logits kept for backward, when they have at most
+    ``HEAD_KEEP_ELEMENTS`` entries; otherwise ``logits_chunk`` rows at a time, recomputed in backward (as in
+    ``packed_logprobs_and_entropy``).
+    """
+    plain = _plain_head(model)
+    if plain is None:
+        raise TypeError(
+            "segment-group training needs a model whose logits are a plain linear head over its decoder "
+            f"(model types {sorted(PLAIN_HEAD_MODEL_TYPES)}), got {type(model).__name__}"
+        )
+    decoder, head = plain
+    device = model_device(model)
+    targets = sample.input_ids[sample.loss_mask.bool()].to(device)
+    temperatures = _temperatures(sample, temperature, device)
+
+    def logprobs(hidden: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        keep = not logits_chunk or index.numel() * head.out_features <= HEAD_KEEP_ELEMENTS
+        lp, ent = _chunked_head_logprobs(
+            hidden,
+            head,
+            targets[index],
+            temperatures[index],
+            with_entropy,
+            max(1, index.numel()) if keep else int(logits_chunk),
+            recompute=not keep,
+        )
+        return (lp, ent) if with_entropy else (lp,)
+
+    def loss(lp: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        return group_loss(lp, rest[0] if with_entropy else None, rest[-1])
+
+    outs = _stream(model, decoder, sample, logprobs, loss if group_loss else None, group_tokens, backend)
+    if not outs:  # nothing generated
+        empty = torch.zeros(0, device=device)
+        return empty, (empty if with_entropy else None)
+    return outs[0], (outs[1] if with_entropy else None)
+
+
+def critic_parts(critic: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module | None, torch.nn.Linear]:
+    """``(base model, dropout, score)`` of a one-label token-classification critic; ``TypeError`` otherwise."""
+    decoder = getattr(critic, getattr(critic, "base_model_prefix", ""), None)
+    score, dropout = getattr(critic, "score", None), getattr(critic, "dropout", None)
+    if not isinstance(decoder, torch.nn.Module) or not isinstance(score, torch.nn.Linear) or score.out_features != 1:
+        raise TypeError(
+            "segment-group critic training needs a one-label token-classification model (a base model, .dropout "
+            f"and a .score Linear with one output), got {type(critic).__name__}"
+        )
+    return decoder, dropout, score
+
+
+def streamed_values(
+    critic: torch.nn.Module,
+    sample: PackedSample,
+    group_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    *,
+    group_tokens: int = DEFAULT_GROUP_TOKENS,
+    backend: str = "segmented",
+) -> torch.Tensor:
+    """Critic values of the generated tokens (at their predictor positions, as ``packed_values``), in packed order,
+    detached, computed group by group; ``group_loss(values, index)`` is back-propagated per group.
+
+    ``critic``: a transformers token-classification model with one label (``.score`` over ``.dropout`` over its
+    base model's hidden states, as ``AutoModelForTokenClassification`` builds it).
+    """
+    decoder, dropout, score = critic_parts(critic)
+
+    def values(hidden: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor]:
+        out = score(dropout(hidden) if dropout is not None else hidden)
+        return (out[:, 0].float(),)
+
+    outs = _stream(critic, decoder, sample, values, group_loss, group_tokens, backend)
+    return outs[0] if outs else torch.zeros(0, device=model_device(critic))

@@ -48,7 +48,7 @@ from verl_mem1.training.forward import (
     packed_values,
 )
 from verl_mem1.training.packing import PackedSample, pack_batch, pack_episode, packed_token_count, per_turn_token_count
-from verl_mem1.training.streaming import streamed_logprobs_and_entropy
+from verl_mem1.training.streaming import critic_parts, streamed_logprobs_and_entropy, streamed_values
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -739,24 +739,19 @@ def update_critic(
             for micro in micro_batches(mini, batch.samples, settings.micro_batch_episodes, settings.max_token_len):
                 lens = [lengths[i] for i in micro]
                 packed = pack_batch([batch.samples[i] for i in micro])
-                vpreds = algos.pad_episodes(
-                    algos.split_episodes(
-                        packed_values(critic, packed, settings.backend, compile_flex=settings.compile_flex), lens
-                    )
-                )
                 mask = algos.response_mask(lens, device=device)
-                loss, clipfrac = algos.value_loss(
-                    vpreds,
-                    _rows([batch.returns[i] for i in micro], device),
-                    _rows([batch.values[i] for i in micro], device),
-                    mask,
-                    cliprange_value=settings.cliprange_value,
-                    loss_agg_mode=settings.loss_agg_mode,
-                    batch_num_tokens=mini_tokens,
-                    global_batch_size=len(mini),
-                    loss_scale_factor=settings.loss_scale_factor or max(lengths[i] for i in mini),
+                old = _rows([batch.values[i] for i in micro], device)
+                returns = _rows([batch.returns[i] for i in micro], device)
+                agg = {
+                    "loss_agg_mode": settings.loss_agg_mode,
+                    "batch_num_tokens": mini_tokens,
+                    "global_batch_size": len(mini),
+                    "loss_scale_factor": settings.loss_scale_factor or max(lengths[i] for i in mini),
+                }
+                loss_of = functools.partial(
+                    _value_loss, lens=lens, returns=returns, old=old, mask=mask, settings=settings, agg=agg
                 )
-                loss.backward()
+                loss, clipfrac = _critic_backward(critic, packed, loss_of, old[mask.bool()], settings)
                 share = sum(lens) / mini_tokens
                 mean.add({"critic/vf_loss": float(loss.detach()) / share}, share)
                 mean.add({"critic/vf_clipfrac": clipfrac}, sum(lens))
@@ -764,6 +759,42 @@ def update_critic(
     out = mean.result()
     out["critic/grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
     return out
+
+
+def _value_loss(
+    values: torch.Tensor,
+    *,
+    lens: list[int],
+    returns: torch.Tensor,
+    old: torch.Tensor,
+    mask: torch.Tensor,
+    settings: PPOSettings,
+    agg: dict[str, Any],
+) -> tuple[torch.Tensor, float]:
+    """verl's clipped value loss from packed-order values, on ``[B, T]`` rows, and its clip fraction."""
+    vpreds = algos.pad_episodes(algos.split_episodes(values, lens))
+    return algos.value_loss(vpreds, returns, old, mask, cliprange_value=settings.cliprange_value, **agg)
+
+
+def _critic_backward(
+    critic: torch.nn.Module, packed: PackedSample, loss_of: Callable, old: torch.Tensor, settings: PPOSettings
+) -> tuple[torch.Tensor, float]:
+    """Back-propagate ``loss_of(values)`` of a micro-batch (group by group with ``segment_group_tokens``, as
+    ``_actor_backward``: the clipped value loss is a sum of per-token terms); return the loss and clip fraction."""
+    if not settings.segment_group_tokens:
+        values = packed_values(critic, packed, settings.backend, compile_flex=settings.compile_flex)
+        loss, clipfrac = loss_of(values)
+        loss.backward()
+        return loss.detach(), clipfrac
+
+    def group_loss(values_g: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return loss_of(old.index_put((index,), values_g))[0]
+
+    values = streamed_values(
+        critic, packed, group_loss, group_tokens=settings.segment_group_tokens, backend=settings.backend
+    )
+    with torch.no_grad():
+        return loss_of(values)
 
 
 # ------------------------------------------------------------------------------------------- optimisation
@@ -989,6 +1020,11 @@ class Mem1Trainer:
             self.critic = AutoModelForTokenClassification.from_pretrained(
                 critic_path, num_labels=1, dtype=self.dtype
             ).to(self.device)
+            if _get(cfg, "mem1.segment_group_tokens") is not None:
+                try:
+                    critic_parts(self.critic)
+                except TypeError as exc:
+                    raise ConfigError(f"mem1.segment_group_tokens: {exc}; set mem1.segment_group_tokens=null") from None
             self.critic_optimizer = make_optimizer(self.critic, cfg.critic.optim)
             self.critic_scheduler = make_scheduler(self.critic_optimizer, cfg.critic.optim, self.total_steps)
         self.kl_ctrl = None
