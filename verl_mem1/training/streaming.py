@@ -1,9 +1,9 @@
 """Segment-group training: the packed forward+backward, exactly, in memory bounded by a group of segments.
 
 One packed row holds every activation of an episode until ``backward`` — at 16 objectives (20k tokens) that is
-gigabytes, and on CPU the long-lived multi-hundred-MB tensors make every token dearer than in a short per-turn
-sample. Segment groups keep the packed layout's saving (the prompt is computed once) with per-turn-sized
-working sets:
+gigabytes, and on CPU holding them (fresh memory, page faults, no cache reuse) makes every token dearer than in a
+short per-turn sample that is freed before the next. Segment groups keep the packed layout's saving (the prompt is
+computed once) with per-turn-sized working sets:
 
 1. the prompt runs once; its keys/values of every layer (and its last hidden state, the predictor of a segment
    that starts with a generated token) are kept and cut from the graph as leaves;
@@ -15,7 +15,8 @@ working sets:
 
 Every token sees exactly the keys it sees in the packed row, so log-probs match the packed forward and the
 gradient is the packed gradient — provided the loss is a sum of per-token terms (each group's loss may only
-depend on its own tokens' log-probs; PPO/GRPO's clipped loss and entropy/KL terms are).
+depend on its own tokens' outputs; PPO/GRPO's clipped policy loss, entropy and KL terms and the clipped value
+loss are).
 """
 
 from __future__ import annotations
