@@ -275,9 +275,17 @@ def episode_logprobs(
     temperature: float | None = None,
     compile_flex: bool = True,
 ) -> torch.Tensor:
-    """Convenience: ``per_turn`` or a packed backend for one episode record."""
+    """Convenience: ``per_turn``, ``segment_groups`` (one segment per group) or a packed backend for one episode
+    record."""
     if backend == "per_turn":
         return per_turn_logprobs(model, record, temperature=temperature)
+    if backend == "segment_groups":
+        from verl_mem1.training.streaming import streamed_logprobs_and_entropy  # streaming builds on this module
+
+        logprobs, _ = streamed_logprobs_and_entropy(
+            model, pack_episode(record), group_tokens=1, temperature=temperature, with_entropy=False
+        )
+        return logprobs
     return packed_logprobs(
         model, pack_episode(record), backend=backend, temperature=temperature, compile_flex=compile_flex
     )

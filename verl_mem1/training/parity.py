@@ -63,7 +63,6 @@ def parity_report(
 
     from verl_mem1.training.forward import episode_logprobs
     from verl_mem1.training.packing import pack_episode, packed_token_count, per_turn_token_count
-    from verl_mem1.training.streaming import streamed_logprobs_and_entropy
 
     backends = list(backends or default_backends(model))
     for b in backends:
@@ -91,11 +90,8 @@ def parity_report(
             for backend in backends:
                 start = time.perf_counter()
                 deltas = []
-                for record, sample, expected in zip(records, rollout, recorded, strict=True):
-                    if backend == "segment_groups":  # one segment per group: every segment reads the shared prompt
-                        got, _ = streamed_logprobs_and_entropy(model, sample, group_tokens=1, with_entropy=False)
-                    else:
-                        got = episode_logprobs(model, record, backend=backend, compile_flex=compile_flex)
+                for record, expected in zip(records, recorded, strict=True):
+                    got = episode_logprobs(model, record, backend=backend, compile_flex=compile_flex)
                     deltas.append((got.detach().double().cpu() - expected).abs())
                 delta = torch.cat(deltas) if deltas else torch.zeros(0, dtype=torch.float64)
                 max_delta = float(delta.max()) if delta.numel() else 0.0

@@ -72,15 +72,16 @@ def _stream(
     model: torch.nn.Module,
     decoder: torch.nn.Module,
     sample: PackedSample,
-    outputs: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
+    outputs: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor | None, ...]],
     group_loss: Callable[..., torch.Tensor] | None,
     group_tokens: int,
     backend: str,
-) -> list[torch.Tensor]:
+    num_outputs: int,
+) -> list[torch.Tensor | None]:
     """The three steps of the module docstring. ``outputs(hidden, index)`` maps the hidden states at a group's
     predictor positions (its generated tokens' places ``index`` in packed order) to per-token outputs;
-    ``group_loss(*outputs, index)`` is back-propagated per group. Returns each output over all generated tokens,
-    detached, in packed order."""
+    ``group_loss(*outputs, index)`` is back-propagated per group. Returns each of the ``num_outputs`` outputs over
+    all generated tokens, detached, in packed order (``None`` for an output the groups returned as ``None``)."""
     enable_packed_attention(model)
     backend = "flash" if backend == "flash" else "segmented"  # the kernels that take prepended keys/values
     device = model_device(model)
@@ -89,7 +90,7 @@ def _stream(
     seg, pseg = sample.segment_ids, sample.prompt_segment_ids
     gen = sample.loss_mask.bool()
     rank = torch.cumsum(sample.loss_mask, 0) - 1  # place of each generated token in packed order
-    results: list[torch.Tensor] = []
+    results: list[torch.Tensor | None] = [None] * num_outputs
 
     def run(a: int, b: int, layout_seg: torch.Tensor, layout_pseg: torch.Tensor, **kw) -> torch.Tensor:
         with skip_mask_creation():
@@ -128,10 +129,11 @@ def _stream(
                 loss = group_loss(*outs, index)
                 if loss.requires_grad:
                     loss.backward()
-            if not results:
-                results = [torch.zeros(sample.num_generated, dtype=o.dtype, device=device) for o in outs]
-            for result, out in zip(results, outs, strict=True):
-                result[index] = out.detach()
+            for k, out in enumerate(outs):
+                if out is not None:
+                    if results[k] is None:
+                        results[k] = torch.zeros(sample.num_generated, dtype=out.dtype, device=device)
+                    results[k][index] = out.detach()
         if train:  # the prompt's share: back-propagate what its keys/values and last state accumulated
             pairs = [
                 (t, leaf.grad)
@@ -179,7 +181,7 @@ def streamed_logprobs_and_entropy(
     targets = sample.input_ids[sample.loss_mask.bool()].to(device)
     temperatures = _temperatures(sample, temperature, device)
 
-    def logprobs(hidden: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def logprobs(hidden: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         keep = not logits_chunk or index.numel() * head.out_features <= HEAD_KEEP_ELEMENTS
         lp, ent = _chunked_head_logprobs(
             hidden,
@@ -190,16 +192,11 @@ def streamed_logprobs_and_entropy(
             max(1, index.numel()) if keep else int(logits_chunk),
             recompute=not keep,
         )
-        return (lp, ent) if with_entropy else (lp,)
+        return lp, ent
 
-    def loss(lp: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        return group_loss(lp, rest[0] if with_entropy else None, rest[-1])
-
-    outs = _stream(model, decoder, sample, logprobs, loss if group_loss else None, group_tokens, backend)
-    if not outs:  # nothing generated
-        empty = torch.zeros(0, device=device)
-        return empty, (empty if with_entropy else None)
-    return outs[0], (outs[1] if with_entropy else None)
+    lp, ent = _stream(model, decoder, sample, logprobs, group_loss, group_tokens, backend, 2)
+    empty = torch.zeros(0, device=device)  # no group: nothing generated
+    return (empty if lp is None else lp), ((empty if ent is None else ent) if with_entropy else None)
 
 
 def critic_parts(critic: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module | None, torch.nn.Linear]:
@@ -234,5 +231,5 @@ def streamed_values(
         out = score(dropout(hidden) if dropout is not None else hidden)
         return (out[:, 0].float(),)
 
-    outs = _stream(critic, decoder, sample, values, group_loss, group_tokens, backend)
-    return outs[0] if outs else torch.zeros(0, device=model_device(critic))
+    (out,) = _stream(critic, decoder, sample, values, group_loss, group_tokens, backend, 1)
+    return torch.zeros(0, device=model_device(critic)) if out is None else out

@@ -614,7 +614,7 @@ def update_policy(
                 )
                 lp, metrics = _actor_backward(model, packed, loss_of, old[mask.bool()], settings)
                 if check_logprobs and not stepped:
-                    logprobs = algos.pad_episodes(algos.split_episodes(lp.detach().float(), lens))
+                    logprobs = algos.pad_episodes(algos.split_episodes(lp.float(), lens))
                     delta = ((logprobs - old).abs() * mask).max()
                     diff, checked = max(diff, float(delta)), checked + sum(lens)
                 # the losses are scaled to the mini-batch, so its micro-batch losses sum to the mini-batch loss:
