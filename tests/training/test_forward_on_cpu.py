@@ -21,7 +21,7 @@ from verl_mem1.training import (
 )
 
 TOLERANCE = 1e-4
-BACKENDS = ("dense", "flex", "segmented", "per_turn")  # flex: eager (compiled: test_attention.py)
+BACKENDS = ("dense", "flex", "segmented", "per_turn")  # flex: eager (compiled: test_attention_on_cpu.py)
 
 
 def _score(model, record, backend):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.rollout.test_verl_backend import FakeServerClient, FakeVllmReplica
+from tests.rollout.test_verl_backend_on_cpu import FakeServerClient, FakeVllmReplica
 from tests.training.records import make_record
 from verl_mem1.training.verl_plugin import AGENT_NAME, PLUGIN_MODULE
 from verl_mem1.training.verl_plugin.agent_loop import MEM1AgentLoop
