@@ -3,11 +3,13 @@
 RL rollouts fire thousands of searches, often the same one many times (every sample of a GRPO group
 tends to open with the same query), and each API call costs money and counts against a rate limit. So:
 
-- an on-disk cache keyed by a hash of (query, num) stores each valid response; a hit makes no request,
+- ``diskcache`` keeps each valid response on disk (``diskcache.Cache``: SQLite-indexed, safe across threads
+  and processes, JSON values), keyed by a hash of (query, num) and a format version; a hit makes no request,
   and concurrent requests for the same query share one API call;
-- one rate limiter spaces every request this client makes (retries included), and a 429 pauses it;
-- 429, 408, 5xx, timeouts and connection errors are retried with exponential backoff and jitter
-  (``Retry-After`` honoured, capped); 400/401/403 and other 4xx are not, since retrying cannot fix them;
+- ``aiolimiter`` spaces every request this client makes (retries included) with one ``AsyncLimiter``, and a
+  429 pauses all of them;
+- ``tenacity`` retries 429, 408, 5xx, timeouts and connection errors with exponential backoff and jitter
+  (``Retry-After`` honoured, capped); 400/401/403 and other 4xx are not retried, since retrying cannot fix them;
 - every failure is a ``SerperError`` whose message is safe to send to clients: the API key is never put in
   a message, a log line or a ``repr`` (and any text echoed by the provider is scrubbed of it).
 
@@ -20,23 +22,22 @@ and, for some queries, an ``answerBox`` (put first when ``include_answer_box``) 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import functools
 import hashlib
 import json
 import logging
 import math
-import os
-import random
-import tempfile
-import threading
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import diskcache
 import httpx
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from env_servers.websearch import API_KEY_ENV, DEFAULT_BASE_URL
 
@@ -85,79 +86,18 @@ class SerperResponseError(SerperError):
     """The response is not what the protocol promises (not JSON, no ``organic`` list, wrong types)."""
 
 
-class RateLimiter:
-    """Starts callers at least ``1 / rate_per_s`` apart, in arrival order (a token bucket of burst 1).
+class _Retryable(Exception):
+    """One failed attempt that a retry may fix; ``str()`` says why (never with the key)."""
 
-    Each caller reserves its slot under a thread lock and then sleeps until it, so no ``asyncio.Lock`` is
-    needed (which would tie the limiter to one event loop) and concurrent callers never bunch up.
-    """
-
-    def __init__(self, rate_per_s: float | None) -> None:
-        if rate_per_s is not None and (math.isnan(rate_per_s) or rate_per_s < 0):
-            raise ValueError(f"rate limit must be >= 0 requests/s (0 or None: unlimited), got {rate_per_s}")
-        self.interval = 1.0 / rate_per_s if rate_per_s else 0.0
-        self._next = 0.0  # time.monotonic() of the next free slot
-        self._lock = threading.Lock()
-
-    async def acquire(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-        while (wait := slot - time.monotonic()) > 0:
-            await asyncio.sleep(wait)
-
-    def pause(self, seconds: float) -> None:
-        """Hold back every caller's next request by ``seconds`` (the provider answered 429)."""
-        with self._lock:
-            self._next = max(self._next, time.monotonic() + seconds)
+    def __init__(self, problem: str, *, retry_after: float | None = None, rate_limited: bool = False) -> None:
+        super().__init__(problem)
+        self.retry_after = retry_after
+        self.rate_limited = rate_limited
 
 
-class DiskCache:
-    """Valid Serper responses, one JSON file per key under ``root/<key[:2]>/<key>.json``.
-
-    Entries are written to a temporary file and renamed into place (atomic on POSIX, NFS included), so
-    concurrent requests and several servers sharing the directory never see a torn entry; an unreadable
-    entry is a miss. One file per key rather than sqlite: no locking, which shared cluster filesystems
-    handle badly, and entries are easy to inspect or delete.
-    """
-
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root).expanduser()
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    @staticmethod
-    def key(query: str, num: int) -> str:
-        blob = json.dumps({"format": CACHE_FORMAT, "q": query, "num": num}, sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        try:
-            with open(self.path(key), encoding="utf-8") as f:
-                entry = json.load(f)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable cache entry %s: %s", self.path(key), exc)
-            return None
-        response = entry.get("response") if isinstance(entry, dict) else None
-        return response if isinstance(response, dict) else None
-
-    def put(self, key: str, query: str, num: int, response: dict[str, Any]) -> None:
-        path = self.path(key)
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"query": query, "num": num, "time": time.time(), "response": response}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+def _cache_key(query: str, num: int) -> str:
+    blob = json.dumps({"format": CACHE_FORMAT, "q": query, "num": num}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def _clean(text: str) -> str:
@@ -235,8 +175,9 @@ def _retry_after(value: str | None) -> float | None:
 class SerperClient:
     """Searches Serper with caching, rate limiting and retries (see the module docstring).
 
-    Safe to share between concurrent requests of one event loop; the HTTP connection pool is created on
-    first use in the running loop (and anew if used from another loop).
+    Safe to share between concurrent requests of one event loop; the HTTP connection pool and the rate
+    limiter (``AsyncLimiter`` binds to one loop) are created on first use in the running loop, and anew if
+    used from another loop. A 429 pause is a shared "not before" time, so it holds whatever loop is running.
     """
 
     def __init__(
@@ -264,26 +205,35 @@ class SerperClient:
             raise ValueError("backoff_s, max_backoff_s and max_retry_after_s must be >= 0")
         if not 1 <= num_results <= 100:
             raise ValueError(f"num_results must be between 1 and 100, got {num_results}")
+        if rate_limit_per_s is not None and (math.isnan(rate_limit_per_s) or rate_limit_per_s < 0):
+            raise ValueError(f"rate limit must be >= 0 requests/s (0 or None: unlimited), got {rate_limit_per_s}")
         self._api_key = api_key.strip()
         self.base_url = base_url.rstrip("/")
         self.endpoint = f"{self.base_url}/search"
         self.timeout_s = timeout_s
         self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
         self.max_retry_after_s = max_retry_after_s
         self.num_results = num_results
         self.include_answer_box = include_answer_box
-        self.limiter = RateLimiter(rate_limit_per_s)
-        self.cache = DiskCache(cache_dir) if cache_dir is not None else None
+        self.rate_interval_s = 1.0 / rate_limit_per_s if rate_limit_per_s else 0.0
+        self._backoff = wait_exponential_jitter(multiplier=backoff_s, max=max_backoff_s, jitter=backoff_s)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
+        # JSON values, not pickles: nothing read back from a shared directory can run code. No eviction: the
+        # cache grows like the query set, as a cache of paid-for answers should.
+        self.cache = (
+            diskcache.Cache(str(self.cache_dir), disk=diskcache.JSONDisk, eviction_policy="none")
+            if self.cache_dir is not None
+            else None
+        )
         self.stats = {"requests": 0, "cache_hits": 0, "shared": 0}
         self._http: httpx.AsyncClient | None = None
-        self._http_loop: asyncio.AbstractEventLoop | None = None
+        self._limiter: AsyncLimiter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._not_before = 0.0  # time.monotonic() before which no request starts (a 429 pause)
         self._inflight: dict[str, asyncio.Task[dict[str, Any]]] = {}
 
     def __repr__(self) -> str:  # no key, on purpose
-        cache = self.cache.root if self.cache else None
-        return f"SerperClient(base_url={self.base_url!r}, num_results={self.num_results}, cache_dir={cache!r})"
+        return f"SerperClient(base_url={self.base_url!r}, num_results={self.num_results}, cache_dir={self.cache_dir!r})"
 
     def redact(self, text: str) -> str:
         """``text`` with the API key replaced: for anything that may echo what was sent."""
@@ -291,14 +241,14 @@ class SerperClient:
 
     async def search(self, query: str) -> list[SearchResult]:
         """The top ``num_results`` results for ``query``: from the cache if there, else from Serper."""
-        key = DiskCache.key(query, self.num_results)
+        key = _cache_key(query, self.num_results)
         if self.cache is not None:
-            cached = await asyncio.to_thread(self.cache.get, key)
+            cached = await asyncio.to_thread(self._cached, key)
             if cached is not None:
                 try:
                     results = self._parse(cached)
                 except SerperResponseError:
-                    log.warning("ignoring an unusable cache entry %s", self.cache.path(key))
+                    log.warning("ignoring an unusable entry %s of the search cache %s", key, self.cache_dir)
                 else:
                     self.stats["cache_hits"] += 1
                     return results
@@ -311,7 +261,7 @@ class SerperClient:
     async def aclose(self) -> None:
         """Close the connection pool (if it belongs to the running loop; another loop's is just dropped)."""
         http, self._http = self._http, None
-        loop, self._http_loop = self._http_loop, None
+        loop, self._loop = self._loop, None
         if http is not None and loop is asyncio.get_running_loop():
             await http.aclose()
 
@@ -320,10 +270,22 @@ class SerperClient:
 
     def _client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
-        if self._http is None or self._http_loop is not loop:
+        if self._http is None or self._loop is not loop:
             self._http = httpx.AsyncClient(timeout=self.timeout_s)
-            self._http_loop = loop
+            # A bucket of one request, drained one interval after it: requests start an interval apart.
+            self._limiter = AsyncLimiter(1, self.rate_interval_s) if self.rate_interval_s else None
+            self._loop = loop
         return self._http
+
+    def _cached(self, key: str) -> dict[str, Any] | None:
+        assert self.cache is not None
+        try:
+            entry = self.cache.get(key)
+        except Exception as exc:  # a torn value or database: a miss, never a failed search
+            log.warning("ignoring an unreadable entry %s of the search cache %s: %s", key, self.cache_dir, exc)
+            return None
+        response = entry.get("response") if isinstance(entry, dict) else None
+        return response if isinstance(response, dict) else None
 
     async def _shared_fetch(self, key: str, query: str) -> dict[str, Any]:
         """One API call per distinct query in flight: later callers await the first caller's task."""
@@ -347,53 +309,75 @@ class SerperClient:
         data = await self._fetch(query)
         self._parse(data)  # validate before caching: a malformed response must not stick
         if self.cache is not None:
+            entry = {"query": query, "num": self.num_results, "response": data}
             try:
-                await asyncio.to_thread(self.cache.put, key, query, self.num_results, data)
-            except OSError as exc:
-                log.warning("could not write the search cache under %s: %s", self.cache.root, exc)
+                await asyncio.to_thread(self.cache.set, key, entry)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("could not write the search cache under %s: %s", self.cache_dir, exc)
         return data
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_retry_after_s)
-        base = self.backoff_s * 2**attempt
-        return min(self.max_backoff_s, base + random.uniform(0, base / 2))  # jitter: retries do not sync up
 
     async def _fetch(self, query: str) -> dict[str, Any]:
         body = {"q": query, "num": self.num_results}
         headers = {"X-API-KEY": self._api_key, "Content-Type": "application/json"}
-        attempts = self.max_retries + 1
-        problem = "no attempt made"
-        for attempt in range(attempts):
-            await self.limiter.acquire()
-            self.stats["requests"] += 1
-            retry_after: float | None = None
-            rate_limited = False
-            try:
-                response = await self._client().post(self.endpoint, json=body, headers=headers)
-            except httpx.TimeoutException:
-                problem = f"timed out after {self.timeout_s:g} s"
-            except httpx.TransportError as exc:  # exception text can name the request; only its type is kept
-                problem = f"connection failed ({type(exc).__name__})"
-            else:
-                status = response.status_code
-                if status == 200:
-                    return self._decode(response)
-                if status in (401, 403):
-                    raise SerperAuthError(f"Serper rejected the API key (HTTP {status}): check {API_KEY_ENV}")
-                if status not in RETRIED_STATUSES and status < 500:
-                    raise SerperRequestError(f"Serper refused the request (HTTP {status}): {self._excerpt(response)}")
-                rate_limited = status == 429
-                problem = "rate-limited (HTTP 429)" if rate_limited else f"HTTP {status}"
-                retry_after = _retry_after(response.headers.get("retry-after"))
-            if attempt + 1 == attempts:
-                break
-            delay = self._backoff(attempt, retry_after)
-            if rate_limited:
-                self.limiter.pause(delay)  # everyone backs off, not just this request
-            log.warning("Serper %s; retry %d/%d in %.2f s", problem, attempt + 1, self.max_retries, delay)
-            await asyncio.sleep(delay)
-        raise SerperUnavailableError(f"Serper unavailable: {problem} (gave up after {attempts} attempts)")
+        retrying = AsyncRetrying(  # one per call: a Retrying object keeps per-run state
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Retryable),
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        try:
+            return await retrying(self._attempt, body, headers)
+        except _Retryable as exc:
+            attempts = self.max_retries + 1
+            raise SerperUnavailableError(f"Serper unavailable: {exc} (gave up after {attempts} attempts)") from None
+
+    async def _attempt(self, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        await self._pace()
+        self.stats["requests"] += 1
+        try:
+            response = await self._client().post(self.endpoint, json=body, headers=headers)
+        except httpx.TimeoutException:
+            raise _Retryable(f"timed out after {self.timeout_s:g} s") from None
+        except httpx.TransportError as exc:  # exception text can name the request; only its type is kept
+            raise _Retryable(f"connection failed ({type(exc).__name__})") from None
+        status = response.status_code
+        if status == 200:
+            return self._decode(response)
+        if status in (401, 403):
+            raise SerperAuthError(f"Serper rejected the API key (HTTP {status}): check {API_KEY_ENV}")
+        if status not in RETRIED_STATUSES and status < 500:
+            raise SerperRequestError(f"Serper refused the request (HTTP {status}): {self._excerpt(response)}")
+        raise _Retryable(
+            "rate-limited (HTTP 429)" if status == 429 else f"HTTP {status}",
+            retry_after=_retry_after(response.headers.get("retry-after")),
+            rate_limited=status == 429,
+        )
+
+    async def _pace(self) -> None:
+        """Wait out any 429 pause, then for a slot of the limiter; again if a pause began while queued."""
+        self._client()  # binds the limiter to the running loop
+        while True:
+            while (wait := self._not_before - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            if time.monotonic() >= self._not_before:
+                return
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Seconds before the next attempt: the provider's ``Retry-After`` (capped), else exponential + jitter."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_retry_after_s)
+        return self._backoff(state)
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.upcoming_sleep
+        if isinstance(exc, _Retryable) and exc.rate_limited:
+            self._not_before = max(self._not_before, time.monotonic() + delay)  # everyone backs off, not just us
+        log.warning("Serper %s; retry %d/%d in %.2f s", exc, state.attempt_number, self.max_retries, delay)
 
     def _excerpt(self, response: httpx.Response, limit: int = 200) -> str:
         text = self.redact(" ".join(response.text.split()))

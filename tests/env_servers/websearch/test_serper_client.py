@@ -1,18 +1,22 @@
-"""The Serper client's pieces on their own: response parsing, Retry-After, the limiter, the cache, the key."""
+"""The Serper client's pieces on their own: response parsing, Retry-After, the limiter, the cache, the key.
+
+The limiter and the cache are library objects inside the client, so they are checked through ``search``
+against the fake Serper: what reaches the provider, and when.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import time
 from pathlib import Path
 
+import diskcache
 import pytest
 
 from env_servers.websearch.serper import (
-    DiskCache,
     MissingAPIKeyError,
-    RateLimiter,
     SearchResult,
     SerperClient,
     SerperResponseError,
@@ -77,21 +81,74 @@ def test_retry_after_values() -> None:
     assert 25 <= (_retry_after(later) or 0) <= 31
 
 
-def test_rate_limiter_spaces_callers_and_pauses() -> None:
-    async def run(limiter: RateLimiter, n: int) -> float:
+def search_all(client: SerperClient, queries: list[str]) -> float:
+    """Search ``queries`` concurrently in a fresh event loop, closing the client after; the seconds it took."""
+
+    async def run() -> float:
         start = time.monotonic()
-        await asyncio.gather(*(limiter.acquire() for _ in range(n)))
+        try:
+            await asyncio.gather(*(client.search(q) for q in queries))
+        finally:
+            await client.aclose()
         return time.monotonic() - start
 
-    assert asyncio.run(run(RateLimiter(50.0), 6)) >= 5 / 50 - 0.005  # asyncio timers may fire a tick early
-    assert asyncio.run(run(RateLimiter(None), 100)) < 0.5
-    paused = RateLimiter(0)
-    start = time.monotonic()  # the pause counts from the call, so time it from there
-    paused.pause(0.1)
-    asyncio.run(paused.acquire())
-    assert time.monotonic() - start >= 0.1 - 0.005  # asyncio may wake timers up to its clock resolution early
+    return asyncio.run(run())
+
+
+def search_one(client: SerperClient, query: str) -> list[SearchResult]:
+    async def run() -> list[SearchResult]:
+        try:
+            return await client.search(query)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def test_rate_limit_spaces_requests_and_none_or_zero_is_unlimited(fake: FakeSerper) -> None:
+    limited = SerperClient(API_KEY, base_url=fake.url, rate_limit_per_s=50.0)
+    assert search_all(limited, [f"limited {i}" for i in range(6)]) >= 5 / 50 - 0.005  # timers may fire a tick early
+    assert fake.count == 6
+    for rate in (None, 0):
+        fake.reset()
+        unlimited = SerperClient(API_KEY, base_url=fake.url, rate_limit_per_s=rate)
+        search_all(unlimited, [f"unlimited {rate} {i}" for i in range(100)])
+        arrivals = sorted(s.time for s in fake.seen)
+        assert len(arrivals) == 100 and arrivals[-1] - arrivals[0] < 0.5  # all sent at once, none spaced
     with pytest.raises(ValueError, match="rate limit"):
-        RateLimiter(-1)
+        SerperClient(API_KEY, rate_limit_per_s=-1)
+    with pytest.raises(ValueError, match="rate limit"):
+        SerperClient(API_KEY, rate_limit_per_s=float("nan"))
+
+
+@pytest.mark.parametrize(("rate", "queued"), [(0, False), (20.0, False), (5.0, True)])
+def test_a_429_pauses_every_request_of_the_client(
+    fake: FakeSerper, caplog: pytest.LogCaptureFixture, rate: float, queued: bool
+) -> None:
+    """A 429 holds back the other searches too, not just the retry of the request that got it: those that
+    start after it and, with ``queued``, one already waiting for its slot in the limiter when it came."""
+    caplog.set_level(logging.WARNING, logger="env_servers.websearch.serper")
+    client = SerperClient(API_KEY, base_url=fake.url, rate_limit_per_s=rate, max_retries=1, max_retry_after_s=5.0)
+    fake.then(("429", "0.3"))
+
+    async def retry_logged() -> None:  # the client has taken the 429 in: it logs the retry
+        while not any("rate-limited (HTTP 429); retry 1/1" in r.getMessage() for r in caplog.records):
+            await asyncio.sleep(0.005)
+
+    async def run() -> None:
+        first = asyncio.create_task(client.search("first"))
+        if queued:
+            await asyncio.sleep(0)  # the first search takes its slot; the second queues for the next, 0.2 s on
+        else:
+            await asyncio.wait_for(retry_logged(), timeout=5)
+        await client.search("second")
+        await first
+        await client.aclose()
+
+    asyncio.run(run())
+    assert fake.queries()[0] == "first" and sorted(fake.queries()) == ["first", "first", "second"]
+    second = next(s.time for s in fake.seen if s.body["q"] == "second")
+    assert second - fake.seen[0].time >= 0.3 - 0.005  # the pause counts from the 429, which came after that
 
 
 def test_missing_or_blank_key_is_refused_by_name() -> None:
@@ -109,21 +166,34 @@ def test_repr_and_redact_hide_the_key(tmp_path: Path) -> None:
     assert client.redact(f"headers: X-API-KEY={API_KEY}") == "headers: X-API-KEY=[redacted]"
 
 
-def test_cache_key_depends_on_query_and_num(tmp_path: Path) -> None:
-    assert DiskCache.key("q", 10) == DiskCache.key("q", 10)
-    assert len({DiskCache.key("q", 10), DiskCache.key("q", 5), DiskCache.key("q ", 10)}) == 3
-    cache = DiskCache(tmp_path / "nested" / "dir")
-    key = DiskCache.key("q", 10)
-    assert cache.get(key) is None
-    cache.put(key, "q", 10, {"organic": []})
-    assert cache.get(key) == {"organic": []}
-    assert not list(cache.root.glob("*/.tmp-*"))  # the temporary file was renamed into place
+def test_cache_key_is_the_query_and_num(fake: FakeSerper, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "nested" / "dir"
+
+    def search(query: str, num: int = 10) -> list[SearchResult]:  # a new client each time: only the disk is shared
+        client = SerperClient(API_KEY, base_url=fake.url, rate_limit_per_s=None, cache_dir=cache_dir, num_results=num)
+        return search_one(client, query)
+
+    first = search("q")
+    assert cache_dir.is_dir() and fake.count == 1  # created, nested directories included
+    assert search("q") == first and fake.count == 1  # the same (query, num): a hit
+    assert len(search("q", num=5)) == 5 and fake.count == 2  # the number of results is part of the key
+    search("q ")
+    assert fake.count == 3  # so is every character of the query
+    assert len(search("q", num=5)) == 5 and search("q ") and fake.count == 3
+    with diskcache.Cache(cache_dir) as stored:
+        assert len(stored) == 3
 
 
-def test_corrupt_cache_entry_is_a_miss(fake: FakeSerper, tmp_path: Path) -> None:
+def test_unreadable_or_unusable_cache_entries_are_misses(fake: FakeSerper, tmp_path: Path) -> None:
     client = SerperClient(API_KEY, base_url=fake.url, rate_limit_per_s=None, cache_dir=tmp_path)
-    path = client.cache.path(DiskCache.key("q", 10))  # type: ignore[union-attr]
-    path.parent.mkdir(parents=True)
-    path.write_text('{"response": {"organic": [', encoding="utf-8")
-    assert len(asyncio.run(client.search("q"))) == 10 and fake.count == 1
-    assert len(asyncio.run(client.search("q"))) == 10 and fake.count == 1  # rewritten by the fetch
+    assert len(search_one(client, "q")) == 10 and fake.count == 1
+    with diskcache.Cache(tmp_path) as raw:  # the default Disk stores these bytes as they are: not the client's JSON
+        (key,) = list(raw)
+        raw.set(key, b'{"response": {"organic": [')
+    assert len(search_one(client, "q")) == 10 and fake.count == 2
+    assert len(search_one(client, "q")) == 10 and fake.count == 2  # rewritten by the fetch
+    with diskcache.Cache(tmp_path, disk=diskcache.JSONDisk) as stored:  # readable, but not a Serper response
+        (key,) = list(stored)
+        stored.set(key, {"query": "q", "num": 10, "response": {"organic": "x"}})
+    assert len(search_one(client, "q")) == 10 and fake.count == 3
+    assert len(search_one(client, "q")) == 10 and fake.count == 3

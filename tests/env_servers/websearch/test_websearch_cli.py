@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import diskcache
 import httpx
 import pytest
 
@@ -153,7 +154,8 @@ def test_real_entry_point_serves_from_the_fake(fake: FakeSerper, tmp_path: Path)
         r = httpx.post(f"{url}/retrieve", json={"query": "eiffel tower", "topk": 2, "return_scores": True}, timeout=10)
         assert r.status_code == 200
         assert r.json()["result"][0][0]["document"]["contents"] == expected_contents("eiffel tower", 1)
-        assert fake.count == 1 and list((tmp_path / "cache").glob("*/*.json"))
+        with diskcache.Cache(tmp_path / "cache") as stored:
+            assert fake.count == 1 and len(stored) == 1
     finally:
         proc.terminate()
         output, _ = proc.communicate(timeout=15)

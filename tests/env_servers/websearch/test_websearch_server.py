@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import diskcache
 import httpx
 import pytest
 
@@ -205,7 +206,8 @@ def test_cache_hits_make_no_request_and_survive_a_restart(websearch, fake: FakeS
     assert fake.count == 1
     post(second, {"queries": [Q, "a new query"]})
     assert fake.count == 2 and fake.queries() == [Q, "a new query"]
-    assert len(list(cache.glob("*/*.json"))) == 2
+    with diskcache.Cache(cache) as stored:
+        assert len(stored) == 2
 
 
 def test_failures_are_not_cached(websearch, fake: FakeSerper, tmp_path: Path) -> None:
