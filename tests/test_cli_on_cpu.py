@@ -45,6 +45,7 @@ def test_console_script_is_installed():
         assert name in out.stdout
 
 
+@pytest.mark.e2e
 def test_rollout_end_to_end(tiny_model_dir, retrieval_url, tmp_path, capsys):
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(

@@ -86,6 +86,7 @@ def test_report_errors_name_the_problem(tmp_path, capsys):
         load_points([tmp_path / "bad"])
 
 
+@pytest.mark.e2e
 def test_eval_cli_against_a_served_model(tiny_backend, tiny_model_dir, retrieval_url, tmp_path, capsys):
     """--model takes the URL of an OpenAI-compatible server; tokens are counted with --tokenizer."""
     from env_servers.background import BackgroundServer

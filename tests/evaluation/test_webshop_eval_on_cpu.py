@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from verl_mem1.cli import main
 from verl_mem1.evaluation.report import write_report
@@ -14,6 +15,7 @@ def _eval(out, *extra) -> int:
     return main(["eval", "--env", "webshop", "--max-turns", "3", "--max-new-tokens", "8", "--out", str(out), *extra])
 
 
+@pytest.mark.e2e
 def test_eval_on_webshop_writes_the_qa_metrics(tiny_model_dir, webshop_url, tmp_path, capsys):
     runs = []
     for policy in ("mem1", "full"):
@@ -39,6 +41,7 @@ def test_eval_on_webshop_writes_the_qa_metrics(tiny_model_dir, webshop_url, tmp_
     assert "| 1 | mem1 | 3 | — | — | 0.000 |" in table and png.stat().st_size > 10_000
 
 
+@pytest.mark.e2e
 def test_webshop_tasks_file_round_trips_through_eval(tiny_model_dir, webshop_shop, webshop_url, tmp_path, capsys):
     tasks = tmp_path / "test.parquet"
     assert main(["webshop-tasks", "--goals", "7:9", "--split", "test", "--max-turns", "3", "--out", str(tasks)]) == 0

@@ -267,6 +267,7 @@ def test_segmented_backend_does_not_build_a_packed_mask(training_model, monkeypa
     assert calls, "ordinary calls still create their masks through the base implementation"
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(
     os.environ.get("MEM1_SKIP_COMPILED_FLEX") == "1",
     reason="MEM1_SKIP_COMPILED_FLEX=1 (compiling flex attention on CPU takes ~15-35 s cold)",

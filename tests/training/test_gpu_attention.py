@@ -18,7 +18,7 @@ import torch
 from tests.training.records import mem1_record
 from verl_mem1.training import pack_batch, pack_episode, packed_logprobs, per_turn_logprobs, segment_layout
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 BF16_MAX, BF16_MEAN, BF16_ATTENTION = 5e-2, 5e-3, 2e-2
 

@@ -202,6 +202,7 @@ def _read_metrics(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.e2e
 def test_mem1_train_tiny_recipe_runs_checkpoints_and_resumes(tmp_path, monkeypatch, capsys):
     from verl_mem1.training.train_cli import main
 

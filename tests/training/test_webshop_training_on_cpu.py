@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 import torch
 
 from tests.support import ScriptedBackend
@@ -13,6 +14,8 @@ from verl_mem1.rollout.episode import EpisodeConfig
 from verl_mem1.rollout.runner import run_episodes
 from verl_mem1.tasks.webshop import webshop_task
 from verl_mem1.training.trainer import PPOSettings, batch_logprobs, build_batch, compute_batch_advantages, update_policy
+
+pytestmark = pytest.mark.e2e
 
 
 def _scripts(shop, index: int) -> tuple[list[str], list[str]]:

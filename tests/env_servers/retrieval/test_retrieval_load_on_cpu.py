@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
 
 CLIENTS = 32
 REQUESTS_PER_CLIENT = 10

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from verl_mem1.demo import run_demo
 from verl_mem1.evaluation.report import load_points
+
+pytestmark = pytest.mark.e2e
 
 
 def test_demo_runs_and_shows_flat_versus_growing(tmp_path, tiny_model_dir, capsys):

@@ -6,8 +6,11 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
 from env_servers.webshop.shop import Shop
+
+pytestmark = pytest.mark.e2e
 
 SESSIONS = 32
 
