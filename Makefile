@@ -29,6 +29,12 @@ test: install
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
+# The quick tier: lint, then everything but the long end-to-end runs (@pytest.mark.e2e) and the GPU tests.
+test-fast: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q -m "not e2e and not gpu"
+
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
