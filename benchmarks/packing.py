@@ -68,7 +68,7 @@ def measure(fn: Callable[[], object]) -> dict:
 
 
 def synthetic_record(objectives: int, *, seed: int, instructions: int, per_question: int, generated: int, obs: int):
-    from verl_mem1.rollout.episode import EpisodeRecord, TurnRecord
+    from verl_mem1.records import EpisodeRecord, TurnRecord
 
     rng = random.Random(seed)
     vocab = 32000

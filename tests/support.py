@@ -1,14 +1,19 @@
-"""Independent re-computations the tests compare project code against (plain transformers only)."""
+"""What several test modules share: independent re-computations the tests compare project code against (plain
+transformers only), a scripted policy, a health poll, and stand-ins for verl's rollout server client."""
 
 from __future__ import annotations
 
 import subprocess
 import time
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import torch
 
 from verl_mem1.rollout.backends.base import Generation, SamplingConfig
+
+if TYPE_CHECKING:
+    from verl.workers.rollout.replica import TokenOutput
 
 
 def recompute_logprobs(model, context: list[int], generated: list[int], temperature: float) -> list[float]:
@@ -49,3 +54,69 @@ def wait_until_healthy(proc: subprocess.Popen, url: str, timeout_s: float = 60.0
             pass
         assert time.monotonic() < deadline, "server did not come up"
         time.sleep(0.1)
+
+
+def vllm_replica_params(sampling_params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """What verl's ``vLLMHttpServer.generate`` does to them before ``SamplingParams(max_tokens=..., **params)``."""
+    params = dict(sampling_params)
+    max_tokens = params.pop("max_tokens")
+    params["logprobs"] = 0 if params.pop("logprobs", False) else None
+    params.setdefault("repetition_penalty", 1.0)
+    params.setdefault("ignore_eos", False)
+    return max_tokens, params
+
+
+class FakeVllmReplica:
+    """A rollout replica: verl's vLLM param handling, decoding with ``HFLocalBackend`` (vLLM's semantics)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.request_ids: list[str] = []
+
+    async def generate(self, prompt_ids, sampling_params, request_id, image_data=None, video_data=None, **kwargs):
+        from verl.workers.rollout.replica import TokenOutput  # importing verl takes seconds: only when used
+
+        self.request_ids.append(request_id)
+        max_tokens, params = vllm_replica_params(sampling_params)
+        assert params["repetition_penalty"] == 1.0 and not params["ignore_eos"]
+        top_k = params.get("top_k", -1)
+        sampling = SamplingConfig(
+            max_new_tokens=max_tokens,
+            temperature=params.get("temperature", 1.0),
+            top_p=params.get("top_p", 1.0),
+            top_k=-1 if top_k in (0, -1) else top_k,
+            stop=tuple(params.get("stop") or ()),
+        )
+        gen = await self.backend.generate(list(prompt_ids), sampling)
+        # vLLM keeps the tokens that completed a stop string when include_stop_str_in_output is set; the
+        # backend always does: the adapter must ask for it.
+        assert params.get("include_stop_str_in_output") is True
+        log_probs = gen.logprobs if params["logprobs"] is not None else None
+        stop_reason = "completed"
+        return TokenOutput(token_ids=gen.token_ids, log_probs=log_probs, stop_reason=stop_reason, extra_fields={})
+
+
+class FakeServerClient:
+    """Stands in for verl's ``LLMServerClient`` (``agent_loop.server_manager``); same ``generate`` signature."""
+
+    def __init__(self, replica: FakeVllmReplica):
+        self.replica = replica
+        self.calls: list[tuple[str, list[int], dict]] = []
+        self.outputs: list[TokenOutput] = []
+
+    async def generate(
+        self,
+        request_id,
+        *,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        image_data=None,
+        video_data=None,
+        audio_data=None,
+        mm_processor_kwargs=None,
+        **kwargs: Any,
+    ) -> TokenOutput:
+        self.calls.append((request_id, list(prompt_ids), dict(sampling_params)))
+        output = await self.replica.generate(prompt_ids, dict(sampling_params), request_id=request_id)
+        self.outputs.append(output)
+        return output

@@ -77,9 +77,9 @@ def objectives_sweep(
     """Compose N-objective tasks, evaluate every policy on them, and write the report."""
     from verl_mem1.evaluation.harness import evaluate
     from verl_mem1.evaluation.report import write_report
+    from verl_mem1.records import load_tasks
     from verl_mem1.rollout.environment import RetrievalEnvironment
     from verl_mem1.rollout.episode import EpisodeConfig
-    from verl_mem1.rollout.tasks import load_tasks
     from verl_mem1.tasks.compose import compose_tasks, write_tasks_parquet
     from verl_mem1.tasks.sources import load_source
 
@@ -156,11 +156,11 @@ def run_demo(
     from env_servers.background import BackgroundServer
     from env_servers.retrieval.index import load_retriever
     from env_servers.retrieval.server import create_app
+    from verl_mem1.records import load_tasks
     from verl_mem1.rollout.backends.hf_local import HFLocalBackend
     from verl_mem1.rollout.environment import RetrievalEnvironment
     from verl_mem1.rollout.episode import EpisodeConfig
     from verl_mem1.rollout.runner import run_episodes, write_jsonl
-    from verl_mem1.rollout.tasks import load_tasks
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

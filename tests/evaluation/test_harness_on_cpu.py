@@ -10,10 +10,10 @@ import pytest
 from verl_mem1.cli import main
 from verl_mem1.evaluation.harness import evaluate
 from verl_mem1.evaluation.report import load_points, write_report
+from verl_mem1.records import Task
 from verl_mem1.rollout.backends.base import Generation
 from verl_mem1.rollout.environment import RetrievalEnvironment
 from verl_mem1.rollout.episode import EpisodeConfig
-from verl_mem1.rollout.tasks import Task
 
 TASKS = [
     Task(id="t1", questions=["Who wrote Stardust?", "Where is Tulsa?"], ground_truth=[["Neil Gaiman"], ["Oklahoma"]]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from verl_mem1.evaluation.metrics import dependency, episode_metrics, percentile, summarize, summarize_by_objectives
-from verl_mem1.rollout.episode import EpisodeRecord, TurnRecord
+from verl_mem1.records import EpisodeRecord, TurnRecord
 
 
 def _turn(index: int, context: int, generated: int, kind: str = "query") -> TurnRecord:

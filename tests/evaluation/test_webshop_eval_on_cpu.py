@@ -60,7 +60,7 @@ def test_webshop_options_fail_at_start_up(tiny_model_dir, webshop_url, tmp_path,
     assert _eval(tmp_path / "a", *model, "--goals", "0:99999") == 2
     assert "outside the catalog's goals" in capsys.readouterr().err
     assert _eval(tmp_path / "b", *model, "--tags", "paper") == 2
-    assert "does not fit --env webshop" in capsys.readouterr().err
+    assert "does not fit mem1.env=webshop" in capsys.readouterr().err
     assert _eval(tmp_path / "c", "--model", str(tiny_model_dir), "--webshop", "http://127.0.0.1:9") == 2
     assert "unreachable" in capsys.readouterr().err
     assert main(["webshop-tasks", "--goals", "5:2", "--out", str(tmp_path / "x.parquet")]) == 2

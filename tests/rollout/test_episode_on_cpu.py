@@ -8,10 +8,10 @@ import pytest
 
 from tests.support import ScriptedBackend
 from verl_mem1.protocol import PAPER, format_documents, parse_turn
+from verl_mem1.records import EpisodeRecord, Task
 from verl_mem1.rollout.environment import RetrievalEnvironment
-from verl_mem1.rollout.episode import EpisodeConfig, EpisodeRecord, default_max_turns, run_episode
+from verl_mem1.rollout.episode import EpisodeConfig, default_max_turns, run_episode
 from verl_mem1.rollout.runner import read_episodes, run_episodes, write_jsonl
-from verl_mem1.rollout.tasks import Task
 
 QUESTIONS = [
     ("hp1", "Which city hosted the band Tinted Windows' first performance?", ["Tulsa"]),

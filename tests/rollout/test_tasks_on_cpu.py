@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from verl_mem1.demo import bundled_hotpotqa
-from verl_mem1.rollout.tasks import load_tasks
+from verl_mem1.records import load_tasks
 
 
 def test_bundled_hotpotqa_jsonl():

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from verl_mem1.rollout.tasks import load_tasks
+from verl_mem1.records import load_tasks
 from verl_mem1.tasks import add_compose_command, normalize_question
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from verl_mem1.protocol import SEARCH_R1, build_prompt_messages
-from verl_mem1.rollout.tasks import load_tasks
+from verl_mem1.records import load_tasks
 from verl_mem1.tasks import (
     ABILITY,
     QAItem,

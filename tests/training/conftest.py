@@ -27,10 +27,10 @@ def training_model(tiny_model_dir):
 @pytest.fixture(scope="session")
 def episodes_by_config(tiny_backend, retrieval_url, tmp_path_factory):
     """{(policy, temperature): (records read back from JSONL, path)} for every policy and temperature."""
+    from verl_mem1.records import Task
     from verl_mem1.rollout.environment import RetrievalEnvironment
     from verl_mem1.rollout.episode import EpisodeConfig
     from verl_mem1.rollout.runner import read_episodes, run_episodes, write_jsonl
-    from verl_mem1.rollout.tasks import Task
 
     tasks = [Task(id=i, questions=[q], ground_truth=[a]) for i, q, a in QUESTIONS]
     configs = [(policy, temperature) for policy in POLICIES for temperature in TEMPERATURES]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from verl_mem1.rollout.episode import EpisodeRecord, TurnRecord
+from verl_mem1.records import EpisodeRecord, TurnRecord
 
 
 def make_record(

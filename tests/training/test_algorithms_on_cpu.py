@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from verl_mem1.rollout.episode import EpisodeRecord, TurnRecord
+from verl_mem1.records import EpisodeRecord, TurnRecord
 from verl_mem1.training import algorithms as algos
 from verl_mem1.training.packing import pack_batch, pack_episode
 

@@ -148,7 +148,7 @@ def test_critic_values_at_predictor_positions(tiny_model_dir):
 
 def test_no_vocabulary_sized_tensor_over_the_whole_row(training_model, monkeypatch):
     """Logits exist for the generated tokens only (N x V via logits_to_keep), or a chunk of them at a time."""
-    from verl_mem1.training import forward
+    from verl_mem1.training import head
 
     record = mem1_record(60, 3, 4, 30, seed=10, temperature=0.7)
     sample = pack_episode(record)
@@ -163,13 +163,13 @@ def test_no_vocabulary_sized_tensor_over_the_whole_row(training_model, monkeypat
     assert sample.num_generated < sample.length / 5
 
     chunks = []
-    original = forward._head_logprobs
+    original = head.head_logprobs
 
     def spy(hidden, *args):
         chunks.append(hidden.shape[0])
         return original(hidden, *args)
 
-    monkeypatch.setattr(forward, "_head_logprobs", spy)
+    monkeypatch.setattr(head, "head_logprobs", spy)
     with torch.no_grad():
         chunked = packed_logprobs(training_model, sample, backend="segmented", logits_chunk=5)
     assert chunks == [5, 5, 2] and (chunked - full).abs().max() < 1e-6

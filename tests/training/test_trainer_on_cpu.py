@@ -11,15 +11,8 @@ import pytest
 import torch
 
 from verl_mem1.training import algorithms as algos
-from verl_mem1.training.trainer import (
-    PPOSettings,
-    batch_logprobs,
-    batch_values,
-    build_batch,
-    compute_batch_advantages,
-    update_critic,
-    update_policy,
-)
+from verl_mem1.training.batch import build_batch, compute_batch_advantages
+from verl_mem1.training.updates import PPOSettings, batch_logprobs, batch_values, update_critic, update_policy
 
 QUESTIONS = [
     ("t1", "Which city hosted the band Tinted Windows' first performance?", ["Tulsa"]),
@@ -33,11 +26,11 @@ def fixed_batch(tiny_model_dir, retrieval_url):
     """Real MEM1 episodes (tiny model, real BM25 server), played by a private copy of the policy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from verl_mem1.records import Task
     from verl_mem1.rollout.backends.hf_local import HFLocalBackend
     from verl_mem1.rollout.environment import RetrievalEnvironment
     from verl_mem1.rollout.episode import EpisodeConfig
     from verl_mem1.rollout.runner import run_episodes
-    from verl_mem1.rollout.tasks import Task
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     policy = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
@@ -312,7 +305,7 @@ def test_add_train_command_registers_the_subcommand():
 
 
 def test_micro_batches_by_count_and_by_tokens():
-    from verl_mem1.training.trainer import micro_batches
+    from verl_mem1.training.updates import micro_batches
 
     class S:
         def __init__(self, length):

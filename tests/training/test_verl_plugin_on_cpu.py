@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.rollout.test_verl_backend_on_cpu import FakeServerClient, FakeVllmReplica
+from tests.support import FakeServerClient, FakeVllmReplica
 from tests.training.records import make_record
 from verl_mem1.training.verl_plugin import AGENT_NAME, PLUGIN_MODULE
 from verl_mem1.training.verl_plugin.agent_loop import MEM1AgentLoop
@@ -159,7 +159,7 @@ def test_websearch_recipe_is_qa_with_another_environment():
 def test_webshop_recipe_is_qa_with_the_shop_as_environment():
     from omegaconf import OmegaConf
 
-    from verl_mem1.training.verl_plugin.config import load_mem1_config
+    from verl_mem1.config import Mem1Config
 
     qa = flat(OmegaConf.to_container(compose("qa"), resolve=True))
     shop = flat(OmegaConf.to_container(compose("webshop"), resolve=True))
@@ -179,12 +179,12 @@ def test_webshop_recipe_is_qa_with_the_shop_as_environment():
         "trainer.default_local_dir",
         "actor_rollout_ref.rollout.trace.experiment_name",
     }, differ
-    mem1 = load_mem1_config(compose("webshop"))
+    mem1 = Mem1Config.from_trainer_config(compose("webshop"))
     assert mem1.env == "webshop" and mem1.webshop_url.endswith(":8003") and mem1.max_turns == 15
-    with pytest.raises(ValueError, match="mem1.reward=in_loop"):
-        load_mem1_config(compose("webshop"), {"reward": "verl"})
+    with pytest.raises(ValueError, match="mem1.env=webshop needs in_loop"):
+        Mem1Config.from_trainer_config(compose("webshop"), reward="verl")
     with pytest.raises(ValueError, match="does not fit"):
-        load_mem1_config(compose("webshop"), {"tags": "paper"})
+        Mem1Config.from_trainer_config(compose("webshop"), tags="paper")
 
 
 # --------------------------------------------------------------------------------------------- agent loop

@@ -13,7 +13,8 @@ from verl_mem1.rollout.environment import WebShopEnvironment
 from verl_mem1.rollout.episode import EpisodeConfig
 from verl_mem1.rollout.runner import run_episodes
 from verl_mem1.tasks.webshop import webshop_task
-from verl_mem1.training.trainer import PPOSettings, batch_logprobs, build_batch, compute_batch_advantages, update_policy
+from verl_mem1.training.batch import build_batch, compute_batch_advantages
+from verl_mem1.training.updates import PPOSettings, batch_logprobs, update_policy
 
 pytestmark = pytest.mark.e2e
 

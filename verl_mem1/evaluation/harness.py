@@ -6,16 +6,16 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from verl_mem1.evaluation.metrics import episode_metrics, summarize, summarize_by_objectives
+from verl_mem1.records import Task
 from verl_mem1.rollout.backends.base import LLMBackend
 from verl_mem1.rollout.environment import Environment
 from verl_mem1.rollout.episode import EpisodeConfig
 from verl_mem1.rollout.runner import run_episodes
-from verl_mem1.rollout.tasks import Task
 from verl_mem1.tasks.rewards import score_answer
 
 
@@ -24,7 +24,7 @@ async def evaluate(
     backend: LLMBackend,
     env: Environment,
     tokenizer,
-    config: EpisodeConfig,
+    config: EpisodeConfig | Callable[[Task], EpisodeConfig],
     out_dir: str | Path,
     *,
     model: str = "",
@@ -32,13 +32,18 @@ async def evaluate(
     reduce: str = "sum",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run every task once; stream records to ``episodes.jsonl``; return and write ``metrics.json``."""
+    """Run every task once; stream records to ``episodes.jsonl``; return and write ``metrics.json``.
+
+    ``config``: one ``EpisodeConfig``, or a function of the task (``run_episodes``); the report states the settings
+    of the first task's."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
     def reward(answer, truth):
         return score_answer(answer, truth, reduce=reduce).em
+
+    shown = config(tasks[0] if tasks else None) if callable(config) else config
 
     with (out / "episodes.jsonl").open("w", encoding="utf-8") as fh:
 
@@ -56,16 +61,16 @@ async def evaluate(
             reward_fn=reward,
             on_episode=write,
             progress=progress,
-            desc=f"eval {config.context}",
+            desc=f"eval {shown.context}",
         )
     rows = [episode_metrics(r, reduce=reduce) for r in records]
     metrics = {
         "model": model,
-        "context_policy": records[0].context_policy if records else config.context,
-        "tag_set": config.tags,
+        "context_policy": records[0].context_policy if records else shown.context,
+        "tag_set": shown.tags,
         "reduce": reduce,
-        "sampling": {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k},
-        "max_new_tokens": config.max_new_tokens,
+        "sampling": {"temperature": shown.temperature, "top_p": shown.top_p, "top_k": shown.top_k},
+        "max_new_tokens": shown.max_new_tokens,
         "wall_time_s": time.perf_counter() - started,
         "summary": summarize(rows),
         "by_objectives": {str(k): v for k, v in summarize_by_objectives(rows).items()},

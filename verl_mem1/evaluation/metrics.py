@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from verl_mem1.rollout.episode import EpisodeRecord
+from verl_mem1.records import EpisodeRecord
 from verl_mem1.tasks.rewards import score_answer
 
 

@@ -83,28 +83,51 @@ def add_environment_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def make_environment(args: argparse.Namespace):
+def mem1_config(args: argparse.Namespace):
+    """The run's ``Mem1Config`` from the command-line options (the same settings ``mem1 train`` reads)."""
+    from verl_mem1.config import Mem1Config
+
+    return Mem1Config(
+        env=args.env,
+        retriever_url=args.retriever or "http://127.0.0.1:8000",
+        webshop_url=args.webshop,
+        topk=args.topk_docs,
+        context=args.context,
+        tags=args.tags,
+        max_turns=args.max_turns,
+        max_new_tokens=args.max_new_tokens,
+        on_invalid=args.on_invalid,
+        invalid_action_penalty=args.invalid_penalty,
+        concurrency=args.concurrency,
+        seed=args.seed,
+    )
+
+
+def make_environment(args: argparse.Namespace, mem1=None):
     """The environment and its tasks: (env, tasks). ``--webshop auto`` starts the bundled shop for this run."""
     import atexit
+    import contextlib
 
-    from verl_mem1.rollout.environment import RetrievalEnvironment, WebShopEnvironment, fetch_webshop_tasks
-    from verl_mem1.rollout.tasks import load_tasks
+    from verl_mem1.records import load_tasks
+    from verl_mem1.rollout import configure
+    from verl_mem1.rollout.environment import fetch_webshop_tasks
 
+    mem1 = mem1 or mem1_config(args)
     if args.env == "retrieval":
         if not args.retriever or not args.tasks:
             raise ValueError("--env retrieval needs --tasks and --retriever")
-        return RetrievalEnvironment(args.retriever, topk=args.topk_docs), load_tasks(args.tasks, limit=args.limit)
+        return configure.make_environment(mem1), load_tasks(args.tasks, limit=args.limit)
     url = args.webshop
     if url == "auto":
-        from env_servers.webshop.server import bundled_shop_server
+        from env_servers.bundled import serve_bundled
 
-        server = bundled_shop_server().start()
-        atexit.register(server.stop)
-        url = server.url
+        stack = contextlib.ExitStack()
+        atexit.register(stack.close)
+        url = serve_bundled("webshop", stack, Path("."))
     if args.tasks:
-        return WebShopEnvironment(url), load_tasks(args.tasks, limit=args.limit)
+        return configure.make_environment(mem1, url), load_tasks(args.tasks, limit=args.limit)
     tasks = fetch_webshop_tasks(url, args.goals)
-    return WebShopEnvironment(url), tasks[: args.limit] if args.limit else tasks
+    return configure.make_environment(mem1, url), tasks[: args.limit] if args.limit else tasks
 
 
 def make_backend(args: argparse.Namespace):
@@ -130,23 +153,18 @@ def make_backend(args: argparse.Namespace):
     return backend, backend.tokenizer
 
 
-def episode_config(args: argparse.Namespace):
-    from verl_mem1.protocol import get_tag_set
-    from verl_mem1.rollout.episode import EpisodeConfig
+def episode_config(args: argparse.Namespace, mem1=None):
+    """The episode settings for each task (``rollout.configure.episode_config`` with the sampling options)."""
+    import functools
 
-    tags = args.tags or ("webshop" if args.env == "webshop" else "paper")
-    if get_tag_set(tags).answers == (args.env == "webshop"):
-        raise ValueError(f"--tags {tags} does not fit --env {args.env}: use webshop tags with WebShop only")
-    return EpisodeConfig(
-        max_turns=args.max_turns,
-        max_new_tokens=args.max_new_tokens,
+    from verl_mem1.rollout import configure
+
+    return functools.partial(
+        configure.episode_config,
+        mem1 or mem1_config(args),
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
-        context=args.context,
-        tags=tags,
-        on_invalid=args.on_invalid,
-        invalid_action_penalty=args.invalid_penalty,
     )
 
 
@@ -155,10 +173,16 @@ def setup_run(args: argparse.Namespace, command: str):
     from verl_mem1.rollout.environment import EnvironmentError_
 
     try:
-        config = episode_config(args)
-        env, tasks = make_environment(args)
+        mem1 = mem1_config(args)
+        config = episode_config(args, mem1)
+        env, tasks = make_environment(args, mem1)
         backend, tokenizer = make_backend(args)
-    except (ValueError, OSError, RuntimeError, EnvironmentError_) as exc:  # bad options/files, unreachable server
+    except (
+        ValueError,
+        OSError,
+        RuntimeError,
+        EnvironmentError_,
+    ) as exc:  # ConfigError is a ValueError  # bad options/files, unreachable server
         print(f"mem1 {command}: {exc}", file=sys.stderr)
         return None
     return config, tasks, backend, tokenizer, env

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from verl_mem1.protocol import format_documents, format_webshop_page
-from verl_mem1.rollout.tasks import Task
+from verl_mem1.records import Task
 from verl_mem1.tasks.webshop import parse_goal_range, webshop_task
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 from verl_mem1.protocol import (
     TurnTokens,
@@ -21,12 +21,10 @@ from verl_mem1.protocol import (
     parse_context_policy,
     parse_turn,
 )
+from verl_mem1.records import EpisodeRecord, Task, TurnRecord
 from verl_mem1.rollout.backends.base import LLMBackend, SamplingConfig
 from verl_mem1.rollout.environment import Environment, EnvironmentError_, EpisodeSession, Step
-from verl_mem1.rollout.tasks import Task
 
-# done: the environment ended the episode (a WebShop purchase); env_error: no session could be opened
-Termination = Literal["answer", "done", "max_turns", "invalid_action", "context_limit", "env_error"]
 RewardFn = Callable[[str | None, list[list[str]]], float]
 WEBSHOP_MAX_TURNS = 15
 
@@ -70,52 +68,6 @@ class EpisodeConfig:
             top_k=self.top_k,
             stop=get_tag_set(self.tags).stop_strings,
         )
-
-
-@dataclass
-class TurnRecord:
-    index: int
-    context_ids: list[int]
-    generated_ids: list[int]
-    logprobs: list[float]
-    text: str
-    internal_state: str | None
-    action: dict[str, str]  # {"kind", "text", "reason"}
-    observation_ids: list[int]
-    finish_reason: str
-    timings: dict[str, float]
-
-
-@dataclass
-class EpisodeRecord:
-    id: str
-    data_source: str
-    questions: list[str]
-    ground_truth: list[list[str]]
-    context_policy: str
-    tag_set: str
-    sampling: dict[str, Any]
-    prompt_ids: list[int]
-    turns: list[TurnRecord] = field(default_factory=list)
-    final_answer: str | None = None
-    termination: Termination = "max_turns"
-    reward: float | None = None
-    wall_time_s: float = 0.0
-    error: str | None = None  # why the environment could not start the episode (termination "env_error")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EpisodeRecord:
-        data = dict(data)
-        data["turns"] = [TurnRecord(**t) for t in data.get("turns", [])]
-        return cls(**data)
-
-    @property
-    def peak_tokens(self) -> int:
-        """Max over turns of the context length plus the tokens generated that turn."""
-        return max((len(t.context_ids) + len(t.generated_ids) for t in self.turns), default=len(self.prompt_ids))
 
 
 def prompt_ids_for(task: Task, tokenizer, tags: str, max_turns: int | None = None) -> list[int]:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from verl_mem1.records import EpisodeRecord, Task
 from verl_mem1.rollout.backends.base import LLMBackend
 from verl_mem1.rollout.environment import Environment
-from verl_mem1.rollout.episode import EpisodeConfig, EpisodeRecord, RewardFn, run_episode
-from verl_mem1.rollout.tasks import Task
+from verl_mem1.rollout.episode import EpisodeConfig, RewardFn, run_episode
 
 
 async def run_episodes(
@@ -20,7 +20,7 @@ async def run_episodes(
     backend: LLMBackend,
     env: Environment,
     tokenizer,
-    config: EpisodeConfig,
+    config: EpisodeConfig | Callable[[Task], EpisodeConfig],
     *,
     concurrency: int = 16,
     reward_fn: RewardFn | None = None,
@@ -28,7 +28,10 @@ async def run_episodes(
     progress: bool = True,
     desc: str = "episodes",
 ) -> list[EpisodeRecord]:
-    """Run every task once; results come back in task order, ``on_episode`` sees them as they finish."""
+    """Run every task once; results come back in task order, ``on_episode`` sees them as they finish.
+
+    ``config`` is one ``EpisodeConfig`` for every task, or a function of the task (``rollout.configure``: a task's
+    own tags and turn budget fill what the run's ``Mem1Config`` leaves unset)."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     gate = asyncio.Semaphore(concurrency)
@@ -36,7 +39,8 @@ async def run_episodes(
 
     async def one(task: Task) -> EpisodeRecord:
         async with gate:
-            record = await run_episode(task, backend, env, tokenizer, config, reward_fn=reward_fn)
+            settings = config(task) if callable(config) else config
+            record = await run_episode(task, backend, env, tokenizer, settings, reward_fn=reward_fn)
         if on_episode is not None:
             on_episode(record)
         bar.update(1)

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from verl_mem1.protocol import build_prompt_messages, get_tag_set
-from verl_mem1.rollout.tasks import Task
+from verl_mem1.records import Task
 
 ABILITY = "webshop"
 DATA_SOURCE = "webshop"

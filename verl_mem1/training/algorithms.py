@@ -38,9 +38,29 @@ if TYPE_CHECKING:
 
 GAE = "gae"
 GRPO = "grpo"
+_OUTCOME_INPUTS = {"token_level_rewards", "response_mask", "index"}
+
+
+def _outcome_estimators() -> tuple[str, ...]:
+    """verl's registered estimators that need nothing beyond an outcome reward (``token_level_rewards``,
+    ``response_mask``, ``index``, and optionally ``config``): read from ``ADV_ESTIMATOR_REGISTRY``, so estimators a
+    newer verl (or a plug-in) registers are available without a copied list."""
+    import inspect
+
+    names = []
+    for name, fn in core_algos.ADV_ESTIMATOR_REGISTRY.items():
+        params = inspect.signature(fn).parameters.values()
+        required = {p.name for p in params if p.default is inspect.Parameter.empty and p.kind <= p.KEYWORD_ONLY}
+        if name != GAE and required <= _OUTCOME_INPUTS:
+            names.append(name)
+    return tuple(sorted(names))
+
+
 # verl outcome estimators called with verl's convention (token_level_rewards, response_mask, index, config)
-OUTCOME_ESTIMATORS = ("grpo", "rloo", "opo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "grpo_passk")
+OUTCOME_ESTIMATORS = _outcome_estimators()
 ADV_ESTIMATORS = (GAE, *OUTCOME_ESTIMATORS)
+# verl's policy losses (``actor.policy_loss.loss_mode``), read from its registry
+LOSS_MODES = tuple(sorted(core_algos.POLICY_LOSS_REGISTRY))
 KL_ESTIMATORS = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3", "k1+", "k3+", "low_var_kl+")
 LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -48,6 +68,7 @@ __all__ = [
     "ADV_ESTIMATORS",
     "KL_ESTIMATORS",
     "LOSS_AGG_MODES",
+    "LOSS_MODES",
     "OUTCOME_ESTIMATORS",
     "apply_kl_in_reward",
     "compute_advantages",

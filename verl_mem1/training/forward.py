@@ -16,10 +16,17 @@ from typing import TYPE_CHECKING
 import torch
 
 from verl_mem1.training.attention import PACKED_BACKENDS, model_device, packed_model_call
+from verl_mem1.training.head import (
+    DEFAULT_LOGITS_CHUNK,
+    chunked_head_logprobs,
+    generated_temperatures,
+    logprobs_from_logits,
+    plain_head,
+)
 from verl_mem1.training.packing import PackedSample, pack_episode, per_turn_samples
 
 if TYPE_CHECKING:
-    from verl_mem1.rollout.episode import EpisodeRecord
+    from verl_mem1.records import EpisodeRecord
 
 logger = logging.getLogger(__name__)
 _warned_flex_fallback = False
@@ -48,86 +55,6 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return False
-
-
-def _logprobs_from_logits(
-    logits: torch.Tensor, targets: torch.Tensor, temperatures: torch.Tensor, with_entropy: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    logits = logits.float()
-    if bool((temperatures != 1).any()):  # skip an N x V copy in the common T = 1 case
-        logits = logits / temperatures[:, None]
-    logp = torch.log_softmax(logits, dim=-1)
-    token = logp.gather(-1, targets[:, None])[:, 0]
-    entropy = -(logp.exp() * logp).sum(-1) if with_entropy else None
-    return token, entropy
-
-
-# Model types whose logits are exactly ``lm_head(decoder(...).last_hidden_state)`` (no soft-capping or scaling),
-# so the head can be applied by us, in chunks, to the gathered predictor hidden states.
-PLAIN_HEAD_MODEL_TYPES = frozenset({"qwen2", "qwen3", "llama", "mistral", "qwen2_moe", "qwen3_moe"})
-DEFAULT_LOGITS_CHUNK = 1024
-
-
-def _plain_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
-    """``(decoder, lm_head)`` when the model's logits are a plain linear head over the decoder's output."""
-    if getattr(getattr(model, "config", None), "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
-        return None
-    get_decoder, get_head = getattr(model, "get_decoder", None), getattr(model, "get_output_embeddings", None)
-    if not callable(get_decoder) or not callable(get_head):
-        return None
-    decoder, head = get_decoder(), get_head()
-    if decoder is None or decoder is model or not isinstance(head, torch.nn.Linear):
-        return None
-    return decoder, head
-
-
-def _head_logprobs(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    temperatures: torch.Tensor,
-    with_entropy: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = torch.nn.functional.linear(hidden, weight, bias)
-    token, entropy = _logprobs_from_logits(logits, targets, temperatures, with_entropy)
-    return token, entropy if entropy is not None else token.new_zeros(0)
-
-
-def _chunked_head_logprobs(
-    hidden: torch.Tensor,
-    head: torch.nn.Linear,
-    targets: torch.Tensor,
-    temperatures: torch.Tensor,
-    with_entropy: bool,
-    chunk: int,
-    recompute: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Apply the head ``chunk`` rows at a time; under autograd (and ``recompute``) each chunk is checkpointed, so
-    only the hidden states are kept and the ``chunk × V`` logits are recomputed in backward (peak: one chunk, not
-    ``N × V``)."""
-    from torch.utils.checkpoint import checkpoint
-
-    tokens, entropies = [], []
-    grad = torch.is_grad_enabled() and recompute
-    for i in range(0, hidden.shape[0], chunk):
-        args = (hidden[i : i + chunk], head.weight, head.bias, targets[i : i + chunk], temperatures[i : i + chunk])
-        if grad:
-            token, entropy = checkpoint(_head_logprobs, *args, with_entropy, use_reentrant=False)
-        else:
-            token, entropy = _head_logprobs(*args, with_entropy)
-        tokens.append(token)
-        entropies.append(entropy)
-    empty = hidden.new_zeros(0, dtype=torch.float32)
-    token = torch.cat(tokens) if tokens else empty
-    return token, ((torch.cat(entropies) if entropies else empty) if with_entropy else None)
-
-
-def _temperatures(sample: PackedSample, temperature: float | None, device: torch.device) -> torch.Tensor:
-    if temperature is not None:
-        t = temperature if temperature > 0 else 1.0
-        return torch.full((sample.num_generated,), float(t), device=device)
-    return sample.generated_temperatures().to(device)
 
 
 def _predictor_logits(model: torch.nn.Module, sample: PackedSample, run) -> torch.Tensor:
@@ -163,8 +90,8 @@ def packed_logprobs_and_entropy(
     device = model_device(model)
     gen = sample.loss_mask.bool()
     targets = sample.input_ids[gen].to(device)
-    temperatures = _temperatures(sample, temperature, device)
-    plain = _plain_head(model) if logits_chunk else None
+    temperatures = generated_temperatures(sample, temperature, device)
+    plain = plain_head(model) if logits_chunk else None
 
     def run(target: torch.nn.Module, **kw):
         return packed_model_call(
@@ -182,9 +109,9 @@ def packed_logprobs_and_entropy(
         decoder, head = plain
         hidden = run(decoder).last_hidden_state[0]
         hidden = hidden.index_select(0, sample.predictor_index[gen].to(device))
-        return _chunked_head_logprobs(hidden, head, targets, temperatures, with_entropy, int(logits_chunk))
+        return chunked_head_logprobs(hidden, head, targets, temperatures, with_entropy, int(logits_chunk))
     logits = _predictor_logits(model, sample, lambda **kw: run(model, **kw))
-    return _logprobs_from_logits(logits, targets, temperatures, with_entropy)
+    return logprobs_from_logits(logits, targets, temperatures, with_entropy)
 
 
 def packed_logprobs(
@@ -251,7 +178,9 @@ def per_turn_logprobs_and_entropy(
 
         logits = _predictor_logits(model, sample, run)
         targets = sample.input_ids[sample.loss_mask.bool()].to(device)
-        lp, ent = _logprobs_from_logits(logits, targets, _temperatures(sample, temperature, device), with_entropy)
+        lp, ent = logprobs_from_logits(
+            logits, targets, generated_temperatures(sample, temperature, device), with_entropy
+        )
         logprobs.append(lp)
         if ent is not None:
             entropies.append(ent)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:  # typing only: training must not pull in rollout/environment code at import time
-    from verl_mem1.rollout.episode import EpisodeRecord
+    from verl_mem1.records import EpisodeRecord
 
 IGNORE_INDEX = -1  # predictor_index / turn_index value at positions that hold no generated token / no turn
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from verl_mem1.rollout.episode import EpisodeRecord
+    from verl_mem1.records import EpisodeRecord
 
 DEFAULT_TOLERANCE = 1e-4
 ALL_BACKENDS = ("dense", "flex", "segmented", "flash", "segment_groups", "per_turn")
@@ -28,10 +28,10 @@ def default_backends(model: torch.nn.Module | None = None) -> list[str]:
     (CUDA, fp16/bf16 weights)."""
     import torch
 
-    from verl_mem1.training.forward import _plain_head
+    from verl_mem1.training.head import plain_head
 
     backends = ["dense", "flex", "per_turn"]
-    if model is not None and _plain_head(model) is not None:
+    if model is not None and plain_head(model) is not None:
         backends.insert(2, "segment_groups")
     if model is not None:
         param = next(model.parameters())

@@ -32,12 +32,12 @@ from verl_mem1.training.attention import (
     segment_layout,
     skip_mask_creation,
 )
-from verl_mem1.training.forward import (
+from verl_mem1.training.head import (
     DEFAULT_LOGITS_CHUNK,
     PLAIN_HEAD_MODEL_TYPES,
-    _chunked_head_logprobs,
-    _plain_head,
-    _temperatures,
+    chunked_head_logprobs,
+    generated_temperatures,
+    plain_head,
 )
 from verl_mem1.training.packing import PackedSample
 
@@ -170,7 +170,7 @@ def streamed_logprobs_and_entropy(
     ``HEAD_KEEP_ELEMENTS`` entries; otherwise ``logits_chunk`` rows at a time, recomputed in backward (as in
     ``packed_logprobs_and_entropy``).
     """
-    plain = _plain_head(model)
+    plain = plain_head(model)
     if plain is None:
         raise TypeError(
             "segment-group training needs a model whose logits are a plain linear head over its decoder "
@@ -179,11 +179,11 @@ def streamed_logprobs_and_entropy(
     decoder, head = plain
     device = model_device(model)
     targets = sample.input_ids[sample.loss_mask.bool()].to(device)
-    temperatures = _temperatures(sample, temperature, device)
+    temperatures = generated_temperatures(sample, temperature, device)
 
     def logprobs(hidden: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         keep = not logits_chunk or index.numel() * head.out_features <= HEAD_KEEP_ELEMENTS
-        lp, ent = _chunked_head_logprobs(
+        lp, ent = chunked_head_logprobs(
             hidden,
             head,
             targets[index],

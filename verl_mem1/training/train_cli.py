@@ -111,7 +111,8 @@ def trainer_view(cfg: DictConfig) -> dict[str, Any]:
     """The resolved part of the config the single-machine trainer reads (what the start-up banner prints)."""
     from omegaconf import OmegaConf
 
-    from verl_mem1.training.trainer import MEM1_DEFAULTS, cfg_get
+    from verl_mem1.config import Mem1Config
+    from verl_mem1.training.validation import cfg_get
 
     keys = [
         "data.train_files",
@@ -164,7 +165,7 @@ def trainer_view(cfg: DictConfig) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    view["mem1"] = {k: cfg_get(cfg, f"mem1.{k}") for k in MEM1_DEFAULTS}  # with the defaults the recipe left out
+    view["mem1"] = Mem1Config.from_trainer_config(cfg).to_dict()  # with the defaults the recipe left out
     return view
 
 
@@ -190,7 +191,8 @@ def run(cfg: DictConfig, *, progress: bool = True) -> list[dict[str, float]]:
     """Validate, print the resolved settings, train; returns the per-step metrics."""
     import yaml
 
-    from verl_mem1.training.trainer import Mem1Trainer, validate_config
+    from verl_mem1.training.trainer import Mem1Trainer
+    from verl_mem1.training.validation import validate_config
 
     validate_config(cfg)  # before anything is loaded or built
     print("resolved training config (the keys the single-machine trainer reads):")
@@ -206,7 +208,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from verl_mem1.training.trainer import ConfigError
+    from verl_mem1.config import ConfigError
 
     try:
         cfg = compose_config(args.recipe, args.overrides, args.config_dir)

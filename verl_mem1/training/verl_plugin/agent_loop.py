@@ -29,11 +29,11 @@ from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
 
+from verl_mem1.config import FIELDS, Mem1Config
+from verl_mem1.records import EpisodeRecord, Task, task_from_mapping
 from verl_mem1.rollout.backends.verl_server import VerlServerBackend
-from verl_mem1.rollout.environment import RetrievalEnvironment, WebShopEnvironment
-from verl_mem1.rollout.episode import EpisodeConfig, EpisodeRecord, prompt_ids_for, run_episode
-from verl_mem1.rollout.tasks import Task, _task_from_mapping
-from verl_mem1.training.verl_plugin.config import FIELDS, MEM1LoopConfig, load_mem1_config
+from verl_mem1.rollout.configure import episode_config, make_environment
+from verl_mem1.rollout.episode import EpisodeConfig, prompt_ids_for, run_episode
 from verl_mem1.training.verl_plugin.engine import POSITION_KEY, SEGMENT_KEY
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ _VERL_KWARGS = {"name", "tools", "hf_model_type"}  # what AgentLoopWorker and it
 _REWARD_FNS: dict[str, Any] = {}
 
 
-def check_layout_supported(trainer_config: Any, mem1: MEM1LoopConfig) -> None:
+def check_layout_supported(trainer_config: Any, mem1: Mem1Config) -> None:
     """Per-turn samples need verl's multi-output agent loops, which only the v1 (TransferQueue) trainer has."""
     trainer = trainer_config.get("trainer") or {}
     if mem1.layout == "per_turn" and not trainer.get("use_v1", True):
@@ -85,7 +85,7 @@ def task_from_row(row: dict[str, Any]) -> Task:
     if hasattr(mapping["reward_model"], "items"):
         mapping["reward_model"] = dict(mapping["reward_model"])
     index = row.get("index", 0)
-    return _task_from_mapping(mapping, "verl row", int(index) if str(index).isdigit() else 0)
+    return task_from_mapping(mapping, "verl row", int(index) if str(index).isdigit() else 0)
 
 
 def trajectory_text(record: EpisodeRecord, tokenizer: Any) -> str:
@@ -110,7 +110,7 @@ class MEM1AgentLoop(AgentLoopBase):
         if unknown:  # a typo in agent_loops.yaml must not be silently ignored
             raise ValueError(f"unknown MEM1 agent loop arguments {unknown}; mem1 keys: {sorted(FIELDS)}")
         super().__init__(trainer_config, server_manager, tokenizer, processor, dataset_cls, data_config, **kwargs)
-        self.mem1 = load_mem1_config(self.config, overrides)
+        self.mem1 = Mem1Config.from_trainer_config(self.config, **overrides)
         check_layout_supported(self.config, self.mem1)
         self.prompt_length = int(self.rollout_config.prompt_length)
         self.response_length = int(self.rollout_config.response_length)
@@ -120,23 +120,15 @@ class MEM1AgentLoop(AgentLoopBase):
     # -------------------------------------------------------------------------------------------- rollout
 
     def episode_config(self, task: Task, sampling_params: dict[str, Any]) -> EpisodeConfig:
-        """verl's sampling params (validation makes them greedy) with the mem1 section and the row's turn budget."""
-        top_k = int(sampling_params.get("top_k", -1) or -1)
-        max_turns = task.extra_info.get("max_turns") or self.mem1.max_turns
-        max_context = self.mem1.max_context_tokens or (self.prompt_length + self.response_length)
-        return EpisodeConfig(
-            max_turns=int(max_turns) if max_turns else None,
-            max_new_tokens=int(self.mem1.max_new_tokens or self.response_length),
+        """verl's sampling params (validation makes them greedy) with the mem1 section and the row's own settings."""
+        return episode_config(
+            self.mem1,
+            task=task,
             temperature=float(sampling_params.get("temperature", 1.0)),
             top_p=float(sampling_params.get("top_p", 1.0)),
-            top_k=top_k if top_k > 0 else -1,
-            context=self.mem1.context,
-            tags=self.mem1.tags or str(task.extra_info.get("tags") or "paper"),
-            on_invalid=self.mem1.on_invalid,
-            require_state=self.mem1.require_state,
-            max_context_tokens=int(max_context),
-            max_observation_tokens=self.mem1.max_observation_tokens,
-            invalid_action_penalty=float(self.mem1.invalid_action_penalty),
+            top_k=int(sampling_params.get("top_k", -1) or -1),
+            max_new_tokens=self.response_length,
+            max_context_tokens=self.prompt_length + self.response_length,
         )
 
     async def play(self, task: Task, sampling_params: dict[str, Any]) -> EpisodeRecord:
@@ -151,11 +143,7 @@ class MEM1AgentLoop(AgentLoopBase):
             )
         # one request id per episode: verl routes it to one replica, whose prefix cache then holds the prompt
         backend = VerlServerBackend(self.server_manager, eos_token_ids=self.eos_token_ids, request_id=uuid.uuid4().hex)
-        mem1 = self.mem1
-        if mem1.env == "webshop":
-            env = WebShopEnvironment(mem1.webshop_url, timeout_s=mem1.retriever_timeout_s)
-        else:
-            env = RetrievalEnvironment(mem1.retriever_url, topk=mem1.topk, timeout_s=mem1.retriever_timeout_s)
+        env = make_environment(self.mem1)
         try:
             return await run_episode(task, backend, env, self.tokenizer, config)
         finally:

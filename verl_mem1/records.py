@@ -1,10 +1,15 @@
-"""Read tasks for the episode loop from verl RL parquet or from simple JSONL."""
+"""The records every layer shares: a ``Task`` (what to play) and an ``EpisodeRecord`` (what was played, token-exact).
+
+Tasks are read from verl RL parquet or simple JSONL (``load_tasks``); episode records are what ``mem1 rollout``,
+``mem1 eval`` and the trainers write and read. Nothing here imports another module of the project except the JSONL
+reader, so rollout, training, tasks and evaluation can all depend on it without cycles.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from verl_mem1.jsonl import iter_json_objects
 
@@ -43,7 +48,7 @@ def _alias_lists(raw: Any, n_questions: int, where: str) -> list[list[str]]:
     raise ValueError(f"{where}: answers must be strings or lists of strings, got {raw!r}")
 
 
-def _task_from_mapping(row: dict[str, Any], where: str, index: int) -> Task:
+def task_from_mapping(row: dict[str, Any], where: str, index: int) -> Task:
     extra = row.get("extra_info") or {}
     if hasattr(extra, "items"):
         extra = dict(extra)
@@ -104,12 +109,62 @@ def load_tasks(path: str | Path, *, limit: int | None = None) -> list[Task]:
         for i, row in enumerate(frame.to_dict(orient="records")):
             if limit is not None and len(tasks) >= limit:
                 break
-            tasks.append(_task_from_mapping(row, str(path), i))
+            tasks.append(task_from_mapping(row, str(path), i))
     else:
         for lineno, row in iter_json_objects(path):
             if limit is not None and len(tasks) >= limit:
                 break
-            tasks.append(_task_from_mapping(row, f"{path}:{lineno}", lineno))
+            tasks.append(task_from_mapping(row, f"{path}:{lineno}", lineno))
     if not tasks:
         raise ValueError(f"{path}: no tasks found")
     return tasks
+
+
+# done: the environment ended the episode (a WebShop purchase); env_error: no session could be opened
+Termination = Literal["answer", "done", "max_turns", "invalid_action", "context_limit", "env_error"]
+
+
+@dataclass
+class TurnRecord:
+    index: int
+    context_ids: list[int]
+    generated_ids: list[int]
+    logprobs: list[float]
+    text: str
+    internal_state: str | None
+    action: dict[str, str]  # {"kind", "text", "reason"}
+    observation_ids: list[int]
+    finish_reason: str
+    timings: dict[str, float]
+
+
+@dataclass
+class EpisodeRecord:
+    id: str
+    data_source: str
+    questions: list[str]
+    ground_truth: list[list[str]]
+    context_policy: str
+    tag_set: str
+    sampling: dict[str, Any]
+    prompt_ids: list[int]
+    turns: list[TurnRecord] = field(default_factory=list)
+    final_answer: str | None = None
+    termination: Termination = "max_turns"
+    reward: float | None = None
+    wall_time_s: float = 0.0
+    error: str | None = None  # why the environment could not start the episode (termination "env_error")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EpisodeRecord:
+        data = dict(data)
+        data["turns"] = [TurnRecord(**t) for t in data.get("turns", [])]
+        return cls(**data)
+
+    @property
+    def peak_tokens(self) -> int:
+        """Max over turns of the context length plus the tokens generated that turn."""
+        return max((len(t.context_ids) + len(t.generated_ids) for t in self.turns), default=len(self.prompt_ids))

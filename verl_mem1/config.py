@@ -1,0 +1,231 @@
+"""The ``mem1:`` section of a training config, in one typed place for every consumer.
+
+The single-machine trainer (``training/trainer.py``), the verl plug-in's agent loop (``training/verl_plugin``) and
+``mem1 rollout``/``mem1 eval`` all read the same ``Mem1Config``: one set of names, one set of defaults, one
+validation. It sits at the top level of a Hydra recipe (``recipes/*.yaml``) next to verl's own sections, so one
+override (``mem1.retriever_url=...``) reaches every worker. Keys one consumer does not use are simply unused there
+(the plug-in has no composed tasks, the local trainer has no verl reward manager): an unknown key is an error.
+
+Depends on the protocol only (tags, context policies), so anything above it can import it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+from verl.base_config import BaseConfig
+
+from verl_mem1.protocol import get_tag_set, parse_context_policy
+
+ENVS = ("retrieval", "webshop")
+LAYOUTS = ("packed", "per_turn")
+REWARDS = ("in_loop", "verl")
+ATTENTION_BACKENDS = ("auto", "flex", "dense", "segmented", "flash")
+DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_ENV = "MEM1_ATTENTION_BACKEND"  # overrides mem1.attention in a worker's environment (see attention_backend)
+AUTO = "auto"  # a URL that means: serve the bundled environment in-process (single-machine runs only)
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the key."""
+
+
+def _fail(key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"mem1.{key}={value!r}: {why}")
+
+
+@dataclass
+class Mem1Config(BaseConfig):
+    """MEM1 settings beyond verl's keys, shared by the local trainer, the verl plug-in and the rollout commands.
+
+    Args:
+        env: ``retrieval`` (QA over ``retriever_url``) or ``webshop`` (shopping on ``webshop_url``, scored by the shop).
+        retriever_url: a Search-R1-API retrieval or web-search server; ``auto`` serves the bundled HotpotQA BM25
+            index in-process (single-machine runs only).
+        webshop_url: a ``mem1 serve webshop`` server; ``auto`` serves the bundled 100-product shop in-process.
+        topk: documents per query (MEM1 and Search-R1 train with 3).
+        retriever_timeout_s: HTTP timeout of one environment call.
+        context: the context policy: ``mem1`` (prompt + last turn), ``full`` or ``window:K``.
+        tags: ``paper``, ``search_r1`` or ``webshop``; None: the task's ``extra_info.tags``, else the env's default.
+        max_turns: None: the task's ``extra_info.max_turns``, else 6 (20 for 8+ objectives; WebShop 15).
+        max_new_tokens: per turn; None: verl's ``rollout.response_length``.
+        max_observation_tokens: cut longer observation bodies (None: no cut).
+        max_context_tokens: end an episode before its context passes this (None: the consumer's limit, if any).
+        on_invalid: what an invalid action does: ``continue`` (an error observation) or ``end``.
+        require_state: a turn without an internal state is invalid.
+        invalid_action_penalty: subtracted from an episode's reward per invalid turn.
+        layout: verl plug-in: ``packed`` (one shared-prefix sample per episode) or ``per_turn`` (v1 trainer only).
+        reward: verl plug-in: ``in_loop`` (score in the agent loop) or ``verl`` (verl's reward manager).
+        objectives: questions per composed task, when the trainer composes its own tasks.
+        train_source: question source composed into training tasks (bundled name or ``KIND:PATH``).
+        val_source: question source composed into validation tasks.
+        train_goals: WebShop goals ``START:STOP`` trained on when no task file is given.
+        val_goals: WebShop goals validated on when no task file is given.
+        reward_metric: ``em`` or ``f1`` of the final answer.
+        reward_reduce: over objectives: ``sum`` (as the paper reports) or ``mean``.
+        attention: training-time attention: ``auto`` (flash-attn on CUDA when installed, else flex on CUDA,
+            segmented on CPU), ``flex``, ``dense`` (reference), ``segmented`` or ``flash``. ``$MEM1_ATTENTION_BACKEND``
+            overrides it (``attention_backend``).
+        compile_flex: compile flex attention (GPU; costs more than a short run saves on CPU).
+        dtype: model dtype of the single-machine trainer.
+        logprob_tolerance: the packed forward must reproduce the rollout log-probs within this (max abs diff);
+            None: only log it.
+        segment_group_tokens: back-propagate each episode in groups of at most this many tokens sharing the prompt's
+            keys/values (per-token losses only); None: one packed row per micro-batch.
+        concurrency: episodes in flight at once.
+        generate_batch_size: most generation requests the local backend batches together.
+        seed: seed of sampling, task composition and data order.
+    """
+
+    env: str = "retrieval"
+    retriever_url: str = "http://127.0.0.1:8000"
+    webshop_url: str = "http://127.0.0.1:8003"
+    topk: int = 3
+    retriever_timeout_s: float = 30.0
+    context: str = "mem1"
+    tags: str | None = None
+    max_turns: int | None = None
+    max_new_tokens: int | None = None
+    max_observation_tokens: int | None = None
+    max_context_tokens: int | None = None
+    on_invalid: str = "continue"
+    require_state: bool = False
+    invalid_action_penalty: float = 0.0
+    layout: str = "packed"
+    reward: str = "in_loop"
+    objectives: int = 1
+    train_source: str = "hotpotqa-train"
+    val_source: str = "hotpotqa-dev"
+    train_goals: str = "50:"
+    val_goals: str = "0:50"
+    reward_metric: str = "em"
+    reward_reduce: str = "sum"
+    attention: str = "auto"
+    compile_flex: bool = False
+    dtype: str = "float32"
+    logprob_tolerance: float | None = 1e-4
+    segment_group_tokens: int | None = None
+    concurrency: int = 64
+    generate_batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def integer(key: str, minimum: int, allow_none: bool = False) -> None:
+            value = getattr(self, key)
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _fail(key, value, "expected an integer")
+            if value < minimum:
+                raise _fail(key, value, f"must be >= {minimum}")
+
+        def number(key: str, minimum: float, allow_none: bool = False) -> None:
+            value = getattr(self, key)
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise _fail(key, value, "expected a number")
+            if value < minimum:
+                raise _fail(key, value, f"must be >= {minimum}")
+
+        def choice(key: str, options: tuple[str, ...]) -> None:
+            if getattr(self, key) not in options:
+                raise _fail(key, getattr(self, key), f"choose one of {', '.join(options)}")
+
+        choice("env", ENVS)
+        for key in ("retriever_url", "webshop_url"):
+            url = getattr(self, key)
+            if not isinstance(url, str) or not (url == AUTO or url.startswith(("http://", "https://"))):
+                raise _fail(key, url, "expected 'auto' or an http(s):// URL of a server")
+        try:
+            parse_context_policy(str(self.context))
+        except ValueError as exc:
+            raise _fail("context", self.context, str(exc)) from None
+        if self.tags is not None:
+            try:
+                tag_set = get_tag_set(str(self.tags))
+            except (ValueError, KeyError) as exc:
+                raise _fail("tags", self.tags, str(exc)) from None
+            if tag_set.answers == (self.env == "webshop"):
+                fit = "webshop (or null)" if self.env == "webshop" else "paper or search_r1"
+                raise _fail("tags", self.tags, f"does not fit mem1.env={self.env}: use {fit}")
+        integer("topk", 1)
+        number("retriever_timeout_s", 0.001)
+        integer("max_turns", 1, allow_none=True)
+        integer("max_new_tokens", 1, allow_none=True)
+        integer("max_observation_tokens", 1, allow_none=True)
+        integer("max_context_tokens", 2, allow_none=True)
+        choice("on_invalid", ("continue", "end"))
+        number("invalid_action_penalty", 0.0)
+        choice("layout", LAYOUTS)
+        choice("reward", REWARDS)
+        if self.env == "webshop" and self.reward != "in_loop":
+            raise _fail("reward", self.reward, "mem1.env=webshop needs in_loop: only the agent loop sees the purchase")
+        integer("objectives", 1)
+        choice("reward_metric", ("em", "f1"))
+        choice("reward_reduce", ("sum", "mean"))
+        choice("attention", ATTENTION_BACKENDS)
+        choice("dtype", DTYPES)
+        number("logprob_tolerance", 0.0, allow_none=True)
+        integer("segment_group_tokens", 1, allow_none=True)
+        integer("concurrency", 1)
+        integer("generate_batch_size", 1)
+        integer("seed", -(2**63))
+
+    @classmethod
+    def from_section(cls, section: Any = None, **overrides: Any) -> Mem1Config:
+        """Build from a recipe's ``mem1:`` section (DictConfig, mapping or None) updated with ``overrides``.
+
+        Raises ``ConfigError`` for a key this class does not define (a typo must not be silently ignored).
+        """
+        values: dict[str, Any] = {}
+        if section is not None:
+            from omegaconf import OmegaConf
+
+            values.update(OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section) else section)
+        values.update(overrides)
+        values.pop("_target_", None)
+        unknown = sorted(set(values) - FIELDS)
+        if unknown:
+            raise ConfigError(f"unknown mem1 config keys {unknown}; known: {sorted(FIELDS)}")
+        return cls(**values)
+
+    @classmethod
+    def from_trainer_config(cls, trainer_config: Any, **overrides: Any) -> Mem1Config:
+        """The ``mem1`` section of a whole trainer config (absent: the defaults)."""
+        section = trainer_config.get("mem1") if hasattr(trainer_config, "get") else None
+        return cls.from_section(section, **overrides)
+
+    def replace(self, **changes: Any) -> Mem1Config:
+        """A copy with ``changes`` (validated again)."""
+        return Mem1Config.from_section({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELDS_IN_ORDER}
+
+    def url(self) -> str:
+        """The environment server this config talks to (``auto`` until a bundled server is started)."""
+        return self.webshop_url if self.env == "webshop" else self.retriever_url
+
+
+FIELDS_IN_ORDER = tuple(f.name for f in fields(Mem1Config) if f.name != "_target_")
+FIELDS = frozenset(FIELDS_IN_ORDER)
+
+
+def attention_backend(configured: str, device_type: str) -> str:
+    """The packed-attention backend a process runs: ``$MEM1_ATTENTION_BACKEND`` (a worker-level override) or the
+    configured ``mem1.attention``; ``auto`` is flash-attn on CUDA when installed, else flex on CUDA, else segmented
+    (the same rule as flex, with an autograd-friendly kernel on CPU)."""
+    import importlib.util
+
+    name = (os.environ.get(ATTENTION_ENV) or configured or AUTO).strip().lower()
+    if name not in ATTENTION_BACKENDS:
+        source = f"${ATTENTION_ENV}" if os.environ.get(ATTENTION_ENV) else "mem1.attention"
+        raise ConfigError(f"{source}={name!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
+    if name != AUTO:
+        return name
+    if device_type == "cuda":
+        return "flash" if importlib.util.find_spec("flash_attn") is not None else "flex"
+    return "segmented"
