@@ -1,0 +1,131 @@
+"""The MEM1 agent loop as verl runs it: instantiated from verl's registry with hydra, on rows from verl's
+``RLHFDataset``, against a stand-in for verl's rollout server client decoding with the tiny model. Every generated
+token's rollout log-prob equals a plain transformers forward on the context the server saw."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.training.verl_plugin.common import (
+    TEMPERATURE,
+    TOL,
+    agent_loop_entries,
+    make_loop,
+    row_kwargs,
+    verl_sampling_params,
+)
+from verl_mem1.training.verl_plugin import AGENT_NAME
+from verl_mem1.training.verl_plugin.engine import POSITION_KEY, SEGMENT_KEY
+
+
+def _segments(output):
+    seg = output.extra_fields[SEGMENT_KEY]
+    p = len(output.prompt_ids)
+    ids = output.prompt_ids + output.response_ids
+    runs, start = [], p
+    for i in range(p + 1, len(ids) + 1):
+        if i == len(ids) or seg[i] != seg[i - 1]:
+            runs.append((start, i))
+            start = i
+    return ids, runs
+
+
+def test_agent_loop_run_returns_the_packed_episode(trainer_config, server, tiny_backend, rows, recompute_logprobs):
+    from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
+
+    loop = make_loop(trainer_config, server, tiny_backend.tokenizer)
+    calls = len(server.calls)
+    output = asyncio.run(loop.run(verl_sampling_params(trainer_config), **row_kwargs(rows[1])))
+    assert isinstance(output, AgentLoopOutput) and output.num_turns == len(server.calls) - calls >= 2
+    assert server.calls[-1][2]["temperature"] == TEMPERATURE and server.calls[-1][2]["logprobs"] is True
+    p, n = len(output.prompt_ids), len(output.response_ids)
+    assert server.calls[calls][1] == output.prompt_ids  # turn 1 sees exactly the prompt
+    assert len(output.response_mask) == len(output.response_logprobs) == n
+    pos, seg = output.extra_fields[POSITION_KEY], output.extra_fields[SEGMENT_KEY]
+    assert len(pos) == len(seg) == p + n and seg[:p] == [0] * p and pos[:p] == list(range(p))
+    ids, runs = _segments(output)
+    assert len(runs) == output.num_turns and output.extra_fields["mem1_turns"] == output.num_turns
+    generated = 0
+    for t, (a, b) in enumerate(runs, start=1):
+        assert seg[a:b] == [t] * (b - a) and pos[a:b] == list(range(p, p + b - a))  # positions restart at P
+        mask = output.response_mask[a - p : b - p]
+        k = mask.index(1)  # context copy first (loss 0), then the generated tokens (loss 1)
+        assert mask == [0] * k + [1] * (b - a - k)
+        context, gen = ids[:p] + ids[a : a + k], ids[a + k : b]
+        assert server.calls[calls + t - 1][1] == context  # the server saw exactly this context that turn
+        expected = recompute_logprobs(tiny_backend.model, context, gen, TEMPERATURE)
+        got = output.response_logprobs[a + k - p : b - p]
+        assert max(abs(x - y) for x, y in zip(got, expected, strict=True)) <= TOL
+        generated += len(gen)
+    assert sum(output.response_mask) == generated
+    # reward: computed in the loop by the configured reward function, on the episode's text
+    assert output.reward_score == output.extra_fields["reward_extra_info"]["score"]
+    assert isinstance(output.reward_score, float) and output.metrics.generate_sequences > 0
+    assert output.extra_fields["mem1_peak_tokens"] > p and output.extra_fields["mem1_truncated_tokens"] == 0
+
+
+def test_per_turn_layout_returns_one_sample_per_turn(trainer_config, server, tiny_backend, episodes, rows):
+    from hydra.errors import InstantiationException
+    from omegaconf import OmegaConf
+
+    records, _ = episodes
+    loop = make_loop(trainer_config, server, tiny_backend.tokenizer, layout="per_turn")
+    outputs = loop.to_outputs(records[0], 1.0, {"score": 1.0})
+    assert len(outputs) == len(records[0].turns)
+    for out, turn in zip(outputs, records[0].turns, strict=True):
+        assert out.prompt_ids == turn.context_ids and out.response_ids == turn.generated_ids
+        assert out.response_logprobs == turn.logprobs and out.response_mask == [1] * len(turn.generated_ids)
+        assert out.reward_score == 1.0 and POSITION_KEY not in out.extra_fields
+    # the entries of agent_loops.yaml, as AgentLoopWorker registers them (name included) and instantiates them
+    loops = {e.name: make_loop(trainer_config, server, tiny_backend.tokenizer, entry=e) for e in agent_loop_entries()}
+    assert {n: (lp.mem1.context, lp.mem1.layout) for n, lp in loops.items()} == {
+        AGENT_NAME: ("mem1", "packed"),
+        "mem1_agent_full": ("full", "packed"),
+        "mem1_agent_per_turn": ("mem1", "per_turn"),
+    }
+    legacy = OmegaConf.merge(trainer_config, {"trainer": {"use_v1": False}})
+    with pytest.raises(InstantiationException, match="use_v1"):  # hydra wraps the loop's ValueError
+        make_loop(legacy, server, tiny_backend.tokenizer, layout="per_turn")
+    with pytest.raises(InstantiationException, match="unknown MEM1 agent loop arguments"):
+        make_loop(trainer_config, server, tiny_backend.tokenizer, contxt="full")  # a typo in agent_loops.yaml
+    shared = OmegaConf.merge(trainer_config, {})  # the mem1 section may carry the CPU trainer's keys too
+    OmegaConf.set_struct(shared, False)
+    shared.mem1.objectives, shared.mem1.max_new_tokens = 1, None
+    loop = make_loop(shared, server, tiny_backend.tokenizer)
+    assert loop.episode_config(loop.task_from_row(row_kwargs(rows[0])), {}).max_new_tokens == loop.response_length
+
+
+def test_agent_loop_plays_webshop_rows_and_takes_the_shops_reward(
+    trainer_config, server, tiny_backend, webshop_url, tmp_path
+):
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from env_servers.webshop.data import load_catalog
+    from verl_mem1.tasks import write_tasks_parquet
+    from verl_mem1.tasks.webshop import webshop_rows
+
+    goals = load_catalog().goals
+    path = write_tasks_parquet(
+        webshop_rows(goals, range(3, 5), split="train", agent_name=AGENT_NAME), tmp_path / "w.parquet"
+    )
+    data = trainer_config.data.copy()
+    data.filter_overlong_prompts = False
+    dataset = RLHFDataset(data_files=[str(path)], tokenizer=tiny_backend.tokenizer, config=data)
+    row = row_kwargs(dataset[0])
+    loop = make_loop(trainer_config, server, tiny_backend.tokenizer, env="webshop", webshop_url=webshop_url)
+    calls = len(server.calls)
+
+    async def go():
+        record = await loop.play(loop.task_from_row(row), verl_sampling_params(trainer_config))
+        return record, await loop.score(record, row)
+
+    record, (reward, info) = asyncio.run(go())
+    assert record.tag_set == "webshop" and record.data_source == "webshop" and record.ground_truth == []
+    assert goals[3]["instruction_text"] in tiny_backend.tokenizer.decode(record.prompt_ids)
+    assert len(record.turns) == len(server.calls) - calls == 3  # mem1.max_turns=3 in this config
+    assert record.termination == "max_turns" and record.reward == reward == 0.0  # a random model buys nothing
+    assert info == {"score": 0.0, "webshop_success": 0.0}
+    output = loop.to_outputs(record, reward, info)
+    assert output.reward_score == 0.0 and output.extra_fields["mem1_turns"] == 3

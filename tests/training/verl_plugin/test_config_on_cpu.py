@@ -1,0 +1,100 @@
+"""The recipes as verl trainer configs: they compose over verl's own PPO trainer config, pass verl's checks and
+differ from each other only where they should; the ``mem1`` section reads back as MEM1's config."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.training.verl_plugin.common import compose
+from verl_mem1.training.verl_plugin import AGENT_NAME, PLUGIN_MODULE
+
+
+def test_qa_recipe_composes_over_verls_ppo_trainer():
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+    from verl_mem1.tasks import rewards
+
+    cfg = compose("qa")
+    OmegaConf.resolve(cfg)
+    rollout = cfg.actor_rollout_ref.rollout
+    assert rollout.agent.default_agent_loop == AGENT_NAME and rollout.agent.agent_loop_config_path.endswith(
+        "agent_loops.yaml"
+    )
+    assert cfg.actor_rollout_ref.model.external_lib == PLUGIN_MODULE == cfg.critic.model.external_lib
+    assert cfg.reward.custom_reward_function.path == "pkg://verl_mem1.tasks.rewards"
+    assert get_custom_reward_fn(cfg).args[0] is rewards.compute_score
+    assert cfg.algorithm.adv_estimator == "grpo" and rollout.n == 5 and rollout.calculate_log_probs
+    assert cfg.actor_rollout_ref.model.path == "Qwen/Qwen2.5-7B-Instruct"
+    assert (rollout.prompt_length, rollout.response_length) == (4096, 8192)  # interpolated from data.*
+    assert cfg.actor_rollout_ref.ref.strategy == "fsdp2" and cfg.actor_rollout_ref.model.use_remove_padding
+    assert cfg.mem1.retriever_url == "http://127.0.0.1:8000" and cfg.mem1.layout == "packed"
+    # verl's own checks (main_ppo runs them before starting Ray) and dataclasses accept the values
+    with pytest.warns(UserWarning, match="Disabled critic"):
+        use_critic = need_critic(cfg)
+    assert not use_critic  # GRPO: no critic (switching to gae turns the recipe's critic section on)
+    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=use_critic)
+    assert omega_conf_to_dataclass(rollout).agent.default_agent_loop == AGENT_NAME
+    assert omega_conf_to_dataclass(cfg.actor_rollout_ref.actor).engine.strategy == "fsdp2"
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """A nested config as {"a.b.c": value}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_websearch_recipe_is_qa_with_another_environment():
+    from omegaconf import OmegaConf
+
+    qa = OmegaConf.to_container(compose("qa"), resolve=True)
+    web = OmegaConf.to_container(compose("websearch"), resolve=True)
+
+    qa, web = flat(qa), flat(web)
+    differ = {k for k in qa.keys() | web.keys() if qa.get(k) != web.get(k)}
+    assert differ == {
+        "mem1.retriever_url",
+        "mem1.retriever_timeout_s",
+        "data.train_files",
+        "data.val_files",
+        "actor_rollout_ref.rollout.agent.num_workers",
+        "trainer.experiment_name",
+        "trainer.default_local_dir",
+        "actor_rollout_ref.rollout.trace.experiment_name",  # interpolates trainer.experiment_name
+    }
+    assert web["mem1.retriever_url"] == "http://127.0.0.1:8002"
+
+
+def test_webshop_recipe_is_qa_with_the_shop_as_environment():
+    from omegaconf import OmegaConf
+
+    from verl_mem1.config import Mem1Config
+
+    qa = flat(OmegaConf.to_container(compose("qa"), resolve=True))
+    shop = flat(OmegaConf.to_container(compose("webshop"), resolve=True))
+    differ = {k for k in qa.keys() | shop.keys() if qa.get(k) != shop.get(k)}
+    assert differ == {
+        "mem1.env",
+        "mem1.webshop_url",
+        "mem1.max_turns",
+        "mem1.max_observation_tokens",
+        "data.train_files",
+        "data.val_files",
+        "data.max_response_length",
+        "actor_rollout_ref.rollout.response_length",  # these two interpolate data.max_response_length
+        "distillation.teacher_models.teacher_model.inference.response_length",
+        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu",
+        "trainer.experiment_name",
+        "trainer.default_local_dir",
+        "actor_rollout_ref.rollout.trace.experiment_name",
+    }, differ
+    mem1 = Mem1Config.from_trainer_config(compose("webshop"))
+    assert mem1.env == "webshop" and mem1.webshop_url.endswith(":8003") and mem1.max_turns == 15
+    with pytest.raises(ValueError, match="mem1.env=webshop needs in_loop"):
+        Mem1Config.from_trainer_config(compose("webshop"), reward="verl")
+    with pytest.raises(ValueError, match="does not fit"):
+        Mem1Config.from_trainer_config(compose("webshop"), tags="paper")

@@ -1,0 +1,258 @@
+"""The MEM1 FSDP engines' input preparation: verl's ``forward_step``/``prepare_model_inputs``/
+``prepare_model_outputs`` on the tiny model (FSDP wrapping and ``torch.distributed`` left out), fed by both of verl's
+agent-loop post-processing paths (the legacy ``AgentLoopWorker`` and the TransferQueue field layout) and its
+padding helpers. The acceptance check is DESIGN.md's: every generated token's training log-prob equals the
+rollout's and the dense packed reference within 1e-4 (fp32)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from tests.training.records import make_record
+from tests.training.verl_plugin.common import TEMPERATURE, TOL, row_kwargs
+from verl_mem1.training.verl_plugin.engine import (
+    POSITION_KEY,
+    SEGMENT_KEY,
+    MEM1FSDPEngineWithLMHead,
+    MEM1FSDPEngineWithValueHead,
+)
+
+
+@pytest.fixture
+def cpu_device(monkeypatch):
+    """verl's engine moves micro-batches to ``get_device_id()`` (CUDA): point it at the CPU."""
+    import verl.workers.engine.fsdp.transformer_impl as impl
+
+    monkeypatch.setattr(impl, "get_device_id", lambda: "cpu")
+    monkeypatch.setattr(impl, "get_device_name", lambda: "cpu")
+
+
+def make_engine(cls, module, backend: str):
+    """A verl FSDP engine object around an unwrapped module (FSDP sharding needs GPUs and a process group)."""
+    import verl.utils.torch_functional as verl_F
+    from verl.workers.config import FSDPEngineConfig
+
+    engine = object.__new__(cls)
+    engine.module = module
+    engine.engine_config = FSDPEngineConfig(use_torch_compile=False, strategy="fsdp2")
+    engine.use_ulysses_sp, engine.ulysses_sequence_parallel_size = False, 1
+    engine.pad_to_length, engine.pad_to_length_bucket = False, 1024
+    engine._autocast_dtype = torch.float32
+    engine.compute_entropy_from_logits = verl_F.entropy_from_logits
+    engine.mem1_backend = backend
+    return engine
+
+
+def run_engine(engine, td, *, remove_padding: bool, entropy: bool = True):
+    from verl.utils import tensordict_utils as tu
+
+    tu.assign_non_tensor(td, temperature=TEMPERATURE, use_remove_padding=remove_padding, calculate_entropy=entropy)
+    with torch.no_grad():
+        _, out = engine.forward_step(td, loss_function=None, forward_only=True)
+    return out["model_output"]
+
+
+def legacy_batch(trainer_config, tokenizer, outputs, rows):
+    """verl's legacy path: AgentLoopWorker post-processing -> DataProto -> TensorDict without padding."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    worker = object.__new__(AgentLoopWorker)
+    worker.rollout_config = omega_conf_to_dataclass(trainer_config.actor_rollout_ref.rollout)
+    worker.tokenizer, worker.processor, worker.mm_processor_kwargs = tokenizer, None, {}
+    worker.reward_loop_worker_handles, worker.distillation_enabled = None, False
+
+    async def post():
+        return [
+            await worker._agent_loop_postprocess(o, False, **row_kwargs(r)) for o, r in zip(outputs, rows, strict=True)
+        ]
+
+    batch = worker._postprocess(asyncio.run(post()))
+    return left_right_2_no_padding(batch.to_tensordict())
+
+
+def tq_batch(outputs, rows):
+    """verl's v1 path: the per-sample fields ``AgentLoopWorkerTQ._agent_loop_postprocess`` stores in TransferQueue."""
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    fields = []
+    for output, row in zip(outputs, rows, strict=True):
+        field = output.as_dict()
+        field.update({k: v for k, v in row_kwargs(row).items() if k in ("data_source", "uid", "index")})
+        field["loss_mask"] = field["response_mask"]
+        field["input_ids"] = torch.cat([field["prompts"], field["responses"]])
+        field["position_ids"] = torch.arange(field["input_ids"].numel())  # what _compute_position_ids gives
+        field.pop("multi_modal_data", None)
+        fields.append(field)
+    return list_of_dict_to_tensordict(fields)
+
+
+def plain_output(tokenizer, text: str, prompt_len: int = 4):
+    """A sample from another agent loop (no MEM1 fields), with the keys verl's single-turn loop sets."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
+
+    ids = tokenizer.encode(text)
+    n = len(ids) - prompt_len
+    return AgentLoopOutput(
+        prompt_ids=ids[:prompt_len], response_ids=ids[prompt_len:], response_mask=[1] * n,
+        response_logprobs=[0.0] * n, reward_score=0.0, num_turns=2, metrics=AgentLoopMetrics(),
+        extra_fields={"turn_scores": []},
+    )  # fmt: skip
+
+
+def reference_logprobs(model, records):
+    from verl_mem1.training.forward import packed_logprobs_and_entropy
+    from verl_mem1.training.packing import pack_episode
+
+    out = []
+    with torch.no_grad():
+        for record in records:
+            lp, ent = packed_logprobs_and_entropy(model, pack_episode(record), backend="dense")
+            out.append((lp, ent))
+    return out
+
+
+def plain_reference(model, output) -> torch.Tensor:
+    """Log-probs of a plain sample's response from one ordinary causal forward."""
+    ids = output.prompt_ids + output.response_ids
+    p = len(output.prompt_ids)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    return torch.log_softmax(logits / TEMPERATURE, -1)[torch.arange(p - 1, len(ids) - 1), ids[p:]]
+
+
+def check_mem1_sample(got: torch.Tensor, output, reference: torch.Tensor) -> None:
+    """``got``: the response log-probs verl reads for one MEM1 sample; vs the rollout's and the dense reference."""
+    mask = torch.tensor(output.response_mask).bool()
+    rollout = torch.tensor(output.response_logprobs)[mask]
+    assert int(mask.sum()) == reference.numel() > 0
+    assert (got[mask] - rollout).abs().max() <= TOL
+    assert (got[mask] - reference).abs().max() <= TOL
+
+
+def test_engine_reproduces_rollout_logprobs_legacy_path(
+    trainer_config, tiny_backend, training_model, episodes, rows, cpu_device
+):
+    """verl's legacy path (extra fields become columns) through the default CPU backend (segmented: the flash
+    layout in plain SDPA), in a micro-batch that also holds another agent loop's plain sample."""
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.engine.utils import prepare_micro_batches
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    (record,), (output,) = episodes
+    reference = reference_logprobs(training_model, [record])[0][0]
+    plain = plain_output(tiny_backend.tokenizer, "The capital of France is Paris, and")
+    td = legacy_batch(trainer_config, tiny_backend.tokenizer, [plain, output], [rows[0], rows[0]])
+    lengths = [len(o.prompt_ids) + len(o.response_ids) for o in (plain, output)]
+    assert td["input_ids"].offsets().diff().tolist() == lengths
+    engine = make_engine(MEM1FSDPEngineWithLMHead, training_model, "segmented")
+    model_output = run_engine(engine, td, remove_padding=True, entropy=False)
+    log_probs = no_padding_2_padding(model_output["log_probs"], td)  # what the legacy trainer reads
+    check_mem1_sample(log_probs[1][: len(output.response_ids)], output, reference)
+    assert (log_probs[0][: len(plain.response_ids)] - plain_reference(training_model, plain)).abs().max() <= TOL
+    # verl's micro-batching (dynamic batch size: one sample each here) keeps the MEM1 columns with their samples
+    tu.assign_non_tensor(td, use_dynamic_bsz=True, max_token_len_per_gpu=max(lengths))
+    micro_batches, _ = prepare_micro_batches(td)
+    assert len(micro_batches) == 2
+    layouts = [lay for lay in map(engine._mem1_layout, micro_batches) if lay is not None]  # None: plain only
+    assert [lay.total for lay in layouts] == [lengths[1]] and layouts[0].positions[0] is not None
+    # GRPO siblings of equal length: verl's object columns keep one list per sample
+    twins = legacy_batch(trainer_config, tiny_backend.tokenizer, [output, output], [rows[0], rows[0]])
+    layout = engine._mem1_layout(twins)
+    assert layout.offsets == [0, lengths[1], 2 * lengths[1]] and torch.equal(layout.positions[0], layout.positions[1])
+
+
+def test_engine_tq_path(tiny_backend, training_model, episodes, cpu_device):
+    """verl's v1 field layout (``extra_fields`` dicts per sample) through the dense reference mask over the packed
+    micro-batch row, next to a plain sample (padded rows: see the predictor test below)."""
+    from verl.workers.utils.padding import response_from_nested
+
+    (record,), (output,) = episodes
+    plain = plain_output(tiny_backend.tokenizer, "The capital of France is Paris, and")
+    td = tq_batch([output, plain], [{"uid": "a"}, {"uid": "b"}])
+    engine = make_engine(MEM1FSDPEngineWithLMHead, training_model, "dense")
+    model_output = run_engine(engine, td, remove_padding=True, entropy=False)
+    log_probs = response_from_nested(model_output["log_probs"], td["response_mask"])  # what the v1 trainer reads
+    check_mem1_sample(log_probs[0], output, reference_logprobs(training_model, [record])[0][0])
+    assert (log_probs[1] - plain_reference(training_model, plain)).abs().max() <= TOL  # plain stays plain causal
+
+
+def test_engine_reads_each_segments_first_token_at_its_predictor(
+    tiny_backend, training_model, tiny_model_dir, cpu_device
+):
+    """A segment with no context copy is predicted by the prompt's last position, not by the previous segment's
+    last token (where verl reads it): log-probs, entropies and critic values come from the right row."""
+    from transformers import AutoModelForTokenClassification
+
+    from verl_mem1.training.forward import packed_logprobs_and_entropy, packed_values
+    from verl_mem1.training.packing import pack_episode
+    from verl_mem1.training.verl_plugin.engine import mem1_row_layout
+
+    prompt = tiny_backend.tokenizer.encode("Question: who wrote Stardust? Answer:")
+    p = len(prompt)
+    record = make_record(
+        prompt,
+        [
+            (prompt, [101, 102, 103], [0.0] * 3),
+            (prompt, [201, 202], [0.0] * 2),  # context == prompt: empty copy, first token predicted at P - 1
+            (prompt + [7, 8, 9], [301, 302], [0.0] * 2),
+        ],
+        temperature=TEMPERATURE,
+    )
+    sample = pack_episode(record)
+    layout = mem1_row_layout([sample.length], [sample.position_ids], [sample.segment_ids])
+    # segments 2 and 3 start at P + 3 and P + 5: their first tokens are read from the prompt's last position
+    assert layout.fix_dst.tolist() == [p + 3 - 1, p + 5 - 1] and layout.fix_src.tolist() == [p - 1, p - 1]
+    extra = {POSITION_KEY: sample.position_ids.tolist(), SEGMENT_KEY: sample.segment_ids.tolist()}
+    ids = sample.input_ids.tolist()
+    from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
+    from verl.workers.utils.padding import response_from_nested
+
+    output = AgentLoopOutput(
+        prompt_ids=ids[:p], response_ids=ids[p:], response_mask=sample.loss_mask[p:].tolist(),
+        response_logprobs=[0.0] * (len(ids) - p), reward_score=0.0, num_turns=3, metrics=AgentLoopMetrics(),
+        extra_fields=extra,
+    )  # fmt: skip
+    row = {"data_source": "test", "uid": "u", "index": 0}
+    # verl nests (rather than stacks) only rows of unequal length: pair the sample with a plain one
+    other = plain_output(tiny_backend.tokenizer, "Once upon a time, in a land far away")
+    mask = sample.loss_mask[p:].bool()
+    with torch.no_grad():
+        ref_lp, ref_ent = packed_logprobs_and_entropy(training_model, sample, backend="dense")
+    for backend, remove_padding in (("dense", True), ("segmented", True), ("dense", False)):
+        td = tq_batch([output, other], [row, row])
+        engine = make_engine(MEM1FSDPEngineWithLMHead, training_model, backend)
+        out = run_engine(engine, td, remove_padding=remove_padding)
+        lp = response_from_nested(out["log_probs"], td["response_mask"])[0][mask]
+        ent = response_from_nested(out["entropy"], td["response_mask"])[0][mask]
+        assert (lp - ref_lp).abs().max() <= TOL and (ent - ref_ent).abs().max() <= TOL, (backend, remove_padding)
+
+    torch.manual_seed(0)
+    critic = AutoModelForTokenClassification.from_pretrained(str(tiny_model_dir), num_labels=1, dtype=torch.float32)
+    critic.eval()
+    with torch.no_grad():
+        ref_values = packed_values(critic, sample, backend="dense")
+    td = tq_batch([output, other], [row, row])
+    engine = make_engine(MEM1FSDPEngineWithValueHead, critic, "segmented")
+    out = run_engine(engine, td, remove_padding=True, entropy=False)
+    values = response_from_nested(out["values"], td["response_mask"])[0][mask]
+    assert (values - ref_values).abs().max() <= TOL
+
+
+def test_engine_leaves_plain_batches_to_verl(tiny_backend, training_model, cpu_device):
+    """No MEM1 fields: verl's own path, untouched (no mask, sequential positions, attention not switched)."""
+    texts = ("Once upon a time there was a king", "Hello world, how are you all")
+    outputs = [plain_output(tiny_backend.tokenizer, t) for t in texts]
+    td = tq_batch(outputs, [{"uid": "u"}] * 2)
+    lengths = [len(o.prompt_ids) + len(o.response_ids) for o in outputs]
+    engine = make_engine(MEM1FSDPEngineWithLMHead, training_model, "dense")
+    from verl.utils import tensordict_utils as tu
+
+    tu.assign_non_tensor(td, temperature=1.0, use_remove_padding=True)
+    inputs, args = engine.prepare_model_inputs(td)
+    assert "mem1_backend" not in inputs and inputs["attention_mask"] is None and "mem1" not in args
+    assert inputs["position_ids"][0].tolist() == [i for n in lengths for i in range(n)]
