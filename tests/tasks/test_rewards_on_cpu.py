@@ -213,3 +213,14 @@ def test_compute_score_options_and_verl_kwargs():
     # a flat target with extra_info saying two objectives is two single-alias objectives
     assert compute_score("x", _episode(PAPER, "a; b"), ["a", "b"], {"objectives": 2})["em"] == 2.0
     assert compute_score("x", _episode(PAPER, "a; b"), ["a", "b"], {"questions": ["q1", "q2"]})["em"] == 2.0
+
+
+def test_compute_score_scores_the_recorded_answer_over_the_text():
+    """The agent loop passes the episode's recorded answer; the text's last <answer> is only a fallback."""
+    from verl_mem1.tasks.rewards import RECORDED_ANSWER_KEY, compute_score
+
+    text = "<IS>x</IS><answer>Paris</answer>"
+    assert compute_score("hotpotqa", text, ["Paris"])["em"] == 1.0
+    assert compute_score("hotpotqa", text, ["Paris"], {RECORDED_ANSWER_KEY: "Lyon"})["em"] == 0.0
+    unanswered = compute_score("hotpotqa", text, ["Paris"], {RECORDED_ANSWER_KEY: None})
+    assert unanswered["em"] == 0.0 and unanswered["answered"] == 0.0

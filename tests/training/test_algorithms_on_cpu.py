@@ -9,7 +9,7 @@ import torch
 
 from verl_mem1.records import EpisodeRecord, TurnRecord
 from verl_mem1.training import algorithms as algos
-from verl_mem1.training.packing import pack_batch, pack_episode
+from verl_mem1.training.layout import pack_batch, pack_episode
 
 
 def record(prompt: list[int], turns: list[tuple[list[int], list[int]]]) -> EpisodeRecord:

@@ -198,6 +198,11 @@ def is_well_formed(response: str, tags: TagSet | None = None) -> bool:
     return True
 
 
+# ``extra_info`` key under which the MEM1 agent loop passes the answer its episode loop recorded (None: the episode
+# never answered), so the reward scores exactly what the protocol parser accepted instead of re-parsing the text.
+RECORDED_ANSWER_KEY = "mem1_final_answer"
+
+
 def compute_score(
     data_source: str | None,
     solution_str: str,
@@ -216,7 +221,9 @@ def compute_score(
     ``score`` as the reward and logs the rest). ``format_bonus`` is added when the response is well-formed
     (:func:`is_well_formed`); it is 0 by default because the MEM1 paper found that a format reward speeds up
     learning the format but lowers final accuracy. ``tags`` (or ``extra_info["tags"]``) names the tag set for
-    the format check; otherwise it is detected from the text. Other keyword arguments verl passes are ignored.
+    the format check; otherwise it is detected from the text. ``extra_info[RECORDED_ANSWER_KEY]``, when present,
+    is the episode's recorded answer and is scored as is; without it (verl's reward manager on decoded text) the
+    last ``<answer>`` of ``solution_str`` is. Other keyword arguments verl passes are ignored.
     """
     if metric not in ("em", "f1"):
         raise ValueError(f"metric must be 'em' or 'f1', got {metric!r}")
@@ -225,7 +232,7 @@ def compute_score(
     if num_objectives is None and info.get("questions") is not None:
         num_objectives = len(_to_list(info["questions"]))
     truth = normalize_ground_truth(ground_truth, int(num_objectives) if num_objectives is not None else None)
-    answer = extract_answer(solution_str)
+    answer = info[RECORDED_ANSWER_KEY] if RECORDED_ANSWER_KEY in info else extract_answer(solution_str)
     result = score_answer(answer, truth, reduce=reduce)
     tag_name = tags or info.get("tags")
     well_formed = is_well_formed(solution_str, get_tag_set(tag_name) if tag_name else None)

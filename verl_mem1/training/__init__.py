@@ -2,7 +2,7 @@
 
 Public API (imported lazily, so ``mem1 --help`` and ``verl_mem1.training.parity`` stay light):
 
-- packing: ``PackedSample``, ``pack_episode``, ``per_turn_samples``, ``pack_batch``, ``packed_token_count``,
+- layout: ``PackedSample``, ``pack_episode``, ``per_turn_samples``, ``pack_batch``, ``packed_token_count``,
   ``per_turn_token_count``
 - attention: ``mask_rule``, ``dense_mask``, ``flex_block_mask``, ``segment_layout``, ``SegmentLayout``,
   ``check_bool_mask``, ``enable_packed_attention``, ``disable_packed_attention``, ``register_packed_attention``,
@@ -19,7 +19,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "packing": (
+    "layout": (
         "PackedSample",
         "pack_episode",
         "per_turn_samples",

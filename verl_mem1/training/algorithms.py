@@ -3,7 +3,7 @@
 verl's estimators and losses work on ``[batch, response_length]`` rows with a response mask. A MEM1 episode is
 several turns, each with its own context; what the policy *did* is the sequence of its generated tokens, turn 1's
 then turn 2's, ... — which is exactly the order in which a ``PackedSample`` lists its generated tokens (packed
-order, see ``packing.py``). So every episode becomes one verl row: its generated tokens in trajectory order,
+order, see ``layout.py``). So every episode becomes one verl row: its generated tokens in trajectory order,
 ``response_mask`` 1 over them and 0 only on right padding. Context copies and observations are not actions:
 they never appear in a row, so they get no reward, value, advantage or loss. Results are scattered back to packed
 positions with :func:`scatter_to_packed` (0 at every non-generated position).
@@ -34,7 +34,7 @@ from verl.trainer.ppo import core_algos
 from verl.utils import torch_functional as verl_F
 
 if TYPE_CHECKING:
-    from verl_mem1.training.packing import PackedSample
+    from verl_mem1.training.layout import PackedSample
 
 GAE = "gae"
 GRPO = "grpo"

@@ -1,6 +1,6 @@
 """The MEM1 attention rule and its backends, plugged into Hugging Face models through ``AttentionInterface``.
 
-Rule (``segment_ids`` from ``packing.py``): token ``i`` attends to token ``j`` iff ``j ≤ i`` and
+Rule (``segment_ids`` from ``layout.py``): token ``i`` attends to token ``j`` iff ``j ≤ i`` and
 ``segment[j] == segment[i]`` or ``segment[j] == prompt_segment[i]`` — for one episode (``prompt_segment``
 all 0) that is "the prompt causally, then each segment sees the prompt and causally itself".
 
@@ -223,9 +223,9 @@ def segment_layout(segment_ids: torch.Tensor, prompt_segment_ids: torch.Tensor |
         cu_q.append(b)
     return SegmentLayout(
         spans=spans,
-        cu_seqlens_q=torch.tensor(cu_q, dtype=torch.int32),
-        cu_seqlens_k=torch.tensor(cu_k, dtype=torch.int32),
-        kv_index=torch.tensor(kv_index, dtype=torch.long),
+        cu_seqlens_q=torch.tensor(cu_q, dtype=torch.int32, device=segment_ids.device),
+        cu_seqlens_k=torch.tensor(cu_k, dtype=torch.int32, device=segment_ids.device),
+        kv_index=torch.tensor(kv_index, dtype=torch.long, device=segment_ids.device),
         max_seqlen_q=max(b - a for a, b, _, _ in spans),
         max_seqlen_k=max((b - a) + (pb - pa) for a, b, pa, pb in spans),
     )
@@ -503,11 +503,46 @@ def skip_mask_creation(skip: bool = True) -> Iterator[None]:
         _SKIP_MASK_CREATION.reset(token)
 
 
-_skip_mask_creation = skip_mask_creation  # earlier private name, kept for callers that used it
-
-
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def attention_inputs(
+    backend: str,
+    segment_ids: torch.Tensor,
+    prompt_segment_ids: torch.Tensor | None = None,
+    *,
+    compile_flex: bool = False,
+) -> dict:
+    """The model kwargs that make a ``"mem1_packed"`` model attend under the MEM1 rule with ``backend``: the one
+    backend dispatch, shared by the local forward (``packed_model_call``) and the verl engine.
+
+    Args:
+        backend: ``dense`` (a bool ``[1, 1, L, L]`` mask), ``flex`` (a ``BlockMask``), ``segmented`` or ``flash``
+            (a ``SegmentLayout``; transformers must then build no mask: see ``skip_mask_creation``).
+        segment_ids, prompt_segment_ids: ``(L,)`` on the model's device (``layout.py``).
+        compile_flex: compile the flex kernel.
+
+    Returns:
+        kwargs for the model call (``attention_mask`` and/or ``mem1_layout``, ``mem1_backend``).
+    """
+    if backend not in PACKED_BACKENDS:
+        raise ValueError(f"unknown packed attention backend {backend!r}; choose from {PACKED_BACKENDS}")
+    kwargs: dict = {"mem1_backend": backend}
+    if backend == "dense":
+        kwargs["attention_mask"] = dense_mask(segment_ids, prompt_segment_ids)
+    elif backend == "flex":
+        kwargs["attention_mask"] = flex_block_mask(segment_ids, prompt_segment_ids)
+        kwargs["mem1_flex_compile"] = compile_flex
+    else:
+        kwargs["attention_mask"] = None
+        kwargs["mem1_layout"] = segment_layout(segment_ids, prompt_segment_ids)
+    return kwargs
+
+
+def needs_mask_skip(backend: str) -> bool:
+    """Whether transformers' own mask creation must be skipped for ``backend`` (the layout replaces the mask)."""
+    return backend in ("segmented", "flash")
 
 
 def packed_model_call(
@@ -528,15 +563,8 @@ def packed_model_call(
     device = model_device(model)
     seg = segment_ids.to(device)
     pseg = None if prompt_segment_ids is None else prompt_segment_ids.to(device)
-    kwargs: dict = {"mem1_backend": backend}
-    if backend == "dense":
-        kwargs["attention_mask"] = dense_mask(seg, pseg)
-    elif backend == "flex":
-        kwargs["attention_mask"] = flex_block_mask(seg, pseg)
-        kwargs["mem1_flex_compile"] = compile_flex
-    else:
-        kwargs["mem1_layout"] = segment_layout(seg, pseg)
-    with skip_mask_creation(backend in ("segmented", "flash")):
+    kwargs = attention_inputs(backend, seg, pseg, compile_flex=compile_flex)
+    with skip_mask_creation(needs_mask_skip(backend)):
         return model(
             input_ids=input_ids.to(device)[None],
             position_ids=position_ids.to(device)[None],

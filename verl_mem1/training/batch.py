@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from verl_mem1.training import algorithms as algos
-from verl_mem1.training.packing import PackedSample, pack_episode
+from verl_mem1.training.layout import PackedSample, pack_episode
 
 if TYPE_CHECKING:
     from verl_mem1.records import EpisodeRecord

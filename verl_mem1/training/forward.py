@@ -23,7 +23,7 @@ from verl_mem1.training.head import (
     logprobs_from_logits,
     plain_head,
 )
-from verl_mem1.training.packing import PackedSample, pack_episode, per_turn_samples
+from verl_mem1.training.layout import PackedSample, pack_episode, per_turn_samples
 
 if TYPE_CHECKING:
     from verl_mem1.records import EpisodeRecord

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from verl_mem1.training.packing import PackedSample
+    from verl_mem1.training.layout import PackedSample
 
 
 def logprobs_from_logits(

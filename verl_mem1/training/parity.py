@@ -62,7 +62,7 @@ def parity_report(
     import torch
 
     from verl_mem1.training.forward import episode_logprobs
-    from verl_mem1.training.packing import pack_episode, packed_token_count, per_turn_token_count
+    from verl_mem1.training.layout import pack_episode, packed_token_count, per_turn_token_count
 
     backends = list(backends or default_backends(model))
     for b in backends:

@@ -39,7 +39,7 @@ from verl_mem1.training.head import (
     generated_temperatures,
     plain_head,
 )
-from verl_mem1.training.packing import PackedSample
+from verl_mem1.training.layout import PackedSample
 
 DEFAULT_GROUP_TOKENS = 2048
 # A group's logits are kept for backward (no recompute) when they have at most this many entries (256 MB in fp32).

@@ -39,7 +39,7 @@ from verl_mem1.training import algorithms as algos
 from verl_mem1.training.batch import build_batch, compute_batch_advantages
 from verl_mem1.training.checkpoint import latest_checkpoint, read_state, rng_state, set_rng_state, write_checkpoint
 from verl_mem1.training.head import PLAIN_HEAD_MODEL_TYPES, plain_head
-from verl_mem1.training.packing import packed_token_count, per_turn_token_count
+from verl_mem1.training.layout import packed_token_count, per_turn_token_count
 from verl_mem1.training.streaming import critic_parts
 from verl_mem1.training.updates import (
     PPOSettings,

@@ -21,7 +21,7 @@ from verl_mem1.config import Mem1Config, attention_backend
 from verl_mem1.training import algorithms as algos
 from verl_mem1.training.batch import EpisodeBatch
 from verl_mem1.training.forward import packed_logprobs, packed_logprobs_and_entropy, packed_values
-from verl_mem1.training.packing import PackedSample, pack_batch
+from verl_mem1.training.layout import PackedSample, pack_batch
 from verl_mem1.training.streaming import streamed_logprobs_and_entropy, streamed_values
 from verl_mem1.training.validation import cfg_get as _get
 

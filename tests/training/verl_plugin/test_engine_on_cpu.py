@@ -106,7 +106,7 @@ def plain_output(tokenizer, text: str, prompt_len: int = 4):
 
 def reference_logprobs(model, records):
     from verl_mem1.training.forward import packed_logprobs_and_entropy
-    from verl_mem1.training.packing import pack_episode
+    from verl_mem1.training.layout import pack_episode
 
     out = []
     with torch.no_grad():
@@ -189,7 +189,7 @@ def test_engine_reads_each_segments_first_token_at_its_predictor(
     from transformers import AutoModelForTokenClassification
 
     from verl_mem1.training.forward import packed_logprobs_and_entropy, packed_values
-    from verl_mem1.training.packing import pack_episode
+    from verl_mem1.training.layout import pack_episode
     from verl_mem1.training.verl_plugin.engine import mem1_row_layout
 
     prompt = tiny_backend.tokenizer.encode("Question: who wrote Stardust? Answer:")

@@ -14,7 +14,8 @@ never re-tokenized) through ``VerlServerBackend`` and a ``RetrievalEnvironment``
   which verl 0.9 accepts from the TransferQueue (v1) trainer only (``AgentLoopWorkerTQ._agent_loop_postprocess``).
 
 The reward is computed in the loop (``mem1.reward: in_loop``, default) with verl's configured custom reward
-function (``reward.custom_reward_function``, ours by default) on the episode's own text, so a truncated packed
+function (``reward.custom_reward_function``, ours by default) on the episode's own text, with the answer the episode
+loop recorded in ``extra_info["mem1_final_answer"]`` (ours scores that, not a re-parse), so a truncated packed
 sample never loses its answer; ``mem1.reward: verl`` leaves it to verl's reward manager instead. WebShop episodes
 are scored by the shop (the purchase reward the environment returns).
 """
@@ -34,7 +35,9 @@ from verl_mem1.records import EpisodeRecord, Task, task_from_mapping
 from verl_mem1.rollout.backends.verl_server import VerlServerBackend
 from verl_mem1.rollout.configure import episode_config, make_environment
 from verl_mem1.rollout.episode import EpisodeConfig, prompt_ids_for, run_episode
-from verl_mem1.training.verl_plugin.engine import POSITION_KEY, SEGMENT_KEY
+from verl_mem1.tasks.rewards import RECORDED_ANSWER_KEY
+from verl_mem1.training.layout import pack_episode, packed_token_count, per_turn_samples, per_turn_token_count, truncate
+from verl_mem1.training.verl_plugin.engine import ATTENTION_KEY, POSITION_KEY, SEGMENT_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +164,7 @@ class MEM1AgentLoop(AgentLoopBase):
             data_source=row.get("data_source"),
             solution_str=trajectory_text(record, self.tokenizer),
             ground_truth=reward_model.get("ground_truth") if hasattr(reward_model, "get") else None,
-            extra_info=row.get("extra_info"),
+            extra_info={**dict(row.get("extra_info") or {}), RECORDED_ANSWER_KEY: record.final_answer},
         )
         if inspect.isawaitable(result):
             result = await result
@@ -184,8 +187,6 @@ class MEM1AgentLoop(AgentLoopBase):
     # -------------------------------------------------------------------------------------------- outputs
 
     def _stats(self, record: EpisodeRecord) -> dict[str, Any]:
-        from verl_mem1.training.packing import packed_token_count, per_turn_token_count
-
         return {
             "mem1_turns": len(record.turns),
             "mem1_peak_tokens": record.peak_tokens,
@@ -232,26 +233,20 @@ class MEM1AgentLoop(AgentLoopBase):
         return int(pad if pad is not None else next(iter(self.eos_token_ids), 0))
 
     def _packed_output(self, record: EpisodeRecord, reward: float | None, extra: dict[str, Any]) -> AgentLoopOutput:
-        from verl_mem1.training.packing import pack_episode
-
-        sample = pack_episode(record)
-        p, keep = sample.prompt_len, sample.prompt_len + self.response_length
-        ids, pos = sample.input_ids.tolist(), sample.position_ids.tolist()
-        seg, mask, lps = sample.segment_ids.tolist(), sample.loss_mask.tolist(), sample.rollout_logprobs.tolist()
-        # Cutting the packed row keeps every remaining token exact: attention is causal within a segment and
-        # later segments never feed earlier ones. The reward was computed on the whole episode.
-        extra["mem1_truncated_tokens"] = max(0, len(ids) - keep)
-        ids, pos, seg, mask, lps = ids[:keep], pos[:keep], seg[:keep], mask[:keep], lps[:keep]
+        full = pack_episode(record)
+        sample = truncate(full, full.prompt_len + self.response_length)  # exact; the reward saw the whole episode
+        extra["mem1_truncated_tokens"] = full.length - sample.length
+        p = sample.prompt_len
+        ids, pos, seg = sample.input_ids.tolist(), sample.position_ids.tolist(), sample.segment_ids.tolist()
+        mask, lps = sample.loss_mask.tolist(), sample.rollout_logprobs.tolist()
         if len(ids) == p:  # nothing was generated: one untrained filler token keeps verl's shapes valid
             ids, pos, seg, mask, lps = ids + [self._filler()], pos + [p], seg + [1], mask + [0], lps + [0.0]
-        extra.update({"mem1_layout": "packed", POSITION_KEY: pos, SEGMENT_KEY: seg})
+        extra.update({"mem1_layout": "packed", POSITION_KEY: pos, SEGMENT_KEY: seg, ATTENTION_KEY: self.mem1.attention})
         return self._output(ids[:p], ids[p:], mask[p:], lps[p:], reward, record, extra)
 
     def _per_turn_outputs(
         self, record: EpisodeRecord, reward: float | None, extra: dict[str, Any]
     ) -> list[AgentLoopOutput]:
-        from verl_mem1.training.packing import per_turn_samples
-
         outputs = []
         for sample in per_turn_samples(record):
             c = sample.prompt_len

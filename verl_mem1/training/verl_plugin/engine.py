@@ -2,7 +2,7 @@
 
 verl 0.9's FSDP engine (``verl/workers/engine/fsdp/transformer_impl.py``) feeds the model sequential position
 ids and plain causal (varlen) attention over each sample. A packed MEM1 sample (``[prompt | seg_1 | ... ]``,
-see ``training/packing.py``) needs every segment to restart its positions at ``P`` and to see only the prompt
+see ``training/layout.py``) needs every segment to restart its positions at ``P`` and to see only the prompt
 and itself, or the training log-probs differ from the rollout's. The subclasses here change the minimum:
 
 - ``prepare_model_inputs``: for samples whose row carries ``mem1_position_ids`` / ``mem1_segment_ids`` (put there
@@ -20,10 +20,7 @@ device-only keys of the stock engines; importing the plug-in (``model.external_l
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,14 +29,16 @@ import torch
 from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
+from verl_mem1.config import attention_backend
 from verl_mem1.training import attention
-from verl_mem1.training.attention import PACKED_BACKENDS, dense_mask, flex_block_mask, segment_layout
+from verl_mem1.training.attention import attention_inputs, dense_mask, needs_mask_skip, skip_mask_creation
+from verl_mem1.training.layout import predictor_positions, renumber_segments
 
 logger = logging.getLogger(__name__)
 
 POSITION_KEY = "mem1_position_ids"
 SEGMENT_KEY = "mem1_segment_ids"
-BACKEND_ENV = "MEM1_ATTENTION_BACKEND"  # auto | dense | flex | segmented | flash
+ATTENTION_KEY = "mem1_attention"  # the run's mem1.attention, carried by each sample from the agent loop
 _OUTPUT_ARGS_KEY = "mem1"
 # (device, vendor) keys the MEM1 engines take in EngineRegistry: every platform verl 0.9 ships (plus the
 # running one). The stock FSDP engines are registered per device only, which the vendor keys outrank.
@@ -63,24 +62,25 @@ def _as_list(value: Any, n: int) -> list[Any]:
     return items
 
 
-def mem1_columns(micro_batch: Any, n: int) -> tuple[list[Any], list[Any]] | None:
-    """Per-sample (position ids, segment ids) of a micro-batch, or None when no sample is a MEM1 one.
+def mem1_columns(micro_batch: Any, n: int) -> tuple[list[Any], list[Any], list[Any]] | None:
+    """Per-sample (position ids, segment ids, attention backend) of a micro-batch, or None when no sample is a MEM1
+    one.
 
     verl's legacy DataProto path turns each ``extra_fields`` key into its own column; the TransferQueue (v1)
     path keeps ``extra_fields`` as one dict per sample. Both are read.
     """
     keys = set(micro_batch.keys())
+    names = (POSITION_KEY, SEGMENT_KEY, ATTENTION_KEY)
     if SEGMENT_KEY in keys and POSITION_KEY in keys:
-        positions, segments = _as_list(micro_batch[POSITION_KEY], n), _as_list(micro_batch[SEGMENT_KEY], n)
+        columns = [_as_list(micro_batch[k], n) if k in keys else [None] * n for k in names]
     elif "extra_fields" in keys:
         extras = _as_list(micro_batch["extra_fields"], n)
-        positions = [e.get(POSITION_KEY) if isinstance(e, Mapping) else None for e in extras]
-        segments = [e.get(SEGMENT_KEY) if isinstance(e, Mapping) else None for e in extras]
+        columns = [[e.get(k) if isinstance(e, Mapping) else None for e in extras] for k in names]
     else:
         return None
-    if all(s is None for s in segments):
+    if all(s is None for s in columns[1]):
         return None
-    return positions, segments
+    return columns[0], columns[1], columns[2]
 
 
 @dataclass
@@ -147,18 +147,17 @@ def mem1_row_layout(lengths: Sequence[int], positions: Sequence[Any], segments: 
         prompt_len = int((seg_t == 0).sum())
         if prompt_len == 0 or bool((seg_t[:prompt_len] != 0).any()):
             raise ValueError(f"sample {b}: MEM1 segment ids must start with the prompt (segment 0)")
-        # verl reads token i's output at i - 1; a segment's first token is predicted by the prompt's last position
-        starts = torch.nonzero((seg_t[1:] != seg_t[:-1]) & (seg_t[1:] != 0)).flatten() + 1
-        for i in starts.tolist():
-            if i - 1 != prompt_len - 1:
-                dst.append(offsets[b] + i - 1)
-                src.append(offsets[b] + prompt_len - 1)
-                sample_idx.append(b)
-                src_local.append(prompt_len - 1)
-        seg_parts.append(seg_t + next_id)
-        pseg_parts.append(torch.full((n,), next_id, dtype=torch.long))
+        # verl reads token i's output at i - 1: fix the positions whose predictor (layout.py's rule) is elsewhere
+        pred = predictor_positions(seg_t, prompt_len)
+        for i in torch.nonzero((pred >= 0) & (pred != torch.arange(n) - 1)).flatten().tolist():
+            dst.append(offsets[b] + i - 1)
+            src.append(offsets[b] + int(pred[i]))
+            sample_idx.append(b)
+            src_local.append(int(pred[i]))
+        seg_t, pseg_t, next_id = renumber_segments(seg_t, torch.zeros_like(seg_t), next_id)
+        seg_parts.append(seg_t)
+        pseg_parts.append(pseg_t)
         pos_out.append(pos_t)
-        next_id += int(seg_t.max()) + 1
     as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
     return Mem1RowLayout(
         offsets=offsets,
@@ -187,19 +186,6 @@ def _pad_segments(layout: Mem1RowLayout, length: int) -> tuple[torch.Tensor, tor
 # ---------------------------------------------------------------------------------------------- backends
 
 
-def resolve_attention_backend() -> str:
-    """The MEM1 attention backend: ``$MEM1_ATTENTION_BACKEND``, else flash-attn on CUDA when installed, else
-    ``segmented`` (exact, autograd-friendly SDPA per segment, any device)."""
-    name = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
-    if name != "auto":
-        if name not in PACKED_BACKENDS:
-            raise ValueError(f"{BACKEND_ENV}={name!r}; choose auto or one of {PACKED_BACKENDS}")
-        return name
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash"
-    return "segmented"
-
-
 def _hf_model(module: torch.nn.Module) -> torch.nn.Module:
     """The Hugging Face model inside verl's FSDP (1 or 2) / PEFT wrappers."""
     from transformers import PreTrainedModel
@@ -208,12 +194,6 @@ def _hf_model(module: torch.nn.Module) -> torch.nn.Module:
         if isinstance(m, PreTrainedModel):
             return m
     raise TypeError(f"no Hugging Face PreTrainedModel inside {type(module).__name__}")
-
-
-def _skip_masks(skip: bool) -> contextlib.AbstractContextManager:
-    """Skip transformers' mask creation for the segmented/flash backends (they take the layout, not a mask)."""
-    skip_fn = getattr(attention, "_skip_mask_creation", None)
-    return skip_fn(skip) if skip_fn is not None else contextlib.nullcontext()
 
 
 def _replace(nested: torch.Tensor, dst: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -229,11 +209,12 @@ def _replace(nested: torch.Tensor, dst: torch.Tensor, values: torch.Tensor) -> t
 class MEM1EngineMixin:
     """The MEM1 additions shared by the policy (LM head) and critic (value head) FSDP engines."""
 
-    mem1_backend: str | None = None  # None: resolve_attention_backend on first use
+    mem1_backend: str | None = None  # set from the samples' mem1.attention on first use
 
-    def _mem1_backend(self) -> str:
+    def _mem1_backend(self, configured: str | None = None) -> str:
         if self.mem1_backend is None:
-            self.mem1_backend = resolve_attention_backend()
+            device = next(self.module.parameters()).device.type
+            self.mem1_backend = attention_backend(configured or "auto", device)  # $MEM1_ATTENTION_BACKEND wins
             logger.info("MEM1 packed attention backend: %s", self.mem1_backend)
         from verl_mem1.training.forward import resolve_backend
 
@@ -244,8 +225,10 @@ class MEM1EngineMixin:
         columns = mem1_columns(micro_batch, n)
         if columns is None:
             return None
+        positions, segments, backends = columns
+        self._mem1_backend(next((b for b in backends if b), None))
         lengths = micro_batch["input_ids"].offsets().diff().tolist()
-        return mem1_row_layout(lengths, *columns)
+        return mem1_row_layout(lengths, positions, segments)
 
     def _mem1_check(self, micro_batch: Any) -> None:
         from verl.utils import tensordict_utils as tu
@@ -260,9 +243,10 @@ class MEM1EngineMixin:
             raise NotImplementedError("MEM1 packed samples do not support multi-dimensional (mRoPE) position ids")
 
     def forward_step(self, micro_batch: Any, loss_function: Any, forward_only: bool):
-        if mem1_columns(micro_batch, micro_batch.batch_size[0]) is None:
+        columns = mem1_columns(micro_batch, micro_batch.batch_size[0])
+        if columns is None:
             return super().forward_step(micro_batch, loss_function, forward_only)
-        with _skip_masks(self._mem1_backend() in ("segmented", "flash")):
+        with skip_mask_creation(needs_mask_skip(self._mem1_backend(next((b for b in columns[2] if b), None)))):
             return super().forward_step(micro_batch, loss_function, forward_only)
 
     def prepare_model_inputs(self, micro_batch: Any):
@@ -284,17 +268,7 @@ class MEM1EngineMixin:
             seg, pseg = _pad_segments(layout, input_ids.shape[-1])
             seg, pseg = seg.to(input_ids.device), pseg.to(input_ids.device)
             model_inputs["position_ids"] = positions
-            model_inputs["mem1_backend"] = backend
-            if backend == "dense":
-                model_inputs["attention_mask"] = dense_mask(seg, pseg)
-            elif backend == "flex":
-                model_inputs["attention_mask"] = flex_block_mask(seg, pseg)
-            else:
-                layout_ = segment_layout(seg, pseg)
-                for name in ("cu_seqlens_q", "cu_seqlens_k", "kv_index"):  # once per micro-batch, not per layer
-                    setattr(layout_, name, getattr(layout_, name).to(input_ids.device))
-                model_inputs["attention_mask"] = None
-                model_inputs["mem1_layout"] = layout_
+            model_inputs.update(attention_inputs(backend, seg, pseg))
         else:  # padded (bsz, L) rows: one dense 4-D mask per row
             model_inputs.update(self._padded_inputs(model_inputs, layout))
         output_args[_OUTPUT_ARGS_KEY] = layout

@@ -7,7 +7,11 @@ once, every segment sees the prompt and itself only (see ``attention.py``), and 
 restart at ``P`` — so the forward reproduces each turn's rollout forward exactly, at the cost of
 ``P + Σ_t (|context_t| − P + |generated_t|)`` tokens instead of ``Σ_t (|context_t| + |generated_t|)``.
 
-Nothing here knows about environments: an episode is only token ids and recorded log-probs.
+This module owns the layout: packing (``pack_episode``, ``pack_batch``), the predictor rule
+(``predictor_positions``), segment renumbering (``renumber_segments``) and exact truncation (``truncate``). The local
+trainer uses it directly; the verl plug-in's agent loop and engine (``verl_plugin/``) are thin adapters that move
+its tensors through verl's batches. Nothing here knows about environments: an episode is only token ids and
+recorded log-probs.
 """
 
 from __future__ import annotations
@@ -96,6 +100,45 @@ class PackedSample:
         return PackedSample(**values)
 
 
+def predictor_positions(segment_ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """The predictor rule: the position whose logits predict the token at each position of one episode's row.
+
+    Inside a segment that is the previous position; a segment's first token is predicted by the prompt's last
+    position (the context it was sampled in ends there); prompt positions get ``IGNORE_INDEX``.
+
+    Args:
+        segment_ids: ``(L,)`` one episode's segment ids, the prompt (id 0) first.
+        prompt_len: ``P``, the prompt's length.
+
+    Returns:
+        ``(L,)`` long tensor of predictor positions.
+    """
+    length = segment_ids.numel()
+    pred = torch.arange(-1, length - 1, dtype=torch.long, device=segment_ids.device)
+    if length > prompt_len:
+        body = segment_ids[prompt_len:]
+        starts = torch.ones_like(body, dtype=torch.bool)
+        starts[1:] = body[1:] != body[:-1]
+        pred[prompt_len:] = torch.where(starts, torch.full_like(body, prompt_len - 1), pred[prompt_len:])
+    pred[:prompt_len] = IGNORE_INDEX
+    return pred
+
+
+def renumber_segments(
+    segment_ids: torch.Tensor, prompt_segment_ids: torch.Tensor, first_id: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Give one episode's segments (its prompt included) fresh, consecutive ids from ``first_id``, keeping their
+    order, so episodes concatenated into one row never share an id (the mask rule keeps them apart).
+
+    Returns:
+        ``(segment_ids, prompt_segment_ids, next_id)``: both ``(L,)`` renumbered, and the first unused id.
+    """
+    uniq = torch.unique(torch.cat([segment_ids, prompt_segment_ids]))
+    lut = torch.full((int(uniq.max()) + 1,), -1, dtype=torch.long, device=segment_ids.device)
+    lut[uniq] = torch.arange(first_id, first_id + uniq.numel(), dtype=torch.long, device=segment_ids.device)
+    return lut[segment_ids], lut[prompt_segment_ids], first_id + uniq.numel()
+
+
 def _check_record(record: EpisodeRecord) -> None:
     prompt = list(record.prompt_ids)
     if not prompt:
@@ -123,31 +166,29 @@ def pack_episode(record: EpisodeRecord) -> PackedSample:
     prompt = [int(i) for i in record.prompt_ids]
     p = len(prompt)
     ids, pos, seg = list(prompt), list(range(p)), [0] * p
-    loss, lps, pred, turn_idx = [0] * p, [0.0] * p, [IGNORE_INDEX] * p, [IGNORE_INDEX] * p
+    loss, lps, turn_idx = [0] * p, [0.0] * p, [IGNORE_INDEX] * p
     for t, turn in enumerate(record.turns, start=1):
         generated = [int(i) for i in turn.generated_ids]
         if not generated:
             continue
         copy = [int(i) for i in turn.context_ids[p:]]
-        start = len(ids)
         n = len(copy) + len(generated)
         ids += copy + generated
         pos += range(p, p + n)
         seg += [t] * n
         loss += [0] * len(copy) + [1] * len(generated)
         lps += [0.0] * len(copy) + [float(x) for x in turn.logprobs]
-        pred += [IGNORE_INDEX] * len(copy)
-        first = start + len(copy)
-        pred += [(first + j - 1) if (len(copy) + j) > 0 else p - 1 for j in range(len(generated))]
         turn_idx += [int(turn.index)] * n
     length = len(ids)
+    segment_ids = torch.tensor(seg, dtype=torch.long)
+    loss_mask = torch.tensor(loss, dtype=torch.long)
     return PackedSample(
         input_ids=torch.tensor(ids, dtype=torch.long),
         position_ids=torch.tensor(pos, dtype=torch.long),
-        segment_ids=torch.tensor(seg, dtype=torch.long),
-        loss_mask=torch.tensor(loss, dtype=torch.long),
+        segment_ids=segment_ids,
+        loss_mask=loss_mask,
         rollout_logprobs=torch.tensor(lps, dtype=torch.float32),
-        predictor_index=torch.tensor(pred, dtype=torch.long),
+        predictor_index=torch.where(loss_mask.bool(), predictor_positions(segment_ids, p), IGNORE_INDEX),
         turn_index=torch.tensor(turn_idx, dtype=torch.long),
         prompt_segment_ids=torch.zeros(length, dtype=torch.long),
         episode_index=torch.zeros(length, dtype=torch.long),
@@ -234,17 +275,13 @@ def pack_batch(items: Sequence[EpisodeRecord | PackedSample]) -> PackedSample:
             sel = s.episode_index == e
             seg = s.segment_ids[sel]
             pseg = s.prompt_segment_ids[sel]
-            # renumber this episode's segments (prompt included) to fresh global ids, keeping their order
-            uniq = torch.unique(torch.cat([seg, pseg]))
-            remap = {int(u): next_segment + k for k, u in enumerate(uniq.tolist())}
-            next_segment += len(remap)
-            lut = torch.tensor([remap.get(v, -1) for v in range(int(uniq.max()) + 1)], dtype=torch.long)
+            seg, pseg, next_segment = renumber_segments(seg, pseg, next_segment)
             base = int(sel.nonzero()[0]) if sel.any() else 0
             pred = s.predictor_index[sel]
             parts["input_ids"].append(s.input_ids[sel])
             parts["position_ids"].append(s.position_ids[sel])
-            parts["segment_ids"].append(lut[seg])
-            parts["prompt_segment_ids"].append(lut[pseg])
+            parts["segment_ids"].append(seg)
+            parts["prompt_segment_ids"].append(pseg)
             parts["loss_mask"].append(s.loss_mask[sel])
             parts["rollout_logprobs"].append(s.rollout_logprobs[sel])
             parts["predictor_index"].append(torch.where(pred >= 0, pred - base + offset, pred))
@@ -262,3 +299,22 @@ def pack_batch(items: Sequence[EpisodeRecord | PackedSample]) -> PackedSample:
         prompt_lens=tuple(prompt_lens),
         temperatures=tuple(temperatures),
     )
+
+
+def truncate(sample: PackedSample, length: int) -> PackedSample:
+    """The first ``length`` tokens of a single-episode packed sample, every remaining token still exact.
+
+    Cutting keeps exactness because attention is causal within a segment and later segments never feed earlier
+    ones: no kept token's context changes. The cut must keep the whole prompt.
+    """
+    if sample.num_episodes != 1:
+        raise ValueError("truncate takes a single-episode sample (before pack_batch)")
+    if length < sample.prompt_len:
+        raise ValueError(f"cannot cut a packed sample to {length} tokens: its prompt has {sample.prompt_len}")
+    if length >= sample.length:
+        return sample
+    values: dict[str, Any] = {}
+    for f in fields(sample):
+        value = getattr(sample, f.name)
+        values[f.name] = value[:length] if isinstance(value, torch.Tensor) else value
+    return PackedSample(**values)

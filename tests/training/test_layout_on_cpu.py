@@ -1,4 +1,4 @@
-"""The packed layout, tensor by tensor, on hand-built records."""
+"""The packed layout (``training/layout.py``), tensor by tensor, on hand-built records."""
 
 from __future__ import annotations
 
@@ -126,3 +126,51 @@ def test_pack_batch_keeps_episodes_apart():
     assert torch.equal(again.segment_ids, batch.segment_ids) and torch.equal(
         again.predictor_index, batch.predictor_index
     )
+
+
+def test_predictor_rule_by_hand_and_as_packed():
+    from verl_mem1.training.layout import IGNORE_INDEX, predictor_positions
+
+    seg = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])  # P = 3; segment 1 at 3..4, segment 2 at 5..7
+    assert predictor_positions(seg, 3).tolist() == [IGNORE_INDEX] * 3 + [2, 3, 2, 5, 6]
+    sample = pack_episode(_record())
+    rule = predictor_positions(sample.segment_ids, sample.prompt_len)
+    generated = sample.loss_mask.bool()
+    assert torch.equal(rule[generated], sample.predictor_index[generated])
+
+
+def test_renumbering_is_consecutive_and_ordered():
+    from verl_mem1.training.layout import renumber_segments
+
+    seg = torch.tensor([0, 0, 2, 2, 5])  # an empty turn left a gap (id 1 unused)
+    new, prompt, next_id = renumber_segments(seg, torch.zeros_like(seg), 10)
+    assert new.tolist() == [10, 10, 11, 11, 12] and prompt.tolist() == [10] * 5 and next_id == 13
+
+
+def test_truncation_keeps_prefixes_and_refuses_to_cut_the_prompt():
+    from verl_mem1.training.layout import truncate
+
+    sample = pack_episode(_record())
+    cut = truncate(sample, sample.prompt_len + 4)
+    assert cut.length == sample.prompt_len + 4
+    for name in ("input_ids", "position_ids", "segment_ids", "loss_mask", "rollout_logprobs", "predictor_index"):
+        assert torch.equal(getattr(cut, name), getattr(sample, name)[: cut.length]), name
+    assert truncate(sample, 10**6) is sample
+    with pytest.raises(ValueError, match="prompt has 3"):
+        truncate(sample, 2)
+    with pytest.raises(ValueError, match="single-episode"):
+        truncate(pack_batch([sample, sample]), 5)
+
+
+def test_truncated_sample_scores_exactly_its_prefix(training_model):
+    """Cutting the packed row changes no kept token's context: its log-probs are the full row's, cut."""
+    from tests.training.records import mem1_record
+    from verl_mem1.training.forward import packed_logprobs
+    from verl_mem1.training.layout import truncate
+
+    sample = pack_episode(mem1_record(20, 4, 5, 8, seed=3))
+    cut = truncate(sample, sample.prompt_len + 30)
+    with torch.no_grad():
+        full = packed_logprobs(training_model, sample, backend="segmented")
+        part = packed_logprobs(training_model, cut, backend="segmented")
+    assert part.numel() == cut.num_generated > 0 and (part - full[: part.numel()]).abs().max() < 1e-5
