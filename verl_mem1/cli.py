@@ -20,6 +20,7 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from env_servers.llm.cli import add_serve_llm_command
     from env_servers.retrieval.cli import add_corpus_commands, add_index_commands, add_serve_command
     from env_servers.websearch.cli import add_serve_websearch_command
     from env_servers.webshop.cli import add_serve_webshop_command
@@ -27,7 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
     from verl_mem1.evaluation.harness import add_eval_command
     from verl_mem1.evaluation.report import add_report_command
     from verl_mem1.rollout.cli import add_rollout_command
-    from verl_mem1.rollout.openai_server import add_serve_llm_command
     from verl_mem1.tasks.compose import add_compose_command
     from verl_mem1.tasks.webshop import add_webshop_tasks_command
     from verl_mem1.training.parity import add_parity_command

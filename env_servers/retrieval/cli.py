@@ -11,7 +11,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from env_servers.serve_options import add_server_options, server_settings
+
 EXIT_USAGE = 2
+DEFAULT_PORT = 8000
 
 
 def _guarded(prog: str, run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -62,13 +65,10 @@ def _serve_retrieval(args: argparse.Namespace) -> int:
 
     serve(
         Path(args.index),
-        host=args.host,
-        port=args.port,
         device=args.device,
         max_queries=args.max_queries,
         max_topk=args.max_topk,
-        log_level=args.log_level,
-        access_log=not args.no_access_log,
+        **server_settings(args),
     )
     return 0
 
@@ -141,16 +141,8 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--index", required=True, metavar="DIR", help="index directory written by `mem1 index build`")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, local only)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--device", default=None, metavar="DEVICE", help="dense only: query encoder device (cpu or cuda)")
     p.add_argument("--max-queries", type=int, default=256, metavar="N", help="most queries per request (default 256)")
     p.add_argument("--max-topk", type=int, default=100, metavar="N", help="largest topk accepted (default 100)")
-    p.add_argument(
-        "--log-level",
-        choices=("critical", "error", "warning", "info", "debug"),
-        default="info",
-        help="uvicorn log level (default info)",
-    )
-    p.add_argument("--no-access-log", action="store_true", help="do not log every request (saves CPU under load)")
+    add_server_options(p, DEFAULT_PORT)
     p.set_defaults(func=_guarded("mem1 serve retrieval", _serve_retrieval))

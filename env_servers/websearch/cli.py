@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from env_servers.serve_options import add_server_options, server_settings
 from env_servers.websearch import API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_CACHE_DIR, DEFAULT_PORT, PROVIDERS
 
 EXIT_USAGE = 2
@@ -41,8 +42,6 @@ def _serve_websearch(args: argparse.Namespace) -> int:
     try:
         serve(
             args.provider,
-            host=args.host,
-            port=args.port,
             api_key=key,
             cache_dir=None if args.no_cache else args.cache_dir,
             rate_limit=args.rate_limit,
@@ -50,8 +49,7 @@ def _serve_websearch(args: argparse.Namespace) -> int:
             timeout_s=args.timeout,
             base_url=args.base_url,
             max_queries=args.max_queries,
-            log_level=args.log_level,
-            access_log=not args.no_access_log,
+            **server_settings(args),
         )
     except (ValueError, OSError) as e:  # bad settings or an unusable cache directory, before binding
         return _fail(str(e))
@@ -75,8 +73,6 @@ def add_serve_websearch_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--provider", choices=PROVIDERS, default="serper", help="web search API (default serper; key: $SERPER_API_KEY)"
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, local only)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     p.add_argument(
         "--cache-dir",
         default=DEFAULT_CACHE_DIR,
@@ -108,11 +104,5 @@ def add_serve_websearch_command(subparsers: argparse._SubParsersAction) -> None:
         help=f"API base URL, for proxies and tests (default {DEFAULT_BASE_URL})",
     )
     p.add_argument("--max-queries", type=int, default=32, metavar="N", help="most queries per request (default 32)")
-    p.add_argument(
-        "--log-level",
-        choices=("critical", "error", "warning", "info", "debug"),
-        default="info",
-        help="uvicorn log level (default info)",
-    )
-    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    add_server_options(p, DEFAULT_PORT)
     p.set_defaults(func=_serve_websearch)

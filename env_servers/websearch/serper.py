@@ -157,7 +157,7 @@ def parse_response(data: Any, *, num_results: int = 10, include_answer_box: bool
     return results[:num_results]
 
 
-def _retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     """``Retry-After`` in seconds (a number, fractions accepted, or an HTTP date); None when absent or bad."""
     if not value:
         return None
@@ -350,7 +350,7 @@ class SerperClient:
             raise SerperRequestError(f"Serper refused the request (HTTP {status}): {self._excerpt(response)}")
         raise _Retryable(
             "rate-limited (HTTP 429)" if status == 429 else f"HTTP {status}",
-            retry_after=_retry_after(response.headers.get("retry-after")),
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
             rate_limited=status == 429,
         )
 

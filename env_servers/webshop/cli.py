@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from env_servers.serve_options import add_server_options, run_server
+
 DEFAULT_PORT = 8003
 PROG = "mem1 serve webshop"
 
@@ -37,8 +39,6 @@ def _serve_webshop(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:  # missing or malformed data files: fail before binding
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    import uvicorn
-
     from env_servers.webshop.server import create_app
 
     catalog = shop.catalog
@@ -47,9 +47,7 @@ def _serve_webshop(args: argparse.Namespace) -> int:
         f"{'human' if catalog.human_goals else 'synthetic'} goals, nouns: {shop.noun_tagger}",
         file=sys.stderr,
     )
-    uvicorn.run(
-        create_app(shop), host=args.host, port=args.port, log_level=args.log_level, access_log=not args.no_access_log
-    )
+    run_server(create_app(shop), args)
     return 0
 
 
@@ -94,14 +92,6 @@ def add_serve_webshop_command(subparsers: argparse._SubParsersAction) -> None:
         epilog=f"example: mem1 serve webshop --port {DEFAULT_PORT}",
     )
     add_webshop_arguments(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, local only)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     p.add_argument("--max-sessions", type=int, default=10000, help="open sessions kept; the oldest go first")
-    p.add_argument(
-        "--log-level",
-        choices=("critical", "error", "warning", "info", "debug"),
-        default="info",
-        help="uvicorn log level",
-    )
-    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    add_server_options(p, DEFAULT_PORT)
     p.set_defaults(func=_serve_webshop)

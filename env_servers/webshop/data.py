@@ -73,7 +73,7 @@ def parse_pricing(pricing: Any) -> tuple[list[float], str]:
     return values, f"${values[0]} to ${values[1]}"
 
 
-def _normalize_raw(raw: dict[str, Any], reviews: dict[str, tuple[list, Any]]) -> dict[str, Any]:
+def normalize_raw_product(raw: dict[str, Any], reviews: dict[str, tuple[list, Any]]) -> dict[str, Any]:
     """One raw scraped product (WebShop's ``items_shuffle*.json``) in the shape its server uses."""
     asin = raw["asin"]
     product = dict(raw)
@@ -165,7 +165,7 @@ def load_products(
         missing = [k for k in ("category", "query", "product_category") if k not in item]
         if missing:
             raise DataError(f"{products_path}: product {asin} lacks {', '.join(missing)}")
-        product = dict(item) if _is_processed(item) else _normalize_raw(item, reviews)
+        product = dict(item) if _is_processed(item) else normalize_raw_product(item, reviews)
         product["query"] = (product.get("query") or "").lower().strip()
         entry = attributes.get(asin) or {}
         product["Attributes"] = entry.get("attributes") or ["DUMMY_ATTR"]

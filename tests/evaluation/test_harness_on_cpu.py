@@ -90,8 +90,8 @@ def test_report_errors_name_the_problem(tmp_path, capsys):
 def test_eval_cli_against_a_served_model(tiny_backend, tiny_model_dir, retrieval_url, tmp_path, capsys):
     """--model takes the URL of an OpenAI-compatible server; tokens are counted with --tokenizer."""
     from env_servers.background import BackgroundServer
+    from env_servers.llm.server import create_app
     from verl_mem1.rollout.backends.hf_local import HFLocalBackend
-    from verl_mem1.rollout.openai_server import create_app
 
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps({"question": "Where is Tulsa?", "answer": "Oklahoma"}) + "\n")

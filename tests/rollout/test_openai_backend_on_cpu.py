@@ -2,7 +2,8 @@
 
 The server is the same app ``mem1 serve llm`` runs; log-probs are checked against an independent plain
 transformers forward pass, stop strings against greedy decoding, and error paths against the real server,
-a closed port and a fake server that answers what other OpenAI-compatible servers might.
+a closed port and a fake server that answers what other OpenAI-compatible servers might. The server's own API
+is tested with the server, in ``tests/env_servers/llm/test_llm_server_on_cpu.py``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ PROMPT = "The capital of France is"
 @pytest.fixture(scope="module")
 def served(tiny_backend):
     """A fresh backend over the session's tiny model (own queue, batch log and generator) and its server."""
+    from env_servers.llm.server import create_app
     from verl_mem1.rollout.backends.hf_local import HFLocalBackend
-    from verl_mem1.rollout.openai_server import create_app
 
     backend = HFLocalBackend(model=tiny_backend.model, tokenizer=tiny_backend.tokenizer, max_batch_size=8, seed=0)
     with BackgroundServer(create_app(backend, MODEL)) as server:
@@ -62,100 +63,6 @@ def post(url: str, body=None, *, content: bytes | None = None) -> httpx.Response
     if content is not None:
         return client.post(url + "/v1/completions", content=content)
     return client.post(url + "/v1/completions", json=body)
-
-
-# --- the server's own API -------------------------------------------------------------------------------------
-
-
-def test_models_and_health(served):
-    _, url = served
-    assert httpx.get(url + "/health").status_code == 200
-    models = httpx.get(url + "/v1/models").json()
-    assert models["object"] == "list"
-    assert [(m["id"], m["object"]) for m in models["data"]] == [(MODEL, "model")]
-
-
-def test_string_prompt_response_format(served, prompt_ids):
-    backend, url = served
-    r = post(url, {"model": MODEL, "prompt": PROMPT, "max_tokens": 5, "logprobs": 0, "return_token_ids": True})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["object"] == "text_completion" and body["model"] == MODEL
-    assert body["id"] and isinstance(body["created"], int)
-    (choice,) = body["choices"]
-    assert choice["index"] == 0 and choice["finish_reason"] == "length"
-    ids = choice["token_ids"]
-    assert len(ids) == 5
-    assert choice["prompt_token_ids"] == prompt_ids  # the string was tokenized without special tokens
-    assert choice["text"] == backend.tokenizer.decode(ids, skip_special_tokens=True)
-    lp = choice["logprobs"]
-    pieces = [backend.tokenizer.decode([t]) for t in ids]
-    assert lp["tokens"] == pieces  # token strings unless return_tokens_as_token_ids
-    assert len(lp["token_logprobs"]) == 5 and all(x <= 0 for x in lp["token_logprobs"])
-    assert lp["top_logprobs"] is None
-    assert lp["text_offset"] == [sum(len(p) for p in pieces[:i]) for i in range(5)]
-    assert body["usage"] == {
-        "prompt_tokens": len(prompt_ids),
-        "completion_tokens": 5,
-        "total_tokens": len(prompt_ids) + 5,
-    }
-
-    r = post(url, {"model": MODEL, "prompt": prompt_ids, "max_tokens": 2, "return_tokens_as_token_ids": True})
-    choice = r.json()["choices"][0]
-    assert choice["logprobs"] is None and "token_ids" not in choice  # neither was asked for
-
-
-@pytest.mark.parametrize(
-    ("body", "status", "reason"),
-    [
-        ({"model": "gpt-4", "prompt": [1, 2]}, 404, "does not exist"),
-        ({"model": MODEL, "prompt": []}, 400, "prompt is empty"),
-        ({"model": MODEL, "prompt": ""}, 400, "empty"),
-        ({"model": MODEL, "prompt": [[1, 2], [3, 4]]}, 400, "batched prompts not supported"),
-        ({"model": MODEL, "prompt": ["a", "b"]}, 400, "batched prompts not supported"),
-        ({"model": MODEL, "prompt": [1, "two"]}, 400, "prompt"),
-        ({"model": MODEL, "prompt": 17}, 400, "prompt"),
-        ({"model": MODEL, "prompt": [1, 2], "max_tokens": "many"}, 400, "max_tokens"),
-        ({"model": MODEL, "prompt": [1, 2], "max_tokens": 0}, 400, "max_tokens"),
-        ({"model": MODEL, "prompt": [1, 2], "temperature": "hot"}, 400, "temperature"),
-        ({"model": MODEL, "prompt": [1, 2], "top_p": 0}, 400, "top_p"),
-        ({"model": MODEL, "prompt": [1, 2], "logprobs": -1}, 400, "logprobs"),
-        ({"model": MODEL, "prompt": [1, 2], "stop": 5}, 400, "stop"),
-        ({"model": MODEL, "prompt": [1, 2], "n": 2}, 400, "n=2"),
-        ({"model": MODEL, "prompt": [1, 2], "stream": True}, 400, "stream"),
-        ({"model": MODEL, "prompt": [10**9]}, 400, "out of range"),
-        ({"model": MODEL, "prompt": [-1]}, 400, "out of range"),
-        ({"prompt": [1, 2]}, 400, "model"),
-        ([1, 2, 3], 400, "object"),
-    ],
-)
-def test_bad_requests_are_rejected_and_the_server_keeps_serving(served, body, status, reason):
-    _, url = served
-    r = post(url, body)
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert reason in error["message"], error
-    assert error["code"] == status
-    good = post(url, {"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 2})
-    assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] == 2
-
-
-def test_bad_json_and_too_long_prompt(served):
-    backend, url = served
-    r = post(url, content=b'{"model": "tiny-qwen", "prompt": [1, 2')
-    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
-    from verl_mem1.rollout.backends.hf_local import HFLocalBackend
-    from verl_mem1.rollout.openai_server import create_app
-
-    short_backend = HFLocalBackend(model=backend.model, tokenizer=backend.tokenizer)
-    short_backend.max_positions = 8  # a model with an 8-token context
-    with BackgroundServer(create_app(short_backend, MODEL)) as short:
-        r = post(short.url, {"model": MODEL, "prompt": list(range(1, 9))})
-        assert r.status_code == 400 and "too long" in r.json()["error"]["message"]
-        r = post(short.url, {"model": MODEL, "prompt": list(range(1, 6)), "max_tokens": 10})
-        assert r.status_code == 200  # max_tokens is capped by the context left, as the backend does
-        choice = r.json()["choices"][0]
-        assert r.json()["usage"]["completion_tokens"] == 3 and choice["finish_reason"] == "length"
 
 
 # --- OpenAICompletionsBackend against the server ----------------------------------------------------------------
@@ -309,11 +216,3 @@ def test_unusable_server_answers_are_backend_errors(mode, message):
 
     with pytest.raises(BackendError, match=message):
         asyncio.run(main())
-
-
-def test_cli_help():
-    from verl_mem1.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(["serve", "llm", "--help"])
-    assert exc.value.code == 0

@@ -20,8 +20,8 @@ from env_servers.websearch.serper import (
     SearchResult,
     SerperClient,
     SerperResponseError,
-    _retry_after,
     parse_response,
+    parse_retry_after,
 )
 from tests.env_servers.websearch.fake_serper import API_KEY, FakeSerper, serper_body
 
@@ -75,10 +75,10 @@ def test_malformed_responses_raise(data: object, words: str) -> None:
 
 
 def test_retry_after_values() -> None:
-    assert _retry_after("2") == 2.0 and _retry_after("0.25") == 0.25 and _retry_after("-3") == 0.0
-    assert _retry_after(None) is None and _retry_after("soon") is None and _retry_after("inf") is None
+    assert parse_retry_after("2") == 2.0 and parse_retry_after("0.25") == 0.25 and parse_retry_after("-3") == 0.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None and parse_retry_after("inf") is None
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 25 <= (_retry_after(later) or 0) <= 31
+    assert 25 <= (parse_retry_after(later) or 0) <= 31
 
 
 def search_all(client: SerperClient, queries: list[str]) -> float:

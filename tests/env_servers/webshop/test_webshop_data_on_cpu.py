@@ -14,9 +14,9 @@ from env_servers.webshop.data import (
     BUNDLED_PRODUCTS,
     Catalog,
     DataError,
-    _normalize_raw,
     load_catalog,
     load_products,
+    normalize_raw_product,
     parse_pricing,
 )
 
@@ -179,7 +179,7 @@ def test_bundled_documents_match_raw_normalisation() -> None:
     derived = ("Title", "Description", "BulletPoints", "Price", "options", "option_to_image", "MainImage")
     for product in rows:
         raw = {k: v for k, v in product.items() if k not in derived}
-        normalised = _normalize_raw(raw, {})
+        normalised = normalize_raw_product(raw, {})
         for key in (*derived, "pricing", "query"):
             assert normalised[key] == product[key], (product["asin"], key)
 

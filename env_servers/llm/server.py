@@ -28,16 +28,17 @@ Errors come back as ``{"error": {"message", "type", "param", "code"}}``: 400 for
 wrong types, empty or too-long prompt, unsupported options), 404 for an unknown model name (as vLLM), 500
 when generation itself fails; the server keeps serving.
 
-Only argparse is imported at module level: ``verl_mem1.cli`` imports this module to build ``mem1 --help``.
+The ``mem1 serve llm`` subcommand is :mod:`env_servers.llm.cli`. fastapi, pydantic, torch and transformers
+are imported when an app is built, not at module level.
 """
 
-import argparse
 import functools
 import logging
-import sys
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
+
+from env_servers.llm import DEFAULT_PORT
 
 if TYPE_CHECKING:
     import fastapi
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EXIT_USAGE = 2
 # Options vLLM supports but this server does not: a request may only send them with these values.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
     "n": 1,
@@ -282,12 +282,14 @@ def serve_llm(
     model: str,
     *,
     host: str = "127.0.0.1",
-    port: int = 8001,
+    port: int = DEFAULT_PORT,
     device: str = "cpu",
     dtype: str = "float32",
     max_batch_size: int = 16,
     served_name: str | None = None,
     seed: int = 0,
+    log_level: str = "info",
+    access_log: bool = True,
 ) -> None:
     """Load ``model`` (hub name or local path) and serve it with uvicorn until interrupted."""
     import uvicorn
@@ -297,51 +299,4 @@ def serve_llm(
     backend = HFLocalBackend(model, device=device, dtype=dtype, max_batch_size=max_batch_size, seed=seed)
     name = served_name or str(model)
     logger.info("serving %s as %r on http://%s:%d/v1", model, name, host, port)
-    uvicorn.run(create_app(backend, name), host=host, port=port, log_level="info")
-
-
-def _cmd_serve_llm(args: argparse.Namespace) -> int:
-    try:
-        serve_llm(
-            args.model,
-            host=args.host,
-            port=args.port,
-            device=args.device,
-            dtype=args.dtype,
-            max_batch_size=args.max_batch_size,
-            served_name=args.served_name,
-            seed=args.seed,
-        )
-    except (ValueError, OSError) as e:  # unknown model path/name, bad device, port in use
-        print(f"mem1 serve llm: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
-
-
-def add_serve_llm_command(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``llm`` to ``mem1 serve``."""
-    p = subparsers.add_parser(
-        "llm",
-        help="serve a local Hugging Face model over an OpenAI-compatible /v1/completions API (like `vllm serve`)",
-        description=(
-            "Serve a causal LM with transformers, batching concurrent requests. POST /v1/completions takes a "
-            "string or token-id prompt and vLLM's return_tokens_as_token_ids / return_token_ids extensions; "
-            "log-probs are log_softmax(logits / temperature) of the sampled tokens. Use the URL with "
-            "`mem1 rollout --llm-url`."
-        ),
-    )
-    p.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="Hugging Face model name or local path")
-    p.add_argument(
-        "--served-name", default=None, metavar="NAME", help="model name clients must send (default: --model)"
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, local only)")
-    p.add_argument("--port", type=int, default=8001, help="port to listen on (default 8001)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)"
-    )
-    p.add_argument(
-        "--max-batch-size", type=int, default=16, metavar="N", help="most requests decoded together (default 16)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.set_defaults(func=_cmd_serve_llm)
+    uvicorn.run(create_app(backend, name), host=host, port=port, log_level=log_level, access_log=access_log)
