@@ -1,46 +1,45 @@
-"""``python -m verl_mem1.train +recipe=NAME [overrides]``: one launcher for every recipe.
+"""``python -m verl_mem1.train [--config-name qa] [overrides]``: verl's own trainer (``main_ppo``) on a shipped recipe.
 
-``recipe=tiny`` runs the single-machine trainer (``mem1 train``: CPU or one GPU). Any other recipe (``qa``,
-``websearch``) runs verl's own trainer (``verl.trainer.main_ppo``) on ``recipes/NAME.yaml`` with the MEM1 plug-in,
-e.g. on a cluster: ``ray job submit --working-dir . -- python -m verl_mem1.train +recipe=qa data.train_files=...``.
+An ``@hydra.main`` entry point over the recipes inside the package (``pkg://verl_mem1.recipes``), for clusters:
+``ray job submit -- python -m verl_mem1.train --config-name qa trainer.nnodes=2 ...`` needs no source tree on the
+workers, only ``verl-mem1`` installed. The composed config goes to verl's unmodified ``main_ppo`` (its validation,
+then its v1 or legacy task runner). The single-machine trainer is ``mem1 train`` (``verl_mem1.cli.train``).
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import hydra
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+AGENT_LOOPS_KEY = "actor_rollout_ref.rollout.agent.agent_loop_config_path"
 
 
-def split_recipe(argv: Sequence[str], default: str = "qa") -> tuple[str, list[str]]:
-    """Take ``recipe=NAME`` / ``+recipe=NAME`` out of Hydra-style arguments."""
-    recipe, rest = default, []
-    for arg in argv:
-        if arg.startswith(("recipe=", "+recipe=")):
-            recipe = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return recipe, rest
+def with_packaged_agent_loops(cfg: DictConfig) -> DictConfig:
+    """Point ``agent_loop_config_path`` at the packaged ``agent_loops.yaml`` when the configured path (relative to
+    the repository root in the recipes) is not a file here: a wheel install, or a job started elsewhere."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf, open_dict
+
+    configured = OmegaConf.select(cfg, AGENT_LOOPS_KEY)
+    if configured and Path(str(configured)).expanduser().is_file():
+        return cfg
+    with open_dict(cfg):
+        OmegaConf.update(cfg, AGENT_LOOPS_KEY, str(files("verl_mem1.recipes") / "agent_loops.yaml"))
+    return cfg
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from verl_mem1.training.train_cli import default_config_dir
-    from verl_mem1.training.train_cli import main as train_main
+@hydra.main(config_path="pkg://verl_mem1.recipes", config_name="qa", version_base=None)
+def main(cfg: DictConfig) -> None:
+    from verl.trainer.main_ppo import main as verl_main
 
-    recipe, rest = split_recipe(sys.argv[1:] if argv is None else argv)
-    if recipe == "tiny":
-        return int(train_main(["--recipe", "tiny", *rest]) or 0)
-    recipes = default_config_dir()
-    if not (recipes / f"{recipe}.yaml").exists():
-        print(f"verl_mem1.train: no recipe {recipe!r} in {recipes}", file=sys.stderr)
-        return 2
-    if not any(a.startswith("actor_rollout_ref.rollout.agent.agent_loop_config_path=") for a in rest):
-        rest.append(f"actor_rollout_ref.rollout.agent.agent_loop_config_path={recipes / 'agent_loops.yaml'}")
-    from verl.trainer.main_ppo import main as verl_main  # a Hydra main: it reads sys.argv
-
-    sys.argv = [sys.argv[0], "--config-path", str(recipes), "--config-name", recipe, *rest]
-    verl_main()
-    return 0
+    verl_main.__wrapped__(with_packaged_agent_loops(cfg))  # main_ppo's body, on our composed config
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,21 +1,36 @@
-"""``python -m verl_mem1.train +recipe=...`` picks the trainer and the recipe."""
+"""``python -m verl_mem1.train``: verl's trainer on a shipped recipe, through an ``@hydra.main`` entry point."""
 
 from __future__ import annotations
 
-from verl_mem1.train import main, split_recipe
+import subprocess
+import sys
+from pathlib import Path
 
 
-def test_split_recipe():
-    assert split_recipe(["+recipe=tiny", "a=1"]) == ("tiny", ["a=1"])
-    assert split_recipe(["recipe=websearch"]) == ("websearch", [])
-    assert split_recipe(["x=2"]) == ("qa", ["x=2"])
+def test_launcher_composes_a_shipped_recipe(tmp_path):
+    """--cfg job prints the composed qa recipe (verl's keys included) without starting anything, from any folder."""
+    result = subprocess.run(
+        [sys.executable, "-m", "verl_mem1.train", "--cfg", "job", "mem1.topk=7"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "topk: 7" in result.stdout and "adv_estimator: grpo" in result.stdout
+    assert "agent_loop_config_path" in result.stdout
 
 
-def test_unknown_recipe_fails_clearly(capsys):
-    assert main(["+recipe=nope"]) == 2
-    assert "no recipe 'nope'" in capsys.readouterr().err
+def test_packaged_agent_loops_replace_a_missing_path(tmp_path):
+    from omegaconf import OmegaConf
 
+    from verl_mem1.cli.train import compose_config
+    from verl_mem1.train import AGENT_LOOPS_KEY, with_packaged_agent_loops
 
-def test_tiny_recipe_goes_to_the_cpu_trainer(capsys):
-    assert main(["+recipe=tiny", "--cfg"]) == 0  # --cfg: print the composed config and exit
-    assert "ppo_epochs" in capsys.readouterr().out
+    cfg = compose_config("qa", [f"{AGENT_LOOPS_KEY}={tmp_path / 'missing.yaml'}"])
+    path = Path(OmegaConf.select(with_packaged_agent_loops(cfg), AGENT_LOOPS_KEY))
+    assert path.name == "agent_loops.yaml" and path.is_file() and "mem1_agent" in path.read_text()
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("[]\n")
+    cfg = compose_config("qa", [f"{AGENT_LOOPS_KEY}={mine}"])
+    assert OmegaConf.select(with_packaged_agent_loops(cfg), AGENT_LOOPS_KEY) == str(mine)

@@ -80,7 +80,7 @@ def test_grpo_on_webshop_rewards_favours_the_right_purchase(tiny_model_dir, webs
 
 def test_mem1_train_on_webshop_logs_the_shops_reward(tmp_path, monkeypatch, capsys):
     from verl_mem1.cli import main as mem1_main
-    from verl_mem1.training.train_cli import main
+    from verl_mem1.cli.train import main
 
     tasks = tmp_path / "webshop-train.parquet"
     assert mem1_main(["webshop-tasks", "--goals", "50:54", "--out", str(tasks)]) == 0

@@ -1,24 +1,25 @@
-"""``mem1 train``: compose a Hydra recipe over verl's ``ppo_trainer`` config and run the single-machine trainer.
+"""``mem1 train``: the single-machine trainer on a Hydra recipe composed over verl's ``ppo_trainer`` config.
 
-Overrides are Hydra's, as with verl's ``main_ppo``: ``mem1 train trainer.total_training_steps=2
-actor_rollout_ref.rollout.n=2`` (``+key=value`` adds a key, ``~key`` deletes one). ``python -m
-verl_mem1.training.train_cli`` takes the same arguments. Nothing heavy is imported until the command runs.
+An ``@hydra.main`` entry point, as verl's ``main_ppo``: the recipes ship inside the package (``verl_mem1.recipes``,
+the repository's ``recipes/`` folder) and are found on Hydra's search path as ``pkg://verl_mem1.recipes``, so a
+wheel install needs no source tree. Overrides and flags are Hydra's: ``mem1 train trainer.total_training_steps=2
+actor_rollout_ref.rollout.n=2``, ``--config-name qa`` for another recipe, ``--config-dir DIR`` to add your own
+recipes, ``--cfg job`` to print the composed config. Nothing heavy is imported until the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
+RECIPES_PACKAGE = "verl_mem1.recipes"
+RECIPES = f"pkg://{RECIPES_PACKAGE}"
 DEFAULT_RECIPE = "tiny"
-RECIPES_ENV = "MEM1_RECIPES"
 
 COMMON_OVERRIDES = """\
 common overrides (key=value, as in verl):
@@ -42,60 +43,31 @@ common overrides (key=value, as in verl):
 """
 
 
-def default_config_dir() -> Path:
-    """``$MEM1_RECIPES``, else the ``recipes/`` directory of the source tree this package runs from."""
-    env = os.environ.get(RECIPES_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    return (Path(__file__).resolve().parents[2] / "recipes").resolve()
+def recipe_names() -> list[str]:
+    """The shipped primary recipes (YAML files with a ``defaults:`` list; not e.g. the agent-loop list)."""
+    from importlib.resources import files
 
-
-def available_recipes(config_dir: Path) -> list[str]:
-    """Primary configs in ``config_dir`` (YAML files with a ``defaults:`` list; not e.g. agent-loop lists)."""
-    if not config_dir.is_dir():
-        return []
     found = []
-    for path in sorted(config_dir.glob("*.yaml")):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError:
-            continue
-        if any(line.startswith("defaults:") for line in text.splitlines()):
-            found.append(path.stem)
+    for entry in sorted(files(RECIPES_PACKAGE).iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml") and any(
+            line.startswith("defaults:") for line in entry.read_text(encoding="utf-8").splitlines()
+        ):
+            found.append(entry.name[: -len(".yaml")])
     return found
 
 
-def _resolve_recipe(recipe: str, config_dir: str | Path | None) -> tuple[Path, str]:
-    """``--recipe NAME`` in the config dir, or ``--recipe path/to/recipe.yaml``."""
-    as_path = Path(recipe).expanduser()
-    if config_dir is None and as_path.suffix in (".yaml", ".yml") and as_path.is_file():
-        return as_path.resolve().parent, as_path.stem
-    directory = Path(config_dir).expanduser().resolve() if config_dir is not None else default_config_dir()
-    if not directory.is_dir():
-        raise FileNotFoundError(f"recipe directory not found: {directory} (give --config-dir DIR or ${RECIPES_ENV})")
-    name = as_path.stem if as_path.suffix in (".yaml", ".yml") else recipe
-    if not (directory / f"{name}.yaml").is_file():
-        known = ", ".join(available_recipes(directory)) or "none"
-        raise FileNotFoundError(f"recipe {name!r} not found in {directory} (recipes there: {known})")
-    return directory, name
-
-
-def compose_config(
-    recipe: str = DEFAULT_RECIPE, overrides: Sequence[str] = (), config_dir: str | Path | None = None
-) -> DictConfig:
-    """Compose ``recipe`` (over verl's ``ppo_trainer`` through its ``hydra.searchpath``) with ``overrides``.
+def compose_config(recipe: str = DEFAULT_RECIPE, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose a shipped recipe with ``overrides`` outside any Hydra app (tests, notebooks, ``mem1 eval``).
 
     Works inside a running Hydra app too: an initialised global Hydra is set aside and restored afterwards.
     """
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
-    directory, name = _resolve_recipe(recipe, config_dir)
-
     def run() -> DictConfig:
-        with initialize_config_dir(config_dir=str(directory), version_base=None):
-            return compose(config_name=name, overrides=list(overrides))
+        with initialize_config_module(config_module=RECIPES_PACKAGE, version_base=None):
+            return compose(config_name=recipe, overrides=list(overrides))
 
     if not GlobalHydra.instance().is_initialized():
         return run()
@@ -203,80 +175,59 @@ def run(cfg: DictConfig, *, progress: bool = True) -> list[dict[str, float]]:
     return history
 
 
+def hydra_entry(progress: bool = True):
+    """The ``@hydra.main`` function of ``mem1 train`` (reads ``sys.argv``, as every Hydra app)."""
+    import hydra
+
+    @hydra.main(config_path=RECIPES, config_name=DEFAULT_RECIPE, version_base=None)
+    def train_main(cfg: DictConfig) -> None:
+        from verl_mem1.config import ConfigError
+
+        try:
+            run(cfg, progress=progress)
+        except (ConfigError, FileNotFoundError) as exc:  # a bad value: fail at start-up, naming the key
+            print(f"mem1 train: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return train_main
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from verl_mem1.config import ConfigError
-
+    argv = sys.argv
+    sys.argv = ["mem1 train", *args.hydra_args]
     try:
-        cfg = compose_config(args.recipe, args.overrides, args.config_dir)
-        if args.cfg:
-            print(OmegaConf.to_yaml(cfg, resolve=True))
-            return 0
-        run(cfg, progress=not args.no_progress)
-    except (ConfigError, HydraException, OmegaConfBaseException, FileNotFoundError) as exc:
-        print(f"mem1 train: error: {exc}", file=sys.stderr)
-        return 2
+        hydra_entry(progress=not args.no_progress)()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        sys.argv = argv
     return 0
-
-
-def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    directory = default_config_dir()
-    recipes = ", ".join(available_recipes(directory)) or "none found"
-    parser.add_argument(
-        "--recipe",
-        default=DEFAULT_RECIPE,
-        help=f"recipe name in the config dir, or a path to a recipe .yaml (default {DEFAULT_RECIPE}; "
-        f"available: {recipes})",
-    )
-    parser.add_argument(
-        "--config-dir",
-        default=None,
-        metavar="DIR",
-        help=f"Hydra config directory holding the recipes (default ${RECIPES_ENV} or {directory})",
-    )
-    parser.add_argument("--cfg", action="store_true", help="print the composed, resolved config and exit")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides of the recipe")
-    parser.set_defaults(func=_cmd_train)
-    return parser
 
 
 _DESCRIPTION = (
     "Train a MEM1 agent with the single-machine trainer (CPU or one GPU): rollouts with the policy itself, "
     "exact packed log-probs, GRPO or PPO+GAE from verl's core_algos, checkpoints and resume. The recipe is a Hydra "
-    "config composed over verl's ppo_trainer, so verl's keys and override syntax apply."
+    "config composed over verl's ppo_trainer, so verl's keys and override syntax apply; every argument but "
+    "--no-progress goes to Hydra (--config-name NAME, --config-dir DIR, --cfg job, key=value, +key=value, ~key)."
 )
 
 
 def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``mem1 train`` on an argparse subparsers object."""
+    """Register ``mem1 train``; arguments it does not know are Hydra's (``accepts_unknown``)."""
     parser = subparsers.add_parser(
         "train",
         help="train a MEM1 agent (single machine; Hydra recipe over verl's ppo_trainer)",
         description=_DESCRIPTION,
-        epilog=COMMON_OVERRIDES,
+        epilog=COMMON_OVERRIDES + f"\nshipped recipes (--config-name): {', '.join(recipe_names())}\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    return _configure(parser)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m verl_mem1.training.train_cli",
-        description=_DESCRIPTION,
-        epilog=COMMON_OVERRIDES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    return _configure(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_cmd_train, accepts_unknown="hydra_args")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """``mem1 train ARGS``, callable in-process (tests, notebooks)."""
+    from verl_mem1.cli import main as mem1_main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return mem1_main(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,67 @@
+"""``Mem1Config``: one typed mem1 section, validated once, shared by the trainer, the plug-in and the CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from verl_mem1.config import ATTENTION_ENV, FIELDS, ConfigError, Mem1Config, attention_backend
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        ("env", "shop", "choose one of retrieval, webshop"),
+        ("retriever_url", "localhost:8000", "http"),
+        ("context", "window:0", "mem1.context"),
+        ("tags", "nope", "mem1.tags"),
+        ("topk", 0, "must be >= 1"),
+        ("max_turns", 2.5, "expected an integer"),
+        ("invalid_action_penalty", -1, "must be >= 0"),
+        ("attention", "sdpa", "choose one of auto"),
+        ("segment_group_tokens", 0, "must be >= 1"),
+        ("dtype", "int8", "choose one of float32"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(key, value, why):
+    with pytest.raises(ConfigError, match=f"mem1.{key}") as err:
+        Mem1Config.from_section({key: value})
+    assert why in str(err.value)
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="does not fit mem1.env=webshop"):
+        Mem1Config(env="webshop", tags="paper")
+    with pytest.raises(ConfigError, match="needs in_loop"):
+        Mem1Config(env="webshop", reward="verl")
+    assert Mem1Config(env="webshop", tags="webshop").url() == "http://127.0.0.1:8003"
+
+
+def test_unknown_keys_are_errors_and_fields_are_frozen():
+    with pytest.raises(ConfigError, match=r"unknown mem1 config keys \['tpok'\]"):
+        Mem1Config.from_section({"tpok": 3})
+    config = Mem1Config.from_section({"topk": 5}, context="full")
+    assert (config.topk, config.context, config["context"]) == (5, "full", "full")
+    assert set(config) == FIELDS | {"_target_"}  # a Mapping, as every verl BaseConfig
+    with pytest.raises(Exception, match="frozen"):
+        config.topk = 3
+    assert config.replace(topk=7).topk == 7 and config.topk == 5
+
+
+def test_every_recipe_mem1_section_is_a_valid_config():
+    """Every shipped recipe composes into a valid Mem1Config: no key there that the dataclass does not define."""
+    from verl_mem1.cli.train import compose_config, recipe_names
+
+    for name in recipe_names():
+        Mem1Config.from_trainer_config(compose_config(name))
+
+
+def test_attention_backend_auto_and_environment_override(monkeypatch):
+    monkeypatch.delenv(ATTENTION_ENV, raising=False)
+    assert attention_backend("auto", "cpu") == "segmented"
+    assert attention_backend("dense", "cpu") == "dense"
+    assert attention_backend("auto", "cuda") in ("flash", "flex")
+    monkeypatch.setenv(ATTENTION_ENV, "flex")
+    assert attention_backend("dense", "cpu") == "flex"
+    monkeypatch.setenv(ATTENTION_ENV, "bogus")
+    with pytest.raises(ConfigError, match=ATTENTION_ENV):
+        attention_backend("auto", "cpu")
