@@ -245,7 +245,7 @@ def bench_attention(objectives: int, turns: int, args, *, eager: bool) -> dict:
     import torch
 
     from verl_mem1.training import dense_mask, flex_block_mask, pack_episode, segment_layout
-    from verl_mem1.training.attention import _flex, _segmented_sdpa
+    from verl_mem1.training.attention import flex_kernel, segmented_sdpa
 
     record = synthetic_record(objectives, seed=args.seed, instructions=300, per_question=40, generated=215, obs=400)
     record.turns = record.turns[:turns]
@@ -267,13 +267,13 @@ def bench_attention(objectives: int, turns: int, args, *, eager: bool) -> dict:
         )
 
     def flex_compiled():
-        return _flex(q, k, v, flex_block_mask(seg), scale, True)
+        return flex_kernel(q, k, v, flex_block_mask(seg), scale, True)
 
     def flex_eager():
-        return _flex(q, k, v, flex_block_mask(seg), scale, False)
+        return flex_kernel(q, k, v, flex_block_mask(seg), scale, False)
 
     def segmented():
-        return _segmented_sdpa(q, k, v, segment_layout(seg), scale, 0.0)
+        return segmented_sdpa(q, k, v, segment_layout(seg), scale, 0.0)
 
     def with_grad(fn):
         def run():

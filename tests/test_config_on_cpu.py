@@ -58,10 +58,10 @@ def test_every_recipe_mem1_section_is_a_valid_config():
 def test_attention_backend_auto_and_environment_override(monkeypatch):
     monkeypatch.delenv(ATTENTION_ENV, raising=False)
     assert attention_backend("auto", "cpu") == "segmented"
-    assert attention_backend("dense", "cpu") == "dense"
+    assert attention_backend("dense", "cpu") == "dense" and attention_backend("flex", "cpu") == "segmented"
     assert attention_backend("auto", "cuda") in ("flash", "flex")
-    monkeypatch.setenv(ATTENTION_ENV, "flex")
-    assert attention_backend("dense", "cpu") == "flex"
+    monkeypatch.setenv(ATTENTION_ENV, "dense")
+    assert attention_backend("segmented", "cpu") == "dense" and attention_backend("auto", "cuda") == "dense"
     monkeypatch.setenv(ATTENTION_ENV, "bogus")
     with pytest.raises(ConfigError, match=ATTENTION_ENV):
         attention_backend("auto", "cpu")

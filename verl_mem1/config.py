@@ -215,15 +215,21 @@ FIELDS = frozenset(FIELDS_IN_ORDER)
 
 
 def attention_backend(configured: str, device_type: str) -> str:
-    """The packed-attention backend a process runs: ``$MEM1_ATTENTION_BACKEND`` (a worker-level override) or the
-    configured ``mem1.attention``; ``auto`` is flash-attn on CUDA when installed, else flex on CUDA, else segmented
-    (the same rule as flex, with an autograd-friendly kernel on CPU)."""
+    """The packed-attention backend a process runs on ``device_type``: the one resolver, for the local trainer and
+    verl's engine alike.
+
+    ``$MEM1_ATTENTION_BACKEND`` (a worker-level override) wins over the configured ``mem1.attention``; ``auto`` is
+    flash-attn on CUDA when installed, else flex on CUDA, else segmented. On CPU ``flex`` runs as ``segmented``: the
+    same rule, exact, while torch has no CPU flex backward and its eager CPU flex materialises every score.
+    """
     import importlib.util
 
     name = (os.environ.get(ATTENTION_ENV) or configured or AUTO).strip().lower()
     if name not in ATTENTION_BACKENDS:
         source = f"${ATTENTION_ENV}" if os.environ.get(ATTENTION_ENV) else "mem1.attention"
         raise ConfigError(f"{source}={name!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
+    if device_type != "cuda" and name in (AUTO, "flex"):
+        return "segmented"
     if name != AUTO:
         return name
     if device_type == "cuda":

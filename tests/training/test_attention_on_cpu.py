@@ -144,7 +144,7 @@ def test_block_mask_is_small_for_long_rows():
 
 def test_segmented_kernel_equals_dense_sdpa_with_long_segments():
     """Segments longer than the kernel's row block (several SDPA calls per segment), GQA, and two episodes."""
-    from verl_mem1.training.attention import SEGMENTED_ROW_BLOCK, _segmented_sdpa
+    from verl_mem1.training.attention import SEGMENTED_ROW_BLOCK, segmented_sdpa
 
     seg = torch.tensor([0] * 70 + [1] * (2 * SEGMENTED_ROW_BLOCK + 37) + [2] * 5 + [3] * 40 + [4] * 300)
     pseg = torch.tensor([0] * (70 + 2 * SEGMENTED_ROW_BLOCK + 37 + 5) + [3] * 340)
@@ -155,7 +155,7 @@ def test_segmented_kernel_equals_dense_sdpa_with_long_segments():
     ref = torch.nn.functional.scaled_dot_product_attention(
         q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=mask, scale=0.25
     )
-    out = _segmented_sdpa(q, k, v, segment_layout(seg, pseg), 0.25, 0.0)
+    out = segmented_sdpa(q, k, v, segment_layout(seg, pseg), 0.25, 0.0)
     assert (out - ref).abs().max() < 1e-5
     grads = torch.autograd.grad(out.square().sum(), (q, k, v))
     ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))

@@ -80,7 +80,7 @@ def test_compiled_flex_backward_on_cuda_matches_per_turn(tiny_model_dir):
 
 @needs_flash
 def test_flash_varlen_attention_equals_segmented_sdpa():
-    from verl_mem1.training.attention import _flash_varlen, _segmented_sdpa
+    from verl_mem1.training.attention import flash_varlen, segmented_sdpa
 
     sample = pack_batch([pack_episode(r) for r in _records()])
     layout = segment_layout(sample.segment_ids, sample.prompt_segment_ids)
@@ -89,8 +89,8 @@ def test_flash_varlen_attention_equals_segmented_sdpa():
     q = torch.randn(1, heads, length, dim, device="cuda", dtype=torch.bfloat16, generator=g)
     k = torch.randn(1, kv_heads, length, dim, device="cuda", dtype=torch.bfloat16, generator=g)
     v = torch.randn(1, kv_heads, length, dim, device="cuda", dtype=torch.bfloat16, generator=g)
-    flash = _flash_varlen(q, k, v, layout, dim**-0.5, 0.0)  # [1, L, H, D]
-    reference = _segmented_sdpa(q.float(), k.float(), v.float(), layout, dim**-0.5, 0.0).transpose(1, 2)
+    flash = flash_varlen(q, k, v, layout, dim**-0.5, 0.0)  # [1, L, H, D]
+    reference = segmented_sdpa(q.float(), k.float(), v.float(), layout, dim**-0.5, 0.0).transpose(1, 2)
     assert (flash.float() - reference).abs().max().item() <= BF16_ATTENTION
 
 

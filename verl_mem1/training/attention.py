@@ -125,7 +125,7 @@ def flex_block_mask(
         inside = torch.minimum(y, w)
         return inside * (inside + 1) // 2 + (y - inside) * w
 
-    for a, b, pa, pb in _runs(seg, pseg):
+    for a, b, pa, pb in segment_runs(seg, pseg):
         if pb > pa:  # rows of the segment x columns of its prompt: all allowed
             r0, rows = overlap(a, b)
             k0, cols = overlap(pa, pb)
@@ -165,7 +165,7 @@ def flex_block_mask(
     )
 
 
-def _runs(seg: torch.Tensor, pseg: torch.Tensor) -> list[tuple[int, int, int, int]]:
+def segment_runs(seg: torch.Tensor, pseg: torch.Tensor) -> list[tuple[int, int, int, int]]:
     """``(start, end, prefix_start, prefix_end)`` per segment run; the prefix (its prompt) is empty for prompts.
 
     Raises ``ValueError`` unless every segment is one contiguous run that comes after its prompt.
@@ -213,7 +213,7 @@ class SegmentLayout:
 
 def segment_layout(segment_ids: torch.Tensor, prompt_segment_ids: torch.Tensor | None = None) -> SegmentLayout:
     """Derive the per-segment layout; every segment must be one contiguous run placed after its prompt."""
-    spans = _runs(segment_ids, _prompt_segments(segment_ids, prompt_segment_ids))
+    spans = segment_runs(segment_ids, _prompt_segments(segment_ids, prompt_segment_ids))
     kv_index: list[int] = []
     cu_k, cu_q = [0], [0]
     for a, b, pa, pb in spans:
@@ -241,7 +241,7 @@ def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
 
 
-def _flex(
+def flex_kernel(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_mask: BlockMask, scaling: float | None, compiled
 ) -> torch.Tensor:
     global _compiled_flex
@@ -269,7 +269,7 @@ def _first_query_span(layout: SegmentLayout, offset: int) -> int:
     return starts.index(offset)
 
 
-def _segmented_sdpa(
+def segmented_sdpa(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -329,7 +329,7 @@ def _segmented_sdpa(
     return torch.cat(outs, dim=2)
 
 
-def _flash_varlen(
+def flash_varlen(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -437,15 +437,15 @@ def packed_attention_forward(
             raise TypeError(f"backend 'flex' expects a BlockMask, got {type(attention_mask).__name__}")
         if dropout:
             raise ValueError("flex attention has no dropout; set the model's attention_dropout to 0")
-        out = _flex(query, key, value, attention_mask, scaling, compiled)
+        out = flex_kernel(query, key, value, attention_mask, scaling, compiled)
         return out.transpose(1, 2).contiguous(), None
     if layout is None:
         raise ValueError(f"backend {backend!r} needs mem1_layout=SegmentLayout(...)")
     if backend == "segmented":
-        out = _segmented_sdpa(query, key, value, layout, scaling, dropout)
+        out = segmented_sdpa(query, key, value, layout, scaling, dropout)
         return out.transpose(1, 2).contiguous(), None
     if backend == "flash":
-        return _flash_varlen(query, key, value, layout, scaling, dropout), None
+        return flash_varlen(query, key, value, layout, scaling, dropout), None
     raise ValueError(f"unknown packed attention backend {backend!r}; choose from {PACKED_BACKENDS}")
 
 

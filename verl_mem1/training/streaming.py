@@ -26,10 +26,10 @@ from collections.abc import Callable
 import torch
 
 from verl_mem1.training.attention import (
-    _runs,
     enable_packed_attention,
     model_device,
     segment_layout,
+    segment_runs,
     skip_mask_creation,
 )
 from verl_mem1.training.head import (
@@ -56,7 +56,7 @@ def segment_groups(sample: PackedSample, group_tokens: int) -> list[tuple[tuple[
     if group_tokens < 1:
         raise ValueError(f"group_tokens must be >= 1, got {group_tokens}")
     episodes: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for a, b, pa, pb in _runs(sample.segment_ids, sample.prompt_segment_ids):
+    for a, b, pa, pb in segment_runs(sample.segment_ids, sample.prompt_segment_ids):
         if pa == pb:
             episodes[(a, b)] = []
             continue

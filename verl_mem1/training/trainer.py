@@ -70,7 +70,7 @@ class Mem1Trainer:
         self.cfg = cfg
         self.progress = progress
         self.device = self._pick_device()
-        self.settings = PPOSettings.from_config(cfg, self.mem1, self.device.type)
+        self.settings = PPOSettings.from_config(cfg, self.mem1)
         self.estimator = str(cfg.algorithm.adv_estimator)
         self.use_critic = self.estimator == algos.GAE
         self.use_kl_in_reward = bool(cfg.algorithm.use_kl_in_reward)

@@ -53,7 +53,7 @@ class PPOSettings:
     kl_loss_coef: float = 0.001
     kl_loss_type: str = "low_var_kl"
     clip_grad: float | None = 1.0
-    backend: str = "flex"
+    backend: str = "auto"  # mem1.attention, resolved per model device by config.attention_backend
     compile_flex: bool = False
     logprob_tolerance: float | None = 1e-4
     segment_group_tokens: int | None = None
@@ -63,9 +63,8 @@ class PPOSettings:
     actor_config: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, mem1: Mem1Config, device_type: str = "cpu") -> PPOSettings:
-        """Read ``actor_rollout_ref.actor``/``critic`` and the run's ``Mem1Config``; ``device_type`` resolves
-        ``mem1.attention: auto``."""
+    def from_config(cls, cfg: DictConfig, mem1: Mem1Config) -> PPOSettings:
+        """Read ``actor_rollout_ref.actor``/``critic`` and the run's ``Mem1Config``."""
         from omegaconf import OmegaConf
 
         actor = cfg.actor_rollout_ref.actor
@@ -91,7 +90,7 @@ class PPOSettings:
             kl_loss_coef=float(actor.kl_loss_coef),
             kl_loss_type=str(actor.kl_loss_type),
             clip_grad=_get(cfg, "actor_rollout_ref.actor.optim.clip_grad"),
-            backend=attention_backend(mem1.attention, device_type),
+            backend=mem1.attention,
             compile_flex=mem1.compile_flex,
             logprob_tolerance=mem1.logprob_tolerance,
             segment_group_tokens=mem1.segment_group_tokens,
@@ -100,12 +99,6 @@ class PPOSettings:
             critic_clip_grad=_get(cfg, "critic.optim.clip_grad", 1.0),
             actor_config=OmegaConf.to_container(actor, resolve=True),
         )
-
-
-def no_grad_backend(backend: str, device: torch.device) -> str:
-    """The backend for gradient-free forwards: on CPU ``flex`` runs as ``segmented`` (same rule, exact; torch's eager
-    CPU flex materialises every score and compiling it costs more than a short run saves)."""
-    return "segmented" if backend == "flex" and device.type == "cpu" else backend
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -142,7 +135,7 @@ def batch_logprobs(
     model: torch.nn.Module, samples: Sequence[PackedSample], settings: PPOSettings
 ) -> list[torch.Tensor]:
     """Per-episode log-probs of the generated tokens under ``model`` (no grad), micro-batched like the update."""
-    backend = no_grad_backend(settings.backend, _device(model))
+    backend = attention_backend(settings.backend, _device(model).type)
     out: list[torch.Tensor] = []
     for micro in micro_batches(range(len(samples)), samples, settings.micro_batch_episodes, settings.max_token_len):
         packed = pack_batch([samples[i] for i in micro])
@@ -154,7 +147,7 @@ def batch_logprobs(
 @torch.no_grad()
 def batch_values(critic: torch.nn.Module, samples: Sequence[PackedSample], settings: PPOSettings) -> list[torch.Tensor]:
     """Per-episode critic values at the generated tokens (no grad)."""
-    backend = no_grad_backend(settings.backend, _device(critic))
+    backend = attention_backend(settings.backend, _device(critic).type)
     out: list[torch.Tensor] = []
     for micro in micro_batches(range(len(samples)), samples, settings.micro_batch_episodes, settings.max_token_len):
         packed = pack_batch([samples[i] for i in micro])
@@ -336,7 +329,7 @@ def _actor_backward(
     without gradient.
     """
     if not settings.segment_group_tokens:
-        backend, compile_flex = settings.backend, settings.compile_flex
+        backend, compile_flex = attention_backend(settings.backend, _device(model).type), settings.compile_flex
         lp, ent = packed_logprobs_and_entropy(model, packed, backend=backend, compile_flex=compile_flex)
         loss, metrics = loss_of(lp, ent)
         loss.backward()
@@ -347,7 +340,11 @@ def _actor_backward(
         return loss_of(old.index_put((index,), lp_g), zeros.index_put((index,), ent_g))[0]
 
     lp, ent = streamed_logprobs_and_entropy(
-        model, packed, group_loss, group_tokens=settings.segment_group_tokens, backend=settings.backend
+        model,
+        packed,
+        group_loss,
+        group_tokens=settings.segment_group_tokens,
+        backend=attention_backend(settings.backend, _device(model).type),
     )
     with torch.no_grad():
         _, metrics = loss_of(lp, ent)
@@ -422,7 +419,8 @@ def _critic_backward(
     """Back-propagate ``loss_of(values)`` of a micro-batch (group by group with ``segment_group_tokens``, as
     ``_actor_backward``: the clipped value loss is a sum of per-token terms); return the loss and clip fraction."""
     if not settings.segment_group_tokens:
-        values = packed_values(critic, packed, settings.backend, compile_flex=settings.compile_flex)
+        backend = attention_backend(settings.backend, _device(critic).type)
+        values = packed_values(critic, packed, backend, compile_flex=settings.compile_flex)
         loss, clipfrac = loss_of(values)
         loss.backward()
         return loss.detach(), clipfrac
@@ -431,7 +429,11 @@ def _critic_backward(
         return loss_of(old.index_put((index,), values_g))[0]
 
     values = streamed_values(
-        critic, packed, group_loss, group_tokens=settings.segment_group_tokens, backend=settings.backend
+        critic,
+        packed,
+        group_loss,
+        group_tokens=settings.segment_group_tokens,
+        backend=attention_backend(settings.backend, _device(critic).type),
     )
     with torch.no_grad():
         return loss_of(values)

@@ -355,25 +355,29 @@ def _platform_keys() -> list[tuple[str, str]]:
     return keys
 
 
+_REGISTERED: set[tuple[str, str, str, str]] = set()  # (model_type, backend, device, vendor) this process registered
+
+
 def register_engines() -> None:
     """Register the MEM1 engines with verl's ``EngineRegistry`` for fsdp/fsdp2 on every known platform (idempotent).
 
-    A key some other plug-in already holds is left to it, with a warning: that platform then runs without MEM1.
+    Only the registry's public decorator is used. A key some other plug-in already holds (the decorator refuses a
+    second registration) is left to it, with a warning: that platform then runs without MEM1.
     """
     for model_type, cls in ENGINES.items():
         for backend in FSDP_BACKENDS:
-            registry = EngineRegistry._engines.get(model_type, {}).get(backend, {})
             for device, vendor in _platform_keys():
-                holder = registry.get((device, vendor))
-                if holder is cls:
+                key = (model_type, backend, device, vendor)
+                if key in _REGISTERED:
                     continue
-                if holder is not None:
+                try:
+                    EngineRegistry.register(model_type=model_type, backend=backend, device=device, vendor=vendor)(cls)
+                except AssertionError:
                     logger.warning(
-                        "EngineRegistry[%s][%s][%s] is taken by %s; MEM1 packed samples will not be exact there",
+                        "EngineRegistry[%s][%s][%s] is taken by another engine; MEM1 packed samples will not be "
+                        "exact there",
                         model_type,
                         backend,
                         (device, vendor),
-                        holder.__name__,
                     )
-                    continue
-                EngineRegistry.register(model_type=model_type, backend=backend, device=device, vendor=vendor)(cls)
+                _REGISTERED.add(key)
