@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from verl_mem1.cli.parity import add_parity_command
 from verl_mem1.rollout.runner import read_episodes, write_jsonl
 from verl_mem1.training import format_report, parity_report
-from verl_mem1.training.parity import add_parity_command
 
 
 def _run(argv: list[str]) -> int:
@@ -66,7 +66,7 @@ def test_parity_help_is_cheap_to_import():
     import sys
 
     code = (
-        "import sys, verl_mem1.training.parity as p, argparse; "
+        "import sys, verl_mem1.training.parity as p, verl_mem1.cli.parity, argparse; "
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,9 +1,7 @@
-"""``mem1 eval``: run a model on a task file with one context policy; write episodes and ``metrics.json``."""
+"""Evaluate a model on a task file with one context policy: write episodes and ``metrics.json`` (``mem1 eval``)."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -78,62 +76,3 @@ async def evaluate(
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return metrics
-
-
-def add_eval_command(subparsers) -> None:
-    from verl_mem1.rollout.cli import add_backend_arguments, add_environment_arguments, add_episode_arguments
-
-    parser = subparsers.add_parser(
-        "eval",
-        help="evaluate a model: accuracy (EM, F1; WebShop: reward) and efficiency (peak tokens, dependency, time)",
-        description=(
-            "Run a model (hub name, local path, or the URL of an OpenAI-compatible server such as `vllm serve`) "
-            "on a task file with one context policy; write episodes.jsonl and metrics.json to --out."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_backend_arguments(parser)
-    add_environment_arguments(parser)
-    add_episode_arguments(parser)
-    parser.add_argument("--reduce", choices=["sum", "mean"], default="sum", help="combine objectives' scores")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.set_defaults(func=_cmd_eval)
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from verl_mem1.rollout.cli import setup_run
-
-    run = setup_run(args, "eval")
-    if run is None:
-        return 2
-    config, tasks, backend, tokenizer, env = run
-
-    async def main():
-        try:
-            return await evaluate(
-                tasks,
-                backend,
-                env,
-                tokenizer,
-                config,
-                args.out,
-                model=args.model,
-                concurrency=args.concurrency,
-                reduce=args.reduce,
-            )
-        finally:
-            await env.aclose()
-
-    metrics = asyncio.run(main())
-    s = metrics["summary"]
-    accuracy = (
-        f"EM {s['em']:.3f}, F1 {s['f1']:.3f}"
-        if s["em"] is not None
-        else f"reward {s['reward']:.3f}, success {s['success_rate']:.3f}"
-    )
-    print(
-        f"{s['episodes']} episodes, context {metrics['context_policy']}: {accuracy}, "
-        f"peak tokens {s['peak_tokens']:.0f} (max {s['peak_tokens_max']}), "
-        f"time p50 {s['inference_time_s']['p50']:.2f} s; wrote {args.out}/metrics.json"
-    )
-    return 0

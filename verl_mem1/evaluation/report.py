@@ -1,10 +1,8 @@
-"""``mem1 report``: a markdown table and PNG plots of accuracy and peak tokens against the number of objectives."""
+"""A markdown table and PNG plots of accuracy and peak tokens against the number of objectives (``mem1 report``)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -102,25 +100,3 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[s
         "# MEM1 evaluation\n\n" + table + "\n\n![accuracy and peak tokens](report.png)\n", encoding="utf-8"
     )
     return table, png
-
-
-def add_report_command(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "report",
-        help="table and plots of accuracy and peak tokens against the number of objectives",
-        description="Read the metrics.json of `mem1 eval` runs; write report.md and report.png (one line per policy).",
-    )
-    parser.add_argument("runs", nargs="+", help="`mem1 eval` output directories")
-    parser.add_argument("--out", default="report", help="output directory (default ./report)")
-    parser.set_defaults(func=_cmd_report)
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    try:
-        table, png = write_report(args.runs, args.out)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"mem1 report: {exc}", file=sys.stderr)
-        return 2
-    print(table)
-    print(f"\nwrote {Path(args.out) / 'report.md'} and {png}")
-    return 0

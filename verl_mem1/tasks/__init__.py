@@ -6,7 +6,6 @@ verl's reward workers and ``mem1 compose --help`` stays quick.
 
 from verl_mem1.tasks.compose import (
     ABILITY,
-    add_compose_command,
     compose_tasks,
     normalize_question,
     split_items,
@@ -31,7 +30,6 @@ __all__ = [
     "SOURCE_KINDS",
     "AnswerScore",
     "QAItem",
-    "add_compose_command",
     "bundled_path",
     "compose_tasks",
     "compute_score",

@@ -8,8 +8,6 @@ ASIN, for reference. WebShop's own split of its 12k human goals: test 0–499, v
 
 from __future__ import annotations
 
-import argparse
-import sys
 from typing import Any
 
 from verl_mem1.protocol import build_prompt_messages, get_tag_set
@@ -79,45 +77,3 @@ def webshop_rows(
             row["agent_name"] = agent_name
         rows.append(row)
     return rows
-
-
-def _cmd_webshop_tasks(args: argparse.Namespace) -> int:
-    from env_servers.webshop.data import load_catalog
-    from verl_mem1.tasks.compose import write_tasks_parquet
-
-    try:
-        if (args.products is None) != (args.attributes is None):
-            raise ValueError("--products and --attributes go together")
-        catalog = load_catalog(args.products, args.attributes, human_goals_path=args.human_goals, seed=args.seed)
-        indices = parse_goal_range(args.goals, len(catalog.goals))
-        rows = webshop_rows(
-            catalog.goals, indices, split=args.split, max_turns=args.max_turns, agent_name=args.agent_name
-        )
-        out = write_tasks_parquet(rows, args.out)
-    except (ValueError, OSError) as exc:
-        print(f"mem1 webshop-tasks: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(rows)} WebShop tasks (goals {indices.start}:{indices.stop}) to {out}")
-    return 0
-
-
-def add_webshop_tasks_command(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "webshop-tasks",
-        help="write WebShop goals as verl RL parquet tasks (for `mem1 train`, verl recipes and `mem1 eval --tasks`)",
-        description=(
-            "One verl RL row per WebShop goal in --goals, prompt with the goal's instruction. Give the same data "
-            "files and --seed as the WebShop server the tasks will be played on."
-        ),
-        epilog="example: mem1 webshop-tasks --goals 50: --split train --out webshop-train.parquet",
-    )
-    parser.add_argument("--goals", default="0:", metavar="START:STOP", help="goal indices (default: all)")
-    parser.add_argument("--split", default="train", help="split name stored in extra_info (default train)")
-    parser.add_argument("--products", default=None, metavar="PATH", help="WebShop products (default: bundled)")
-    parser.add_argument("--attributes", default=None, metavar="PATH", help="WebShop attributes file")
-    parser.add_argument("--human-goals", default=None, metavar="PATH", help="items_human_ins.json: human goals")
-    parser.add_argument("--seed", type=int, default=0, help="the WebShop server's --seed (default 0)")
-    parser.add_argument("--max-turns", type=int, default=None, help="state the turn budget in the prompt")
-    parser.add_argument("--agent-name", default=None, help="verl agent loop name for each row (e.g. mem1_agent)")
-    parser.add_argument("--out", required=True, metavar="PATH", help="output parquet")
-    parser.set_defaults(func=_cmd_webshop_tasks)

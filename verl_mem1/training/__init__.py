@@ -10,7 +10,7 @@ Public API (imported lazily, so ``mem1 --help`` and ``verl_mem1.training.parity`
 - forward: ``packed_logprobs``, ``packed_logprobs_and_entropy``, ``packed_values``, ``per_turn_logprobs``,
   ``per_turn_logprobs_and_entropy``, ``episode_logprobs``, ``resolve_backend``
 - streaming (segment-group training): ``streamed_logprobs_and_entropy``, ``segment_groups``
-- parity: ``parity_report``, ``format_report``, ``add_parity_command``
+- parity: ``parity_report``, ``format_report`` (the ``mem1 parity`` command is ``verl_mem1.cli.parity``)
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ _EXPORTS = {
         "resolve_backend",
     ),
     "streaming": ("streamed_logprobs_and_entropy", "segment_groups"),
-    "parity": ("parity_report", "format_report", "add_parity_command"),
+    "parity": ("parity_report", "format_report"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from verl_mem1.cli.compose import add_compose_command
 from verl_mem1.records import load_tasks
-from verl_mem1.tasks import add_compose_command, normalize_question
+from verl_mem1.tasks import normalize_question
 
 
 def _run(argv: list[str]) -> int:

@@ -1,12 +1,16 @@
-"""``mem1 rollout``: run MEM1 episodes of any model on a task file against a retrieval or WebShop server."""
+"""``mem1 rollout``: run MEM1 episodes of any model on a task file against a retrieval or WebShop server.
+
+Also the options and the set-up shared by the commands that generate (``mem1 eval`` uses them too): the model
+and backend, the environment and its tasks, and the episode settings.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +53,8 @@ def add_episode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N tasks")
 
 
-def add_rollout_command(subparsers) -> None:
+def add_rollout_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``mem1 rollout`` on an argparse subparsers object."""
     parser = subparsers.add_parser(
         "rollout",
         help="run MEM1 episodes and write episode records (JSONL)",
@@ -61,6 +66,7 @@ def add_rollout_command(subparsers) -> None:
     add_episode_arguments(parser)
     parser.add_argument("--out", required=True, help="episodes JSONL to write")
     parser.set_defaults(func=_cmd_rollout)
+    return parser
 
 
 def add_environment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -189,6 +195,8 @@ def setup_run(args: argparse.Namespace, command: str):
 
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
+    import asyncio
+
     from verl_mem1.rollout.runner import run_episodes
 
     run = setup_run(args, "rollout")
