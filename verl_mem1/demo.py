@@ -15,6 +15,7 @@ stays flat while the full-context baseline grows with every turn and every objec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.resources
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,20 +46,15 @@ def context_size_table(results: dict[str, list]) -> str:
 
 
 def prepare(out: Path, *, seed: int = 0, progress: bool = True) -> tuple[Path, Path]:
-    """The tiny model and the HotpotQA BM25 index under ``out`` (reused when already there)."""
-    from env_servers.retrieval.corpus import build_hotpotqa_corpus
-    from env_servers.retrieval.index import build_index
+    """The tiny model and the bundled HotpotQA BM25 index under ``out`` (reused when already there)."""
+    from env_servers.bundled import build_bundled_index
     from verl_mem1.tiny_model import build_tiny_model
 
-    model_dir, index_dir = out / "tiny-model", out / "index-bm25"
+    model_dir = out / "tiny-model"
     if not (model_dir / "config.json").exists():
         print(f"writing the tiny model to {model_dir}")
         build_tiny_model(model_dir, seed=seed)
-    if not (index_dir / "meta.json").exists():
-        n = build_hotpotqa_corpus(None, out / "hotpotqa-corpus.jsonl")
-        print(f"built the HotpotQA mini-corpus ({n} paragraphs); indexing it with BM25")
-        build_index(out / "hotpotqa-corpus.jsonl", index_dir, encoder="bm25", show_progress=progress)
-    return model_dir, index_dir
+    return model_dir, build_bundled_index(out, progress=progress)
 
 
 def objectives_sweep(
@@ -74,11 +70,11 @@ def objectives_sweep(
     progress: bool = True,
 ) -> tuple[str, Path]:
     """Compose N-objective tasks, evaluate every policy on them, and write the report."""
+    from verl_mem1.config import Mem1Config
     from verl_mem1.evaluation.harness import evaluate
     from verl_mem1.evaluation.report import write_report
     from verl_mem1.records import load_tasks
-    from verl_mem1.rollout.environment import RetrievalEnvironment
-    from verl_mem1.rollout.episode import EpisodeConfig
+    from verl_mem1.rollout.configure import episode_config, make_environment
     from verl_mem1.tasks.compose import compose_tasks, write_tasks_parquet
     from verl_mem1.tasks.sources import load_source
 
@@ -90,10 +86,11 @@ def objectives_sweep(
         tasks = load_tasks(out / "tasks" / f"hotpotqa-{n}obj.parquet")
         for policy in policies:
             run_dir = out / "eval" / f"{n}obj-{policy.replace(':', '')}"
-            config = EpisodeConfig(context=policy, max_new_tokens=max_new_tokens)
+            mem1 = Mem1Config(context=policy, max_new_tokens=max_new_tokens)
+            config = episode_config(mem1)
 
-            async def go(tasks=tasks, config=config, run_dir=run_dir):
-                env = RetrievalEnvironment(url)
+            async def go(tasks=tasks, config=config, run_dir=run_dir, mem1=mem1):
+                env = make_environment(mem1, url)
                 try:
                     return await evaluate(tasks, backend, env, backend.tokenizer, config, run_dir, progress=False)
                 finally:
@@ -111,18 +108,20 @@ def webshop_part(
     backend, out: Path, *, goals: str = "0:4", max_turns: int = 8, max_new_tokens: int = 32, progress: bool = True
 ) -> dict[str, dict]:
     """Evaluate the model on WebShop goals with each policy against the bundled shop; summaries by policy."""
-    from env_servers.webshop.server import bundled_shop_server
+    from env_servers.bundled import serve_bundled
+    from verl_mem1.config import Mem1Config
     from verl_mem1.evaluation.harness import evaluate
-    from verl_mem1.rollout.environment import WebShopEnvironment
-    from verl_mem1.rollout.episode import EpisodeConfig
+    from verl_mem1.rollout.configure import episode_config, make_environment
 
     summaries = {}
-    with bundled_shop_server() as server:
+    with contextlib.ExitStack() as stack:
+        url = serve_bundled("webshop", stack, out)
         for policy in WEBSHOP_POLICIES:
-            config = EpisodeConfig(context=policy, tags="webshop", max_turns=max_turns, max_new_tokens=max_new_tokens)
+            mem1 = Mem1Config(env="webshop", context=policy, max_turns=max_turns, max_new_tokens=max_new_tokens)
+            config = episode_config(mem1)
 
-            async def go(config=config, policy=policy):
-                env = WebShopEnvironment(server.url)
+            async def go(config=config, policy=policy, mem1=mem1):
+                env = make_environment(mem1, url)
                 try:
                     tasks = await env.goals(goals)
                     run_dir = out / "webshop" / policy
@@ -152,28 +151,28 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, list]:
-    from env_servers.background import BackgroundServer
-    from env_servers.retrieval.index import load_retriever
-    from env_servers.retrieval.server import create_app
+    from env_servers.bundled import serve_bundled
+    from verl_mem1.config import Mem1Config
     from verl_mem1.records import load_tasks
     from verl_mem1.rollout.backends.hf_local import HFLocalBackend
-    from verl_mem1.rollout.environment import RetrievalEnvironment
-    from verl_mem1.rollout.episode import EpisodeConfig
+    from verl_mem1.rollout.configure import episode_config, make_environment
     from verl_mem1.rollout.runner import run_episodes, write_jsonl
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir, index_dir = prepare(out, seed=seed, progress=progress)
+    model_dir, _ = prepare(out, seed=seed, progress=progress)
     tasks = load_tasks(bundled_hotpotqa("dev"), limit=num_questions)
     backend = HFLocalBackend(model_dir, seed=seed)
     results: dict[str, list] = {}
-    with BackgroundServer(create_app(load_retriever(index_dir))) as server:
-        print(f"\n== 1. {len(tasks)} questions per context policy, retrieval server on {server.url}")
+    with contextlib.ExitStack() as stack:
+        url = serve_bundled("retrieval", stack, out, progress=progress)
+        print(f"\n== 1. {len(tasks)} questions per context policy, retrieval server on {url}")
         for policy in TURN_POLICIES:
-            config = EpisodeConfig(max_turns=max_turns, max_new_tokens=max_new_tokens, context=policy)
+            mem1 = Mem1Config(max_turns=max_turns, max_new_tokens=max_new_tokens, context=policy)
+            config = episode_config(mem1)
 
-            async def go(config=config, policy=policy):
-                env = RetrievalEnvironment(server.url)
+            async def go(config=config, policy=policy, mem1=mem1):
+                env = make_environment(mem1, url)
                 try:
                     return await run_episodes(
                         tasks, backend, env, backend.tokenizer, config, progress=progress, desc=policy
@@ -191,7 +190,7 @@ def run_demo(
             print(f"\n== 2. {', '.join(map(str, objectives))} objectives x {', '.join(SWEEP_POLICIES)}")
             report, png = objectives_sweep(
                 backend,
-                server.url,
+                url,
                 out,
                 objectives=objectives,
                 tasks_per_point=tasks_per_point,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from env_servers.llm import DEFAULT_PORT
 from env_servers.serve_options import add_server_options, server_settings
@@ -35,7 +36,7 @@ def _serve_llm(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_serve_llm_command(subparsers: argparse._SubParsersAction) -> None:
+def add_serve_llm_command(subparsers: Any) -> None:
     """Add ``llm`` to ``mem1 serve``."""
     p = subparsers.add_parser(
         "llm",

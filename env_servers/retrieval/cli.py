@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from env_servers.serve_options import add_server_options, server_settings
 
@@ -73,7 +74,7 @@ def _serve_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_corpus_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_corpus_commands(subparsers: Any) -> None:
     """Add ``hotpotqa`` to ``mem1 corpus``."""
     p = subparsers.add_parser(
         "hotpotqa",
@@ -95,7 +96,7 @@ def add_corpus_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_guarded("mem1 corpus hotpotqa", _corpus_hotpotqa))
 
 
-def add_index_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_index_commands(subparsers: Any) -> None:
     """Add ``build`` to ``mem1 index``."""
     p = subparsers.add_parser(
         "build",
@@ -130,7 +131,7 @@ def add_index_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_guarded("mem1 index build", _index_build))
 
 
-def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
+def add_serve_command(subparsers: Any) -> None:
     """Add ``retrieval`` to ``mem1 serve``."""
     p = subparsers.add_parser(
         "retrieval",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from env_servers.serve_options import add_server_options, server_settings
 from env_servers.websearch import API_KEY_ENV, DEFAULT_BASE_URL, DEFAULT_CACHE_DIR, DEFAULT_PORT, PROVIDERS
@@ -56,7 +57,7 @@ def _serve_websearch(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_serve_websearch_command(subparsers: argparse._SubParsersAction) -> None:
+def add_serve_websearch_command(subparsers: Any) -> None:
     """Add ``websearch`` to ``mem1 serve``."""
     p = subparsers.add_parser(
         "websearch",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from env_servers.serve_options import add_server_options, run_server
 
@@ -79,7 +80,7 @@ def add_webshop_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--show-attrs", action="store_true", help="show an Attributes page on item pages")
 
 
-def add_serve_webshop_command(subparsers: argparse._SubParsersAction) -> None:
+def add_serve_webshop_command(subparsers: Any) -> None:
     """Add ``webshop`` to ``mem1 serve``."""
     p = subparsers.add_parser(
         "webshop",

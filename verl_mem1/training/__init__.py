@@ -1,4 +1,4 @@
-"""MEM1 training: pack episodes into shared-prefix segments and score them exactly (see DESIGN.md).
+"""MEM1 training: pack episodes into shared-prefix segments and score them exactly (see docs/design.md).
 
 Public API (imported lazily, so ``mem1 --help`` and ``verl_mem1.training.parity`` stay light):
 

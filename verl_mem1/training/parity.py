@@ -1,6 +1,6 @@
 """Parity: do training-time log-probs reproduce the rollout's, token for token, on every backend? (``mem1 parity``)
 
-This is the project's acceptance check for MEM1 training (see DESIGN.md, "exact log-probs"): for each
+This is the project's acceptance check for MEM1 training (see docs/design.md, "exact log-probs"): for each
 attention backend, the max |Δ| between the log-prob the training forward assigns to every generated token
 and the one recorded at rollout. The module imports nothing heavy; torch loads inside the functions.
 """
