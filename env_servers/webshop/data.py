@@ -21,7 +21,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-BUNDLED_DIR = Path(str(importlib.resources.files("verl_mem1") / "data" / "webshop_small"))
+BUNDLED_DIR = Path(str(importlib.resources.files("env_servers.webshop") / "bundled"))
 BUNDLED_PRODUCTS = BUNDLED_DIR / "documents.jsonl"
 BUNDLED_ATTRIBUTES = BUNDLED_DIR / "items_ins_v2_1000.json"
 
