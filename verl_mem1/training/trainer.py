@@ -33,11 +33,11 @@ import numpy as np
 import torch
 
 from verl_mem1.config import AUTO, ConfigError
-from verl_mem1.rollout.configure import episode_config, make_environment, tag_set_for
-from verl_mem1.rollout.environment import fetch_webshop_tasks
+from verl_mem1.rollout.configure import episode_config, make_environment
 from verl_mem1.training import algorithms as algos
 from verl_mem1.training.batch import build_batch, compute_batch_advantages
 from verl_mem1.training.checkpoint import latest_checkpoint, read_state, rng_state, set_rng_state, write_checkpoint
+from verl_mem1.training.data import TaskSampler, load_split
 from verl_mem1.training.head import PLAIN_HEAD_MODEL_TYPES, plain_head
 from verl_mem1.training.layout import packed_token_count, per_turn_token_count
 from verl_mem1.training.streaming import critic_parts
@@ -50,8 +50,8 @@ from verl_mem1.training.updates import (
     update_critic,
     update_policy,
 )
-from verl_mem1.training.validation import as_list, present_metrics, validate_config
 from verl_mem1.training.validation import cfg_get as _get
+from verl_mem1.training.validation import present_metrics, validate_config
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -86,13 +86,19 @@ class Mem1Trainer:
         torch.manual_seed(self.seed)
 
         self._tracking = None
-        self._data_epoch, self._data_pos = 0, 0
         self._shuffle_gen = torch.Generator().manual_seed(self.settings.seed)
         try:
             self.url = self._start_environment()
-            self.train_tasks = self._load_tasks("train")
+            self.train_tasks = load_split(cfg, self.mem1, "train", root=self.root, url=self.url)
             validating = int(cfg.trainer.test_freq) > 0 or bool(cfg.trainer.val_before_train)
-            self.val_tasks = self._load_tasks("val") if validating else []
+            self.val_tasks = load_split(cfg, self.mem1, "val", root=self.root, url=self.url) if validating else []
+            data_seed = _get(cfg, "data.seed")
+            self.sampler = TaskSampler(
+                self.train_tasks,
+                int(cfg.data.train_batch_size),
+                shuffle=bool(_get(cfg, "data.shuffle", True)),
+                seed=self.seed if data_seed is None else int(data_seed),
+            )
             per_epoch = max(1, len(self.train_tasks) // int(cfg.data.train_batch_size))
             steps = _get(cfg, "trainer.total_training_steps")
             self.total_steps = int(steps) if steps is not None else per_epoch * int(cfg.trainer.total_epochs)
@@ -110,50 +116,6 @@ class Mem1Trainer:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return torch.device(device)
-
-    def _load_tasks(self, split: str) -> list[Task]:
-        from verl_mem1.records import load_tasks
-
-        key = "data.train_files" if split == "train" else "data.val_files"
-        limit_key = "data.train_max_samples" if split == "train" else "data.val_max_samples"
-        limit = _get(self.cfg, limit_key)
-        limit = int(limit) if limit is not None and int(limit) > 0 else None
-        files = as_list(_get(self.cfg, key))
-        tasks: list[Task] = []
-        if not files and self.env == "webshop":
-            tasks = fetch_webshop_tasks(self.url, self.mem1.train_goals if split == "train" else self.mem1.val_goals)
-        elif not files:
-            files = [self._compose_tasks(split)]
-        for path in files:
-            tasks.extend(load_tasks(Path(str(path)).expanduser()))
-        tasks = tasks[:limit] if limit else tasks
-        if split == "train" and len(tasks) < int(self.cfg.data.train_batch_size):
-            raise ConfigError(
-                f"data.train_batch_size={self.cfg.data.train_batch_size}: only {len(tasks)} training tasks"
-            )
-        return tasks
-
-    def _compose_tasks(self, split: str) -> Path:
-        """Compose N-objective tasks from a bundled (or ``KIND:PATH``) question source, once, under the run dir."""
-        from verl_mem1.tasks.compose import compose_tasks, write_tasks_parquet
-        from verl_mem1.tasks.sources import load_source
-
-        source = self.mem1.train_source if split == "train" else self.mem1.val_source
-        objectives = self.mem1.objectives
-        out = self.root / "data" / f"{split}-{source.replace(':', '_').replace('/', '_')}-{objectives}obj.parquet"
-        if not out.is_file():
-            rows = compose_tasks(
-                [load_source(source)],
-                objectives=objectives,
-                count=None,
-                seed=self.seed,
-                tags=tag_set_for(self.mem1),
-                max_turns=self.mem1.max_turns,
-                split=split,
-            )
-            write_tasks_parquet(rows, out)
-            print(f"composed {len(rows)} {split} tasks of {objectives} objective(s) from {source} into {out}")
-        return out
 
     def _resolve_model_path(self, path: str) -> str:
         if path != "tiny":
@@ -247,7 +209,7 @@ class Mem1Trainer:
             self.critic_scheduler.load_state_dict(state["critic_scheduler"])
         if self.kl_ctrl is not None and "kl_coef" in state:
             self.kl_ctrl.value = state["kl_coef"]
-        self._data_epoch, self._data_pos = state["data"]["epoch"], state["data"]["position"]
+        self.sampler.load_state_dict(state["data"])
         set_rng_state(state["rng"], self._generators())
         print(f"resumed from {start} at step {self.global_step}")
 
@@ -256,28 +218,9 @@ class Mem1Trainer:
 
     # ------------------------------------------------------------------------------------------- data
 
-    def _epoch_order(self, epoch: int) -> list[int]:
-        n = len(self.train_tasks)
-        if not bool(_get(self.cfg, "data.shuffle", True)):
-            return list(range(n))
-        seed = _get(self.cfg, "data.seed")
-        rng = random.Random(f"{self.seed if seed is None else seed}:{epoch}")
-        order = list(range(n))
-        rng.shuffle(order)
-        return order
-
     def next_tasks(self) -> list[Task]:
-        """The next ``train_batch_size`` tasks (epoch after epoch, reshuffled each epoch; resumable)."""
-        size = int(self.cfg.data.train_batch_size)
-        out: list[Task] = []
-        while len(out) < size:
-            order = self._epoch_order(self._data_epoch)
-            take = order[self._data_pos : self._data_pos + size - len(out)]
-            out.extend(self.train_tasks[i] for i in take)
-            self._data_pos += len(take)
-            if self._data_pos >= len(order):
-                self._data_epoch, self._data_pos = self._data_epoch + 1, 0
-        return out
+        """The next ``data.train_batch_size`` tasks (``data.TaskSampler``: reshuffled each epoch, resumable)."""
+        return self.sampler.next_batch()
 
     # ---------------------------------------------------------------------------------------- rollout
 
@@ -447,7 +390,7 @@ class Mem1Trainer:
             "global_step": self.global_step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "data": {"epoch": self._data_epoch, "position": self._data_pos},
+            "data": self.sampler.state_dict(),
             "rng": rng_state(self._generators()),
         }
         if self.critic is not None:
