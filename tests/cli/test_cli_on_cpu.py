@@ -13,6 +13,7 @@ from verl_mem1.cli import main
 SUBCOMMANDS = [
     [],
     ["tiny-model"],
+    ["model"],
     ["rollout"],
     ["demo"],
     ["corpus"],

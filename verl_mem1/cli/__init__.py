@@ -1,8 +1,8 @@
 """The ``mem1`` command: one entry point, one module per subcommand.
 
 Each module (``rollout``, ``compose``, ``webshop_tasks``, ``evaluate``, ``train``, ``parity``, ``report``, ``demo``,
-``tiny_model``; ``serve`` for the environment servers' ``corpus``, ``index`` and ``serve``) registers its arguments
-with an ``add_*_command(subparsers)`` and handles them with a ``_cmd_*`` function that imports the heavy
+``tiny_model``, ``model``; ``serve`` for the environment servers' ``corpus``, ``index`` and ``serve``) registers its
+arguments with an ``add_*_command(subparsers)`` and handles them with a ``_cmd_*`` function that imports the heavy
 dependencies (torch, transformers, faiss, fastapi, ...) only when it runs, so ``mem1 --help`` stays fast. The
 library code they call lives in the rest of ``verl_mem1``, which does not import this package.
 """
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from verl_mem1.cli.compose import add_compose_command
     from verl_mem1.cli.demo import add_demo_command
     from verl_mem1.cli.evaluate import add_eval_command
+    from verl_mem1.cli.model import add_model_command
     from verl_mem1.cli.parity import add_parity_command
     from verl_mem1.cli.report import add_report_command
     from verl_mem1.cli.rollout import add_rollout_command
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_tiny_model_command(sub)
+    add_model_command(sub)
     add_rollout_command(sub)
     add_compose_command(sub)
     add_webshop_tasks_command(sub)
