@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from verl_mem1.records import Task
-from verl_mem1.training.data import TaskSampler, load_split
+from verl_mem1.training.data import BatchSampler, load_split
 
 
 def _tasks(n: int) -> list[Task]:
@@ -13,23 +13,23 @@ def _tasks(n: int) -> list[Task]:
 
 
 def test_every_epoch_is_a_permutation_reshuffled_by_seed():
-    sampler = TaskSampler(_tasks(6), 4, seed=1)
+    sampler = BatchSampler(_tasks(6), 4, seed=1)
     ids = [t.id for _ in range(3) for t in sampler.next_batch()]  # 12 tasks: exactly two epochs
     first, second = ids[:6], ids[6:]
     assert sorted(first) == sorted(second) == [str(i) for i in range(6)]
     assert first != second, "each epoch is reshuffled"
-    again = TaskSampler(_tasks(6), 4, seed=1)
+    again = BatchSampler(_tasks(6), 4, seed=1)
     assert [t.id for t in again.next_batch()] == ids[:4], "the order is a function of the seed"
-    plain = TaskSampler(_tasks(3), 2, shuffle=False)
+    plain = BatchSampler(_tasks(3), 2, shuffle=False)
     assert [t.id for _ in range(3) for t in plain.next_batch()] == ["0", "1", "2", "0", "1", "2"]
 
 
 def test_resuming_from_the_state_continues_exactly():
-    sampler = TaskSampler(_tasks(5), 3, seed=7)
+    sampler = BatchSampler(_tasks(5), 3, seed=7)
     sampler.next_batch()
     state = sampler.state_dict()
     expected = [t.id for _ in range(4) for t in sampler.next_batch()]
-    resumed = TaskSampler(_tasks(5), 3, seed=7)
+    resumed = BatchSampler(_tasks(5), 3, seed=7)
     resumed.load_state_dict(state)
     assert [t.id for _ in range(4) for t in resumed.next_batch()] == expected
 

@@ -1,10 +1,10 @@
 """The ``mem1`` command: one entry point, one module per subcommand.
 
-Each module (``rollout``, ``compose``, ``webshop_tasks``, ``evaluate``, ``train``, ``parity``, ``report``, ``demo``,
-``tiny_model``, ``model``; ``serve`` for the environment servers' ``corpus``, ``index`` and ``serve``) registers its
-arguments with an ``add_*_command(subparsers)`` and handles them with a ``_cmd_*`` function that imports the heavy
-dependencies (torch, transformers, faiss, fastapi, ...) only when it runs, so ``mem1 --help`` stays fast. The
-library code they call lives in the rest of ``verl_mem1``, which does not import this package.
+Each module (``rollout``, ``compose``, ``webshop_tasks``, ``evaluate``, ``train``, ``sft``, ``parity``, ``report``,
+``demo``, ``tiny_model``, ``model``; ``serve`` for the environment servers' ``corpus``, ``index`` and ``serve``)
+registers its arguments with an ``add_*_command(subparsers)`` and handles them with a ``_cmd_*`` function that
+imports the heavy dependencies (torch, transformers, faiss, fastapi, ...) only when it runs, so ``mem1 --help``
+stays fast. The library code they call lives in the rest of ``verl_mem1``, which does not import this package.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from verl_mem1.cli.report import add_report_command
     from verl_mem1.cli.rollout import add_rollout_command
     from verl_mem1.cli.serve import add_server_commands
+    from verl_mem1.cli.sft import add_sft_command
     from verl_mem1.cli.tiny_model import add_tiny_model_command
     from verl_mem1.cli.train import add_train_command
     from verl_mem1.cli.webshop_tasks import add_webshop_tasks_command
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_webshop_tasks_command(sub)
     add_eval_command(sub)
     add_train_command(sub)
+    add_sft_command(sub)
     add_parity_command(sub)
     add_report_command(sub)
     add_demo_command(sub)

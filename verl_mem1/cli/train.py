@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -175,33 +175,34 @@ def run(cfg: DictConfig, *, progress: bool = True) -> list[dict[str, float]]:
     return history
 
 
-def hydra_entry(progress: bool = True):
-    """The ``@hydra.main`` function of ``mem1 train`` (reads ``sys.argv``, as every Hydra app)."""
+def run_hydra(prog: str, config_name: str, hydra_args: Sequence[str], task: Callable[[DictConfig], Any]) -> int:
+    """Run ``task(cfg)`` as an ``@hydra.main`` app over the shipped recipes with ``hydra_args`` as its command
+    line; a ``ConfigError`` (or a missing file) is printed as ``PROG: error: ...`` and exits 2, at start-up."""
     import hydra
 
-    @hydra.main(config_path=RECIPES, config_name=DEFAULT_RECIPE, version_base=None)
-    def train_main(cfg: DictConfig) -> None:
+    @hydra.main(config_path=RECIPES, config_name=config_name, version_base=None)
+    def app(cfg: DictConfig) -> None:
         from verl_mem1.config import ConfigError
 
         try:
-            run(cfg, progress=progress)
+            task(cfg)
         except (ConfigError, FileNotFoundError) as exc:  # a bad value: fail at start-up, naming the key
-            print(f"mem1 train: error: {exc}", file=sys.stderr)
+            print(f"{prog}: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
 
-    return train_main
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
     argv = sys.argv
-    sys.argv = ["mem1 train", *args.hydra_args]
+    sys.argv = [prog, *hydra_args]
     try:
-        hydra_entry(progress=not args.no_progress)()
+        app()
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
         sys.argv = argv
     return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    return run_hydra("mem1 train", DEFAULT_RECIPE, args.hydra_args, lambda cfg: run(cfg, progress=not args.no_progress))
 
 
 _DESCRIPTION = (

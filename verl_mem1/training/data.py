@@ -2,8 +2,9 @@
 
 Tasks come from ``data.train_files``/``data.val_files`` (verl RL parquet or JSONL), else from WebShop goals on the
 run's shop (``mem1.train_goals``/``val_goals``), else they are composed once under the run folder from a question
-source (``mem1.train_source``/``val_source``, ``mem1.objectives`` questions per task). ``TaskSampler`` hands them
-out batch by batch, reshuffled every epoch, with a state that checkpoints and resumes exactly.
+source (``mem1.train_source``/``val_source``, ``mem1.objectives`` questions per task). ``BatchSampler`` hands them
+(or SFT's episode records) out batch by batch, reshuffled every epoch, with a state that checkpoints and resumes
+exactly.
 """
 
 from __future__ import annotations
@@ -73,10 +74,10 @@ def load_split(cfg: DictConfig, mem1: Mem1Config, split: str, *, root: Path, url
 
 
 @dataclass
-class TaskSampler:
-    """Batches of tasks, epoch after epoch, reshuffled each epoch by ``seed`` (``shuffle``), resumable."""
+class BatchSampler:
+    """Batches of items (tasks, episode records), epoch after epoch, reshuffled each epoch by ``seed``, resumable."""
 
-    tasks: list[Task]
+    tasks: list[Any]
     batch_size: int
     shuffle: bool = True
     seed: int = 0
@@ -89,9 +90,9 @@ class TaskSampler:
             random.Random(f"{self.seed}:{epoch}").shuffle(order)
         return order
 
-    def next_batch(self) -> list[Task]:
+    def next_batch(self) -> list[Any]:
         """The next ``batch_size`` tasks; an epoch boundary inside a batch continues into the next epoch."""
-        out: list[Task] = []
+        out: list[Any] = []
         while len(out) < self.batch_size:
             order = self._order(self.epoch)
             take = order[self.position : self.position + self.batch_size - len(out)]

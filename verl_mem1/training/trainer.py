@@ -37,7 +37,7 @@ from verl_mem1.rollout.configure import episode_config, make_environment
 from verl_mem1.training import algorithms as algos
 from verl_mem1.training.batch import build_batch, compute_batch_advantages
 from verl_mem1.training.checkpoint import latest_checkpoint, read_state, rng_state, set_rng_state, write_checkpoint
-from verl_mem1.training.data import TaskSampler, load_split
+from verl_mem1.training.data import BatchSampler, load_split
 from verl_mem1.training.head import PLAIN_HEAD_MODEL_TYPES, plain_head
 from verl_mem1.training.layout import packed_token_count, per_turn_token_count
 from verl_mem1.training.streaming import critic_parts
@@ -93,7 +93,7 @@ class Mem1Trainer:
             validating = int(cfg.trainer.test_freq) > 0 or bool(cfg.trainer.val_before_train)
             self.val_tasks = load_split(cfg, self.mem1, "val", root=self.root, url=self.url) if validating else []
             data_seed = _get(cfg, "data.seed")
-            self.sampler = TaskSampler(
+            self.sampler = BatchSampler(
                 self.train_tasks,
                 int(cfg.data.train_batch_size),
                 shuffle=bool(_get(cfg, "data.shuffle", True)),
@@ -219,7 +219,7 @@ class Mem1Trainer:
     # ------------------------------------------------------------------------------------------- data
 
     def next_tasks(self) -> list[Task]:
-        """The next ``data.train_batch_size`` tasks (``data.TaskSampler``: reshuffled each epoch, resumable)."""
+        """The next ``data.train_batch_size`` tasks (``data.BatchSampler``: reshuffled each epoch, resumable)."""
         return self.sampler.next_batch()
 
     # ---------------------------------------------------------------------------------------- rollout

@@ -166,6 +166,6 @@ def present_metrics(metrics: dict[str, float | None]) -> dict[str, float]:
 def as_list(value: Any) -> list[Any]:
     if value is None:
         return []
-    if isinstance(value, str):
+    if isinstance(value, str | Path):
         return [value]
     return list(value)
