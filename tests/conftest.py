@@ -83,3 +83,25 @@ def webshop_url(webshop_shop):
 
     with BackgroundServer(create_app(webshop_shop)) as server:
         yield server.url
+
+
+@pytest.fixture(scope="module")
+def served(tiny_backend):
+    """A fresh backend over the session's tiny model (own queue, batch log and generator) and its OpenAI-compatible
+    server (``env_servers/llm``): ``(backend, url)``."""
+    from env_servers.background import BackgroundServer
+    from env_servers.llm.server import create_app
+    from tests.support import LLM_MODEL_NAME
+    from verl_mem1.rollout.backends.hf_local import HFLocalBackend
+
+    backend = HFLocalBackend(model=tiny_backend.model, tokenizer=tiny_backend.tokenizer, max_batch_size=8, seed=0)
+    with BackgroundServer(create_app(backend, LLM_MODEL_NAME)) as server:
+        yield backend, server.url
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(served):
+    from tests.support import LLM_PROMPT
+
+    backend, _ = served
+    return backend.tokenizer.encode(LLM_PROMPT, add_special_tokens=False)

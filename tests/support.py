@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from verl.workers.rollout.replica import TokenOutput
 
 
+LLM_MODEL_NAME = "tiny-qwen"  # the model name the OpenAI-compatible test server answers to
+LLM_PROMPT = "The capital of France is"
+
+
 def recompute_logprobs(model, context: list[int], generated: list[int], temperature: float) -> list[float]:
     """Log-probs of ``generated`` after ``context`` from one unpadded, uncached forward pass."""
     with torch.no_grad():

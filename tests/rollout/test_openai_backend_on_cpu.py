@@ -15,30 +15,12 @@ import pytest
 from fastapi import FastAPI, Request  # at module level: the fake app's annotations resolve against globals
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from env_servers.background import BackgroundServer, free_port
+from env_servers.background import free_port
+from tests.support import LLM_MODEL_NAME as MODEL
+from tests.support import LLM_PROMPT as PROMPT
 from tests.support import recompute_logprobs
 from verl_mem1.rollout.backends.base import Generation, SamplingConfig
 from verl_mem1.rollout.backends.openai_http import BackendError, OpenAICompletionsBackend
-
-MODEL = "tiny-qwen"
-PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def served(tiny_backend):
-    """A fresh backend over the session's tiny model (own queue, batch log and generator) and its server."""
-    from env_servers.llm.server import create_app
-    from verl_mem1.rollout.backends.hf_local import HFLocalBackend
-
-    backend = HFLocalBackend(model=tiny_backend.model, tokenizer=tiny_backend.tokenizer, max_batch_size=8, seed=0)
-    with BackgroundServer(create_app(backend, MODEL)) as server:
-        yield backend, server.url
-
-
-@pytest.fixture(scope="module")
-def prompt_ids(served):
-    backend, _ = served
-    return backend.tokenizer.encode(PROMPT, add_special_tokens=False)
 
 
 def generate(url: str, prompts: list[list[int]], sampling: SamplingConfig, *, eos: set[int] | None = None):

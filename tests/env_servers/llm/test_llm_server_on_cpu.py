@@ -15,26 +15,11 @@ import pytest
 
 from env_servers.background import BackgroundServer
 from env_servers.llm.server import create_app
+from tests.support import LLM_MODEL_NAME as MODEL
+from tests.support import LLM_PROMPT as PROMPT
 from verl_mem1.rollout.backends.hf_local import HFLocalBackend
 
 REPO = Path(__file__).resolve().parents[3]
-MODEL = "tiny-qwen"
-PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def served(tiny_backend):
-    """A fresh backend over the session's tiny model (own queue, batch log and generator) and its server."""
-    backend = HFLocalBackend(model=tiny_backend.model, tokenizer=tiny_backend.tokenizer, max_batch_size=8, seed=0)
-    with BackgroundServer(create_app(backend, MODEL)) as server:
-        yield backend, server.url
-
-
-@pytest.fixture(scope="module")
-def prompt_ids(served):
-    backend, _ = served
-    return backend.tokenizer.encode(PROMPT, add_special_tokens=False)
-
 
 _HTTP: dict[str, httpx.Client] = {}
 
