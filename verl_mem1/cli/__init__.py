@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from verl_mem1.cli.sft import add_sft_command
     from verl_mem1.cli.tiny_model import add_tiny_model_command
     from verl_mem1.cli.train import add_train_command
+    from verl_mem1.cli.trajectories import add_trajectories_command
     from verl_mem1.cli.webshop_tasks import add_webshop_tasks_command
 
     parser = argparse.ArgumentParser(
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_command(sub)
     add_train_command(sub)
     add_sft_command(sub)
+    add_trajectories_command(sub)
     add_parity_command(sub)
     add_report_command(sub)
     add_demo_command(sub)
