@@ -14,6 +14,8 @@ SUBCOMMANDS = [
     [],
     ["tiny-model"],
     ["model"],
+    ["trajectories"],
+    ["sft"],
     ["rollout"],
     ["demo"],
     ["corpus"],
