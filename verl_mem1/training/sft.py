@@ -30,6 +30,7 @@ from verl_mem1.training.checkpoint import latest_checkpoint, read_state, rng_sta
 from verl_mem1.training.data import BatchSampler
 from verl_mem1.training.forward import packed_logprobs_and_entropy
 from verl_mem1.training.layout import PackedSample, pack_batch, pack_episode
+from verl_mem1.training.run import make_tracking, pick_device
 from verl_mem1.training.streaming import streamed_logprobs_and_entropy
 from verl_mem1.training.updates import make_optimizer, make_scheduler
 from verl_mem1.training.validation import as_list, cfg_get
@@ -113,10 +114,7 @@ class SFTTrainer:
         random.seed(self.seed)
         np.random.seed(self.seed)
         torch.manual_seed(self.seed)
-        device = str(cfg.trainer.device)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = pick_device(cfg)
         self.backend = attention_backend(self.mem1.attention, self.device.type)
         self.global_step = 0
         self.history: list[dict[str, float]] = []
@@ -233,17 +231,9 @@ class SFTTrainer:
     def fit(self) -> list[dict[str, float]]:
         """Train from ``global_step`` to ``total_steps``; validate every ``trainer.test_freq`` steps and at the end,
         checkpoint every ``trainer.save_freq`` steps and at the end. Returns every step's metrics."""
-        from omegaconf import OmegaConf
         from tqdm.auto import tqdm
-        from verl.utils.tracking import Tracking
 
-        loggers = self.cfg.trainer.logger
-        self._tracking = Tracking(
-            project_name=str(self.cfg.trainer.project_name),
-            experiment_name=str(self.cfg.trainer.experiment_name),
-            default_backend=[loggers] if isinstance(loggers, str) else list(loggers),
-            config=OmegaConf.to_container(self.cfg, resolve=True),
-        )
+        self._tracking = make_tracking(self.cfg)
         save_freq, test_freq = int(self.cfg.trainer.save_freq), int(self.cfg.trainer.test_freq)
         if self.global_step == 0 and self.val_episodes:
             self._tracking.log(self.validate(), step=0)

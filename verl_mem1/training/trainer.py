@@ -40,6 +40,7 @@ from verl_mem1.training.checkpoint import latest_checkpoint, read_state, rng_sta
 from verl_mem1.training.data import BatchSampler, load_split
 from verl_mem1.training.head import PLAIN_HEAD_MODEL_TYPES, plain_head
 from verl_mem1.training.layout import packed_token_count, per_turn_token_count
+from verl_mem1.training.run import make_tracking, pick_device
 from verl_mem1.training.streaming import critic_parts
 from verl_mem1.training.updates import (
     PPOSettings,
@@ -69,7 +70,7 @@ class Mem1Trainer:
         self.mem1 = validate_config(cfg)
         self.cfg = cfg
         self.progress = progress
-        self.device = self._pick_device()
+        self.device = pick_device(cfg)
         self.settings = PPOSettings.from_config(cfg, self.mem1)
         self.estimator = str(cfg.algorithm.adv_estimator)
         self.use_critic = self.estimator == algos.GAE
@@ -110,12 +111,6 @@ class Mem1Trainer:
             raise
 
     # ------------------------------------------------------------------------------------------ setup
-
-    def _pick_device(self) -> torch.device:
-        device = str(self.cfg.trainer.device)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.device(device)
 
     def _resolve_model_path(self, path: str) -> str:
         if path != "tiny":
@@ -413,17 +408,7 @@ class Mem1Trainer:
 
     def tracking(self):
         if self._tracking is None:
-            from omegaconf import OmegaConf
-            from verl.utils.tracking import Tracking
-
-            loggers = self.cfg.trainer.logger
-            loggers = [loggers] if isinstance(loggers, str) else list(loggers)
-            self._tracking = Tracking(
-                project_name=str(self.cfg.trainer.project_name),
-                experiment_name=str(self.cfg.trainer.experiment_name),
-                default_backend=loggers,
-                config=OmegaConf.to_container(self.cfg, resolve=True),
-            )
+            self._tracking = make_tracking(self.cfg)
         return self._tracking
 
     def fit(self) -> list[dict[str, float]]:
