@@ -33,6 +33,21 @@ def test_concurrent_calls_batch_and_logprobs_match_unpadded_forward(tiny_backend
         assert max(abs(a - b) for a, b in zip(again, gen.logprobs, strict=True)) <= 1e-4
 
 
+def test_rows_that_finish_leave_the_batch_and_the_rest_decode_as_alone(tiny_backend, recompute_logprobs):
+    """Budgets 2..12: rows leave the running batch at different steps; every row equals its own unbatched greedy
+    generation, and its log-probs its unpadded forward."""
+    prompts = _prompts(tiny_backend.tokenizer, 4)
+    budgets = [12, 2, 7, 4]
+    batched = tiny_backend.generate_batch(
+        [(p, SamplingConfig(max_new_tokens=b, temperature=0.0)) for p, b in zip(prompts, budgets, strict=True)]
+    )
+    for prompt, budget, gen in zip(prompts, budgets, batched, strict=True):
+        (alone,) = tiny_backend.generate_batch([(prompt, SamplingConfig(max_new_tokens=budget, temperature=0.0))])
+        assert len(gen.token_ids) == budget and gen.token_ids == alone.token_ids
+        again = recompute_logprobs(tiny_backend.model, prompt, gen.token_ids, 1.0)
+        assert max(abs(a - b) for a, b in zip(again, gen.logprobs, strict=True)) <= 1e-4
+
+
 def test_seeded_sampling_is_reproducible_and_stops_on_a_stop_string(tiny_backend):
     def fresh():  # same weights, fresh generator with a fixed seed
         return HFLocalBackend(model=tiny_backend.model, tokenizer=tiny_backend.tokenizer, seed=7)

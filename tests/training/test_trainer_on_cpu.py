@@ -198,6 +198,7 @@ def _read_metrics(path) -> list[dict]:
 @pytest.mark.e2e
 def test_mem1_train_tiny_recipe_runs_checkpoints_and_resumes(tmp_path, monkeypatch, capsys):
     from verl_mem1.cli.train import main
+    from verl_mem1.evaluation.curve import read_learning_curve
 
     run_dir = tmp_path / "run"
     common = [
@@ -209,6 +210,9 @@ def test_mem1_train_tiny_recipe_runs_checkpoints_and_resumes(tmp_path, monkeypat
         "actor_rollout_ref.actor.ppo_mini_batch_size=2",
         "mem1.max_turns=2",
         "trainer.save_freq=2",
+        "trainer.val_before_train=true",
+        "trainer.test_freq=2",
+        "data.val_max_samples=2",
         "--no-progress",
     ]
     monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(tmp_path / "first.jsonl"))
@@ -217,8 +221,9 @@ def test_mem1_train_tiny_recipe_runs_checkpoints_and_resumes(tmp_path, monkeypat
     assert "resolved training config" in out and "adv_estimator: grpo" in out
     assert "step:1 - " in out and "step:2 - " in out, "metrics go to the console"
     logged = _read_metrics(tmp_path / "first.jsonl")
-    assert [row["step"] for row in logged] == [1, 2]
-    for row in logged:
+    assert [row["step"] for row in logged] == [0, 1, 2], "step 0: the held-out evaluation before training"
+    assert "val/em" in logged[0]["data"] and "reward/mean" not in logged[0]["data"]
+    for row in logged[1:]:
         data = row["data"]
         for key in (
             "reward/mean",
@@ -244,12 +249,21 @@ def test_mem1_train_tiny_recipe_runs_checkpoints_and_resumes(tmp_path, monkeypat
     state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
     assert state["global_step"] == 2 and "optimizer" in state and "rng" in state
 
+    curve = read_learning_curve(run_dir)
+    assert [row["training/global_step"] for row in curve] == [0, 1, 2], "held-out evaluation before training is 0"
+    assert [("val/em" in row, "reward/mean" in row) for row in curve] == [(True, False), (False, True), (True, True)]
+    assert curve[2]["val/episodes"] == 2 and curve[2]["val/em_se"] >= 0
+    assert (run_dir / "learning_curve.csv").is_file() and (run_dir / "learning_curve.png").stat().st_size > 10_000
+    scored = [json.loads(line) for line in (run_dir / "validation" / "step_2.jsonl").read_text().splitlines()]
+    assert len(scored) == 2 and all({"id", "em", "f1", "reward", "answer"} <= set(row) for row in scored)
+
     monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(tmp_path / "second.jsonl"))
     assert main(["trainer.total_training_steps=3", *common]) == 0
     out = capsys.readouterr().out
     assert f"resumed from {checkpoint} at step 2" in out
     assert [row["step"] for row in _read_metrics(tmp_path / "second.jsonl")] == [3], "continues from step 2, not 0"
     assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    assert [row["training/global_step"] for row in read_learning_curve(run_dir)] == [0, 1, 2, 3], "curve continues"
 
 
 @pytest.mark.parametrize(

@@ -182,8 +182,13 @@ def run_hydra(prog: str, config_name: str, hydra_args: Sequence[str], task: Call
 
     @hydra.main(config_path=RECIPES, config_name=config_name, version_base=None)
     def app(cfg: DictConfig) -> None:
+        import logging
+
         from verl_mem1.config import ConfigError
 
+        # Hydra's console logging is at INFO: keep httpx's line per environment request out of it
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         try:
             task(cfg)
         except (ConfigError, FileNotFoundError) as exc:  # a bad value: fail at start-up, naming the key

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from verl_mem1.config import AUTO, ConfigError
+from verl_mem1.evaluation.curve import read_learning_curve
 from verl_mem1.rollout.configure import episode_config, make_environment
 from verl_mem1.training import algorithms as algos
 from verl_mem1.training.batch import build_batch, compute_batch_advantages
@@ -206,6 +207,8 @@ class Mem1Trainer:
             self.kl_ctrl.value = state["kl_coef"]
         self.sampler.load_state_dict(state["data"])
         set_rng_state(state["rng"], self._generators())
+        # the learning curve continues where the checkpoint left it
+        self.history = [r for r in read_learning_curve(self.root) if r["training/global_step"] <= self.global_step]
         print(f"resumed from {start} at step {self.global_step}")
 
     def _generators(self) -> dict[str, torch.Generator]:
@@ -359,20 +362,49 @@ class Mem1Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Greedy (``rollout.val_kwargs``) episodes on the validation tasks: accuracy and efficiency."""
+        """Greedy (``rollout.val_kwargs``) episodes on the validation tasks: accuracy, its standard error, efficiency.
+
+        Each task's scores go to ``validation/step_N.jsonl`` under the run folder, so two evaluations of the same
+        tasks can be compared task by task (``verl_mem1.evaluation.curve.paired_difference``).
+        """
+        from verl_mem1.evaluation.curve import standard_error
         from verl_mem1.evaluation.metrics import episode_metrics, summarize
+        from verl_mem1.jsonl import write_jsonl
 
         if not self.val_tasks:
             return {}
+        t0 = time.perf_counter()
         records = self.rollout(self.val_tasks, validation=True)
-        summary = summarize([episode_metrics(r, reduce=self.mem1.reward_reduce) for r in records])
+        rows = [episode_metrics(r, reduce=self.mem1.reward_reduce) for r in records]
+        summary = summarize(rows)
+        write_jsonl(
+            self.root / "validation" / f"step_{self.global_step}.jsonl",
+            [
+                {"id": r.id, "reward": r.reward, "em": row.get("em"), "f1": row.get("f1"), "answer": r.final_answer}
+                for r, row in zip(records, rows, strict=True)
+            ],
+        )
+
+        def se(key: str) -> float | None:
+            values = [float(row[key]) for row in rows if row.get(key) is not None]
+            return standard_error(values) if values else None
+
         return {
             "val/reward": float(np.mean([r.reward or 0.0 for r in records])),
             **present_metrics(
-                {"val/em": summary["em"], "val/f1": summary["f1"], "val/success_rate": summary["success_rate"]}
+                {
+                    "val/em": summary["em"],
+                    "val/em_se": se("em"),
+                    "val/f1": summary["f1"],
+                    "val/f1_se": se("f1"),
+                    "val/success_rate": summary["success_rate"],
+                }
             ),
+            "val/invalid_action_rate": summary["invalid_action_rate"],
             "val/peak_tokens": summary["peak_tokens"],
             "val/turns": summary["turns"],
+            "val/episodes": float(len(records)),
+            "timing_s/validation": time.perf_counter() - t0,
         }
 
     # ------------------------------------------------------------------------------------- checkpoint
@@ -422,7 +454,10 @@ class Mem1Trainer:
             print(f"nothing to do: at step {self.global_step} of {self.total_steps}")
             return self.history
         if self.global_step == 0 and bool(cfg.trainer.val_before_train) and self.val_tasks:
-            tracking.log(self.validate(), step=0)
+            metrics = {**self.validate(), "training/global_step": 0.0}
+            self.history.append(metrics)
+            tracking.log(data=metrics, step=0)
+            self._write_curve()
         bar = tqdm(
             total=self.total_steps, initial=self.global_step, desc="training", unit="step", disable=not self.progress
         )
@@ -440,11 +475,18 @@ class Mem1Trainer:
                 metrics["training/global_step"] = float(self.global_step)
                 self.history.append(metrics)
                 tracking.log(data=metrics, step=self.global_step)
+                self._write_curve()
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics.get('actor/ppo_kl', 0.0):.2e}")
         finally:
             bar.close()
         return self.history
+
+    def _write_curve(self) -> None:
+        from verl_mem1.evaluation.curve import write_learning_curve
+
+        title = f"{self.cfg.trainer.experiment_name}: {Path(self.model_path).name}, {self.estimator}"
+        write_learning_curve(self.history, self.root, title=title)
 
     def close(self) -> None:
         if self._tracking is not None:

@@ -137,11 +137,12 @@ class HFLocalBackend:
             logprobs: list[list[float]] = [[] for _ in range(n)]
             finish: list[str | None] = [None] * n
             cache = DynamicCache()
-            step_ids, step_attention, step_positions = input_ids, attention, positions
+            rows = list(range(n))  # the request behind each row of the running batch
+            step_ids, step_positions = input_ids, positions
             for _step in range(max(budgets)):
                 out = self.model(
                     input_ids=step_ids.to(self.device),
-                    attention_mask=step_attention.to(self.device),
+                    attention_mask=attention.to(self.device),
                     position_ids=step_positions.to(self.device),
                     past_key_values=cache,
                     use_cache=True,
@@ -149,25 +150,29 @@ class HFLocalBackend:
                 )
                 cache = out.past_key_values
                 logits = out.logits[:, -1, :].float().cpu()
-                active = [i for i in range(n) if finish[i] is None]
-                tokens, token_logprobs = self._sample(logits[active], [requests[i][1] for i in active])
-                next_tokens = torch.full((n,), self.pad_id, dtype=torch.long)
-                for row, i in enumerate(active):
+                tokens, token_logprobs = self._sample(logits, [requests[i][1] for i in rows])
+                running = []
+                for row, i in enumerate(rows):
                     token, s = int(tokens[row]), requests[i][1]
                     outputs[i].append(token)
                     logprobs[i].append(float(token_logprobs[row]))
-                    next_tokens[i] = token
                     if token in self.eos_ids:
                         finish[i] = "eos"
                     elif s.stop and find_stop(self._tail_text(outputs[i]), s.stop):
                         finish[i] = "stop"
                     elif len(outputs[i]) >= budgets[i]:
                         finish[i] = "length"
-                if all(f is not None for f in finish):
+                    else:
+                        running.append(row)
+                if not running:
                     break
-                step_ids = next_tokens[:, None]
-                attention = torch.cat([attention, torch.ones((n, 1), dtype=torch.long)], dim=1)
-                step_attention = attention
+                if len(running) < len(rows):  # finished rows leave the batch: later steps compute only the rest
+                    keep = torch.tensor(running)
+                    cache.batch_select_indices(keep.to(self.device))
+                    attention, step_positions, tokens = attention[keep], step_positions[keep], tokens[keep]
+                    rows = [rows[row] for row in running]
+                step_ids = tokens[:, None]
+                attention = torch.cat([attention, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
                 step_positions = step_positions[:, -1:] + 1
             return [
                 Generation(token_ids=o, logprobs=lp, finish_reason=f or "length")

@@ -1,0 +1,62 @@
+"""The learning curve's files and statistics, re-derived by hand."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+
+import pytest
+
+from verl_mem1.evaluation.curve import (
+    COLUMNS,
+    paired_difference,
+    read_learning_curve,
+    standard_error,
+    write_learning_curve,
+)
+
+
+@pytest.mark.parametrize("values", [[0, 1, 1, 0, 1], [0.2, 0.4], [1.0] * 7, [3.5, -1.0, 2.25, 0.0]])
+def test_standard_error_is_the_sample_sd_over_root_n(values):
+    assert standard_error(values) == pytest.approx(statistics.stdev(values) / math.sqrt(len(values)))
+
+
+def test_standard_error_of_fewer_than_two_values_is_zero():
+    assert standard_error([]) == 0.0 and standard_error([0.7]) == 0.0
+
+
+def test_paired_difference_pairs_by_task_id():
+    before = {"a": 0.0, "b": 1.0, "c": 0.0, "d": 0.0, "only-before": 1.0}
+    after = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.0, "only-after": 0.0}
+    mean, se, n = paired_difference(before, after)
+    diffs = [1.0, 0.0, 1.0, 0.0]  # a, b, c, d
+    assert n == 4
+    assert mean == pytest.approx(0.5)
+    assert se == pytest.approx(statistics.stdev(diffs) / 2)
+
+
+def test_paired_difference_without_common_tasks_is_an_error():
+    with pytest.raises(ValueError, match="no task"):
+        paired_difference({"a": 1.0}, {"b": 1.0})
+
+
+def test_write_learning_curve_round_trips_and_plots(tmp_path):
+    rows = [
+        {"training/global_step": 0.0, "val/em": 0.1, "val/em_se": 0.03, "val/f1": 0.2, "val/f1_se": 0.04},
+        {"training/global_step": 1.0, "reward/mean": 0.25, "timing_s/rollout": 10.0, "timing_s/update_actor": 5.0},
+        {"training/global_step": 2.0, "reward/mean": 0.5, "val/em": 0.2, "val/em_se": 0.05, "extra/metric": 7.0},
+    ]
+    paths = write_learning_curve(rows, tmp_path, title="test run")
+    assert [p.name for p in paths] == ["learning_curve.json", "learning_curve.csv", "learning_curve.png"]
+    assert read_learning_curve(tmp_path) == rows, "the JSON keeps every metric, the extra one included"
+    with paths[1].open() as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == [name for name, _ in COLUMNS]
+    assert [r["reward/mean"] for r in table] == ["", "0.25", "0.5"]
+    assert [r["val/em"] for r in table] == ["0.1", "", "0.2"]
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[2].stat().st_size > 20_000
+
+
+def test_read_learning_curve_of_a_fresh_folder_is_empty(tmp_path):
+    assert read_learning_curve(tmp_path) == []

@@ -1,0 +1,142 @@
+"""The learning curve of a training run: per step metrics as JSON and CSV, and a PNG a user can look at.
+
+``Mem1Trainer`` calls :func:`write_learning_curve` after every step (and after the validation before training, as
+step 0), so a run stopped at any point leaves a readable curve; ``mem1 curve RUN_DIR`` redraws it. Held-out
+scores are compared with :func:`paired_difference`: the same tasks are evaluated before and after, so the standard
+error of the per-task difference is the honest yardstick for "better".
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+CURVE_FILE = "learning_curve"
+# (column, what it is) in the CSV, in order; a run without a metric leaves its cells empty
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("training/global_step", "optimizer step (0: before training)"),
+    ("reward/mean", "train reward, mean over the step's episodes"),
+    ("val/em", "held-out exact match (greedy)"),
+    ("val/em_se", "its standard error over held-out tasks"),
+    ("val/f1", "held-out token F1"),
+    ("val/f1_se", "its standard error"),
+    ("episode/invalid_action_rate", "train invalid actions per turn"),
+    ("val/invalid_action_rate", "held-out invalid actions per turn"),
+    ("mem1/peak_tokens", "train peak context tokens, mean per episode"),
+    ("val/peak_tokens", "held-out peak context tokens"),
+    ("timing_s/rollout", "rollout seconds"),
+    ("timing_s/ref", "reference-policy log-prob seconds"),
+    ("timing_s/update_actor", "policy update seconds"),
+    ("timing_s/validation", "held-out evaluation seconds"),
+    ("timing_s/step", "rollout + update seconds"),
+    ("actor/rollout_logprob_diff", "max |training - rollout log-prob|"),
+    ("actor/ppo_kl", "PPO KL to the rollout policy"),
+)
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """Standard error of the mean (sample standard deviation / sqrt(n)); 0 for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def paired_difference(before: Mapping[str, float], after: Mapping[str, float]) -> tuple[float, float, int]:
+    """Mean and standard error of ``after[id] - before[id]`` over the task ids both have.
+
+    Returns:
+        ``(mean difference, its standard error, number of paired tasks)``.
+    """
+    ids = sorted(set(before) & set(after))
+    if not ids:
+        raise ValueError("no task is scored in both evaluations")
+    diffs = [float(after[i]) - float(before[i]) for i in ids]
+    return sum(diffs) / len(diffs), standard_error(diffs), len(diffs)
+
+
+def read_learning_curve(run_dir: str | Path) -> list[dict[str, float]]:
+    """The rows ``write_learning_curve`` left in ``run_dir`` (empty when there are none)."""
+    path = Path(run_dir) / f"{CURVE_FILE}.json"
+    if not path.is_file():
+        return []
+    return json.loads(path.read_text(encoding="utf-8"))["steps"]
+
+
+def write_learning_curve(rows: Sequence[Mapping[str, Any]], run_dir: str | Path, *, title: str = "") -> list[Path]:
+    """Write ``learning_curve.json`` (every metric), ``.csv`` (:data:`COLUMNS`) and ``.png`` into ``run_dir``."""
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [dict(r) for r in rows]
+    paths = [out / f"{CURVE_FILE}.json", out / f"{CURVE_FILE}.csv", out / f"{CURVE_FILE}.png"]
+    paths[0].write_text(json.dumps({"title": title, "steps": rows}, indent=1, sort_keys=True), encoding="utf-8")
+    with paths[1].open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([name for name, _ in COLUMNS])
+        for row in rows:
+            writer.writerow(["" if row.get(name) is None else f"{float(row[name]):.6g}" for name, _ in COLUMNS])
+    plot_learning_curve(rows, paths[2], title=title)
+    return paths
+
+
+def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    points = [(float(r["training/global_step"]), float(r[key])) for r in rows if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_learning_curve(rows: Sequence[Mapping[str, Any]], out_png: str | Path, *, title: str = "") -> Path:
+    """Four panels against the step: rewards and held-out scores (± 1 SE), invalid actions, peak tokens, seconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    (score, invalid), (memory, seconds) = axes
+    score.plot(*_series(rows, "reward/mean"), marker=".", label="train reward")
+    for key, marker in (("val/em", "o"), ("val/f1", "s")):
+        xs, ys = _series(rows, key)
+        _, se = _series(rows, f"{key}_se")
+        if xs:
+            score.errorbar(
+                xs,
+                ys,
+                yerr=se if len(se) == len(ys) else None,
+                marker=marker,
+                capsize=3,
+                label=f"held-out {key.split('/')[1].upper()}",
+            )
+    score.set_ylabel("score")
+    score.set_ylim(bottom=0)
+    invalid.plot(*_series(rows, "episode/invalid_action_rate"), marker=".", label="train")
+    invalid.plot(*_series(rows, "val/invalid_action_rate"), marker="o", label="held-out")
+    invalid.set_ylabel("invalid actions per turn")
+    invalid.set_ylim(bottom=0)
+    memory.plot(*_series(rows, "mem1/peak_tokens"), marker=".", label="train")
+    memory.plot(*_series(rows, "val/peak_tokens"), marker="o", label="held-out")
+    memory.set_ylabel("peak context tokens (mean)")
+    memory.set_ylim(bottom=0)
+    for key, label in (
+        ("timing_s/rollout", "rollout"),
+        ("timing_s/update_actor", "update"),
+        ("timing_s/validation", "held-out eval"),
+    ):
+        seconds.plot(*_series(rows, key), marker=".", label=label)
+    seconds.set_ylabel("seconds")
+    seconds.set_ylim(bottom=0)
+    for ax in axes.flat:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    out = Path(out_png)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
