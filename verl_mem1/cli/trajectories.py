@@ -103,7 +103,7 @@ def _setup(args: argparse.Namespace):
 def _cmd_trajectories(args: argparse.Namespace) -> int:
     import asyncio
 
-    from verl_mem1.rollout.backends.oracle import grounded_objectives, run_oracle_episodes
+    from verl_mem1.rollout.backends.oracle import grounded_objectives, run_oracle_episodes, worth_imitating
     from verl_mem1.rollout.environment import EnvironmentError_
 
     try:
@@ -124,7 +124,7 @@ def _cmd_trajectories(args: argparse.Namespace) -> int:
                 grounded = all(grounded_objectives(record, tokenizer))
                 counts["right"] += right
                 counts["grounded"] += grounded
-                if right and (grounded or args.keep_ungrounded):
+                if worth_imitating(record, tokenizer, keep_ungrounded=args.keep_ungrounded):
                     kept.append(record)
                     fh.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
                     fh.flush()

@@ -207,6 +207,12 @@ def oracle_reward(answer: str | None, ground_truth: list[list[str]]) -> float:
     return score_answer(answer, ground_truth, reduce="mean").em
 
 
+def worth_imitating(record: EpisodeRecord, tokenizer, *, keep_ungrounded: bool = False) -> bool:
+    """An oracle episode a student should learn from: right (reward 1.0) and, unless ``keep_ungrounded``, every
+    answer found in its own question's search results (:func:`grounded_objectives`)."""
+    return record.reward == 1.0 and (keep_ungrounded or all(grounded_objectives(record, tokenizer)))
+
+
 def grounded_objectives(record: EpisodeRecord, tokenizer) -> list[bool]:
     """Per question: did the results of a search for exactly that question contain one of its aliases?
 
