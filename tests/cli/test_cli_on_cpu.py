@@ -29,6 +29,7 @@ SUBCOMMANDS = [
     ["compose"],
     ["eval"],
     ["report"],
+    ["curve"],
     ["train"],
     ["parity"],
 ]

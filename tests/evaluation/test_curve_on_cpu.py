@@ -60,3 +60,40 @@ def test_write_learning_curve_round_trips_and_plots(tmp_path):
 
 def test_read_learning_curve_of_a_fresh_folder_is_empty(tmp_path):
     assert read_learning_curve(tmp_path) == []
+
+
+def _write_validation(run_dir, step, em_by_id):
+    from verl_mem1.jsonl import write_jsonl
+
+    write_jsonl(
+        run_dir / "validation" / f"step_{step}.jsonl",
+        [{"id": i, "em": em, "f1": em / 2, "reward": em, "answer": "x"} for i, em in em_by_id.items()],
+    )
+
+
+def test_summarize_run_pairs_every_evaluation_with_the_first(tmp_path):
+    from verl_mem1.evaluation.curve import summarize_run, validation_scores, validation_steps
+
+    _write_validation(tmp_path, 0, {"a": 0.0, "b": 1.0, "c": 0.0, "d": 0.0})
+    _write_validation(tmp_path, 10, {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.0})
+    _write_validation(tmp_path, 5, {"a": 1.0, "b": 0.0, "c": 0.0, "d": 0.0})
+    assert validation_steps(tmp_path) == [0, 5, 10], "numeric order, not text order"
+    assert validation_scores(tmp_path, 10, "f1") == {"a": 0.5, "b": 0.5, "c": 0.5, "d": 0.0}
+    table = summarize_run(tmp_path).splitlines()
+    se = statistics.stdev([1.0, 0.0, 1.0, 0.0]) / 2  # paired EM differences at step 10: a, b, c, d
+    assert table[2].startswith("| 0 | 4 | 0.250 ± 0.250 |")
+    assert table[3].startswith("| 5 | 4 | 0.250 ± 0.250 |") and "| +0.000 ± 0.408 (+0.0 SE) |" in table[3]
+    assert table[4].startswith("| 10 | 4 | 0.750 ± 0.250 |") and f"+0.500 ± {se:.3f} (+{0.5 / se:.1f} SE)" in table[4]
+
+
+def test_mem1_curve_redraws_and_reports(tmp_path, capsys):
+    from verl_mem1.cli import main
+
+    assert main(["curve", str(tmp_path)]) == 2
+    assert "no learning_curve.json" in capsys.readouterr().err
+    write_learning_curve([{"training/global_step": 0.0, "val/em": 0.25}], tmp_path, title="t")
+    (tmp_path / "learning_curve.png").unlink()
+    _write_validation(tmp_path, 0, {"a": 0.0, "b": 1.0})
+    assert main(["curve", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 0 | 2 | 0.500 ± 0.500 |" in out and (tmp_path / "learning_curve.png").is_file()

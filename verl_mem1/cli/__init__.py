@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     from verl_mem1.cli.compose import add_compose_command
+    from verl_mem1.cli.curve import add_curve_command
     from verl_mem1.cli.demo import add_demo_command
     from verl_mem1.cli.evaluate import add_eval_command
     from verl_mem1.cli.model import add_model_command
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compose_command(sub)
     add_webshop_tasks_command(sub)
     add_eval_command(sub)
+    add_curve_command(sub)
     add_train_command(sub)
     add_sft_command(sub)
     add_trajectories_command(sub)

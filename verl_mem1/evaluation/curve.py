@@ -60,6 +60,46 @@ def paired_difference(before: Mapping[str, float], after: Mapping[str, float]) -
     return sum(diffs) / len(diffs), standard_error(diffs), len(diffs)
 
 
+def validation_scores(run_dir: str | Path, step: int, key: str = "em") -> dict[str, float]:
+    """Each held-out task's ``key`` score at ``step``, from the trainer's ``validation/step_N.jsonl``."""
+    from verl_mem1.jsonl import iter_json_objects
+
+    path = Path(run_dir) / "validation" / f"step_{step}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no held-out evaluation at step {step}: {path} is missing")
+    return {str(row["id"]): float(row[key] or 0.0) for _, row in iter_json_objects(path)}
+
+
+def validation_steps(run_dir: str | Path) -> list[int]:
+    """The steps at which the run evaluated its held-out tasks, in order."""
+    folder = Path(run_dir) / "validation"
+    steps = [int(p.stem.removeprefix("step_")) for p in folder.glob("step_*.jsonl")] if folder.is_dir() else []
+    return sorted(steps)
+
+
+def summarize_run(run_dir: str | Path) -> str:
+    """Markdown: held-out EM and F1 (± SE) at every evaluation, then each one's paired change against the first."""
+    steps = validation_steps(run_dir)
+    if not steps:
+        raise FileNotFoundError(f"{run_dir} has no validation/step_N.jsonl (set trainer.test_freq or val_before_train)")
+    lines = [
+        f"| step | tasks | EM | F1 | EM change vs step {steps[0]} (paired) | F1 change (paired) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    first = {key: validation_scores(run_dir, steps[0], key) for key in ("em", "f1")}
+    for step in steps:
+        cells = []
+        changes = []
+        for key in ("em", "f1"):
+            scores = validation_scores(run_dir, step, key)
+            values = list(scores.values())
+            cells.append(f"{sum(values) / len(values):.3f} ± {standard_error(values):.3f}")
+            mean, se, _ = paired_difference(first[key], scores)
+            changes.append(f"{mean:+.3f} ± {se:.3f} ({mean / se:+.1f} SE)" if se > 0 else f"{mean:+.3f}")
+        lines.append(f"| {step} | {len(scores)} | {cells[0]} | {cells[1]} | {changes[0]} | {changes[1]} |")
+    return "\n".join(lines)
+
+
 def read_learning_curve(run_dir: str | Path) -> list[dict[str, float]]:
     """The rows ``write_learning_curve`` left in ``run_dir`` (empty when there are none)."""
     path = Path(run_dir) / f"{CURVE_FILE}.json"
