@@ -92,8 +92,18 @@ def task_from_mapping(row: dict[str, Any], where: str, index: int) -> Task:
         ground_truth=ground_truth,
         prompt_messages=prompt,
         data_source=str(row.get("data_source") or "unknown"),
-        extra_info={k: v for k, v in extra.items() if isinstance(v, str | int | float | bool)},
+        extra_info={k: v for k, v in ((k, _plain(v)) for k, v in extra.items()) if v is not None},
     )
+
+
+def _plain(value: Any) -> Any:
+    """A scalar as is; a mapping as a dict of its scalar entries (parquet fills keys missing in a row with null);
+    anything else (lists, arrays) None: ``extra_info`` carries settings and reference values, not data."""
+    if isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "items"):
+        return {str(k): v for k, v in value.items() if isinstance(v, str | int | float | bool)}
+    return None
 
 
 def load_tasks(path: str | Path, *, limit: int | None = None) -> list[Task]:

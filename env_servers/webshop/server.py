@@ -5,7 +5,7 @@
     POST   /sessions/{id}/step        {"action": "search[...]" | "click[...]"} → step
     GET    /sessions/{id}             → step (the current page, nothing changes)
     DELETE /sessions/{id}             → {"closed": id}
-    GET    /goals?offset=0&limit=100  → {"total", "goals": [{"index", "instruction", "asin"}]}
+    GET    /goals?offset=0&limit=100  → {"total", "goals": [{"index", "instruction", "asin", "options"}]}
     GET    /health
 
 where ``step`` is ``{"observation", "reward", "done", "valid", "info", "available_actions": {"has_search_bar",
@@ -93,7 +93,12 @@ def create_app(shop: Shop) -> FastAPI:
         return {
             "total": len(shop.catalog.goals),
             "goals": [
-                {"index": offset + i, "instruction": g["instruction_text"], "asin": g["asin"]}
+                {
+                    "index": offset + i,
+                    "instruction": g["instruction_text"],
+                    "asin": g["asin"],
+                    "options": dict(g.get("goal_options") or {}),
+                }
                 for i, g in enumerate(chosen)
             ],
         }

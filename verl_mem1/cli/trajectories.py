@@ -1,10 +1,14 @@
 """``mem1 trajectories``: scripted teacher episodes for supervised fine-tuning, as ordinary episode records.
 
-``--policy oracle`` plays every task with ``rollout.backends.oracle.OracleBackend`` (search each question, keep
-every answer found in the internal state, answer all at the end) through the real episode loop, so the JSONL is
-exactly what ``mem1 rollout`` writes and ``mem1 sft`` reads: token-exact, on the layout RL trains on. Only episodes
-whose answers are all right (exact match 1.0) and grounded (each answer is in the results of its own search) are
-written, unless ``--keep-ungrounded``.
+``--policy oracle`` plays every task with a scripted teacher through the real episode loop, so the JSONL is exactly
+what ``mem1 rollout`` writes and ``mem1 sft`` reads: token-exact, on the layout RL trains on.
+
+- QA (``rollout.backends.oracle.OracleBackend``): search each question, keep every answer found in the internal
+  state, answer all at the end. Only episodes whose answers are all right (exact match 1.0) and grounded (each
+  answer is in the results of its own search) are written, unless ``--keep-ungrounded``.
+- WebShop (``--env webshop``, ``rollout.backends.webshop_oracle.WebShopOracleBackend``): search with the
+  instruction, open the goal product, choose its options, buy. Episodes the shop scores at least
+  ``--min-reward`` (default 1.0) are written.
 """
 
 from __future__ import annotations
@@ -26,20 +30,31 @@ def add_trajectories_command(subparsers: Any) -> argparse.ArgumentParser:
         "trajectories",
         help="write scripted teacher episodes (oracle) as episode records for SFT",
         description=(
-            "Play QA tasks with a scripted teacher through the MEM1 episode loop and write the episodes that are "
-            "right and grounded as episode records (JSONL, the format of mem1 rollout), for mem1 sft."
+            "Play QA tasks or WebShop goals with a scripted teacher through the MEM1 episode loop and write the "
+            "episodes that are right and grounded (QA) or well rewarded (WebShop) as episode records (JSONL, the "
+            "format of mem1 rollout), for mem1 sft."
         ),
         epilog=(
             "Example: mem1 compose --source hotpotqa-train --objectives 2 --seed 0 --out tasks.parquet; "
             "mem1 trajectories --policy oracle --tasks tasks.parquet --retriever http://127.0.0.1:8000 "
-            "--tokenizer HuggingFaceTB/SmolLM2-135M-Instruct --out episodes.jsonl"
+            "--tokenizer HuggingFaceTB/SmolLM2-135M-Instruct --out episodes.jsonl. WebShop: mem1 trajectories "
+            "--policy oracle --env webshop --goals 1500: --tokenizer DIR --out shop.jsonl"
         ),
     )
     parser.add_argument("--policy", required=True, choices=POLICIES, help="the teacher: oracle (gold answers)")
+    parser.add_argument("--env", choices=("retrieval", "webshop"), default="retrieval", help="QA (default) or WebShop")
     parser.add_argument(
-        "--tasks", required=True, help="verl RL parquet (e.g. from mem1 compose), or JSONL with question(s)/answer(s)"
+        "--tasks",
+        help="verl RL parquet (mem1 compose, mem1 webshop-tasks) or JSONL with question(s)/answer(s); QA: required",
     )
-    parser.add_argument("--retriever", required=True, metavar="URL", help="retrieval server URL (mem1 serve retrieval)")
+    parser.add_argument("--retriever", metavar="URL", help="retrieval server URL (mem1 serve retrieval); QA: required")
+    parser.add_argument(
+        "--webshop", default="auto", metavar="URL", help="WebShop server URL; auto (default): the bundled shop"
+    )
+    parser.add_argument("--goals", default="0:", metavar="START:STOP", help="WebShop goals without --tasks (0:)")
+    parser.add_argument(
+        "--min-reward", type=float, default=1.0, help="WebShop: keep episodes the shop scores at least this (1.0)"
+    )
     parser.add_argument(
         "--tokenizer", required=True, help="tokenizer name or path of the student model (its chat template)"
     )
@@ -63,8 +78,6 @@ def add_trajectories_command(subparsers: Any) -> argparse.ArgumentParser:
     # what the shared rollout helpers (mem1_config, episode_config, make_environment) read; fixed for a teacher
     parser.set_defaults(
         func=_cmd_trajectories,
-        env="retrieval",
-        webshop="auto",
         on_invalid="continue",
         invalid_penalty=0.0,
         seed=0,
@@ -83,16 +96,20 @@ def _setup(args: argparse.Namespace):
 
     from verl_mem1.cli.rollout import episode_config, make_environment, mem1_config
     from verl_mem1.rollout.backends.oracle import OracleBackend
+    from verl_mem1.rollout.backends.webshop_oracle import WebShopOracleBackend
 
     mem1 = mem1_config(args)
     config = episode_config(args, mem1)
     env, tasks = make_environment(args, mem1)
+    if not tasks:
+        raise ValueError("no tasks to play")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    oracle = OracleBackend(tasks, tokenizer, config)
+    shopping = args.env == "webshop"
+    oracle = (WebShopOracleBackend if shopping else OracleBackend)(tasks, tokenizer, config)
 
-    async def probe():  # one search now, or every episode would only see "the environment failed"
+    async def probe():  # one call now, or every episode would only see "the environment failed"
         try:
-            await env.search([tasks[0].questions[0]])
+            await (env.goals("0:1") if shopping else env.search([tasks[0].questions[0]]))
         finally:
             await env.aclose()
 
@@ -103,7 +120,12 @@ def _setup(args: argparse.Namespace):
 def _cmd_trajectories(args: argparse.Namespace) -> int:
     import asyncio
 
-    from verl_mem1.rollout.backends.oracle import grounded_objectives, run_oracle_episodes, worth_imitating
+    from verl_mem1.rollout.backends.oracle import (
+        grounded_objectives,
+        oracle_reward,
+        run_oracle_episodes,
+        worth_imitating,
+    )
     from verl_mem1.rollout.environment import EnvironmentError_
 
     try:
@@ -111,37 +133,46 @@ def _cmd_trajectories(args: argparse.Namespace) -> int:
     except (ValueError, OSError, RuntimeError, EnvironmentError_) as exc:  # ConfigError is a ValueError
         print(f"mem1 trajectories: error: {exc}", file=sys.stderr)
         return 2
+    shopping = args.env == "webshop"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     kept = []
     counts = {"right": 0, "grounded": 0}
 
+    def worth(record) -> bool:
+        if shopping:
+            counts["right"] += (record.reward or 0.0) >= args.min_reward
+            return (record.reward or 0.0) >= args.min_reward
+        counts["right"] += record.reward == 1.0
+        counts["grounded"] += all(grounded_objectives(record, tokenizer))
+        return worth_imitating(record, tokenizer, keep_ungrounded=args.keep_ungrounded)
+
     async def main():
         with out.open("w", encoding="utf-8") as fh:
 
             def keep(record):
-                right = record.reward == 1.0
-                grounded = all(grounded_objectives(record, tokenizer))
-                counts["right"] += right
-                counts["grounded"] += grounded
-                if worth_imitating(record, tokenizer, keep_ungrounded=args.keep_ungrounded):
+                if worth(record):
                     kept.append(record)
                     fh.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
                     fh.flush()
 
             try:
                 return await run_oracle_episodes(
-                    tasks, env, tokenizer, config, concurrency=args.concurrency, on_episode=keep, backend=oracle
-                )
+                    tasks, env, tokenizer, config, concurrency=args.concurrency, on_episode=keep, backend=oracle,
+                    reward_fn=None if shopping else oracle_reward,
+                )  # fmt: skip
             finally:
                 await env.aclose()
 
     records = asyncio.run(main())
     total = len(records)
-    print(
-        f"kept {len(kept)}/{total} oracle episodes (exact match 1.0: {counts['right']}, grounded: {counts['grounded']}"
-        f"{', ungrounded kept' if args.keep_ungrounded else ''}) in {out}"
-    )
+    if shopping:
+        print(f"kept {len(kept)}/{total} oracle episodes (reward >= {args.min_reward}) in {out}")
+    else:
+        print(
+            f"kept {len(kept)}/{total} oracle episodes (exact match 1.0: {counts['right']}, grounded: "
+            f"{counts['grounded']}{', ungrounded kept' if args.keep_ungrounded else ''}) in {out}"
+        )
     if not kept:
         print("mem1 trajectories: no episode was kept", file=sys.stderr)
         return 1

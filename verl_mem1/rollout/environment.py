@@ -180,7 +180,7 @@ class WebShopEnvironment(_HTTPEnvironment):
         tasks: list[Task] = []
         for start in range(indices.start, indices.stop, 1000):
             page = await self.call("GET", f"/goals?offset={start}&limit={min(1000, indices.stop - start)}")
-            tasks += [webshop_task(g["index"], g["instruction"], g["asin"]) for g in page["goals"]]
+            tasks += [webshop_task(g["index"], g["instruction"], g["asin"], g.get("options")) for g in page["goals"]]
         return tasks
 
 

@@ -30,16 +30,13 @@ def parse_goal_range(spec: str, total: int) -> range:
     return range(start, stop)
 
 
-def webshop_task(goal_index: int, instruction: str, asin: str = "") -> Task:
+def webshop_task(goal_index: int, instruction: str, asin: str = "", options: dict[str, str] | None = None) -> Task:
     """The task of one goal, as a row of :func:`webshop_rows` loads: the instruction is its one question, and
-    it has no answers (the purchase is scored by the server)."""
-    return Task(
-        id=f"webshop-{goal_index}",
-        questions=[instruction],
-        ground_truth=[],
-        data_source=DATA_SOURCE,
-        extra_info={"goal_index": goal_index, "target_asin": asin, "tags": "webshop"},
-    )
+    it has no answers (the purchase is scored by the server). The target ASIN and options (name → value) are for
+    reference and for a scripted teacher; a model never sees them."""
+    extra = {"goal_index": goal_index, "target_asin": asin, "tags": "webshop", "goal_options": dict(options or {})}
+    return Task(id=f"webshop-{goal_index}", questions=[instruction], ground_truth=[], data_source=DATA_SOURCE,
+                extra_info=extra)  # fmt: skip
 
 
 def webshop_rows(
@@ -69,6 +66,8 @@ def webshop_rows(
                 "goal_index": i,
                 "split": split,
                 "questions": [goal["instruction_text"]],
+                "target_asin": goal["asin"],
+                "goal_options": dict(goal.get("goal_options") or {}),
                 "tags": tag_set.name,
                 "max_turns": max_turns,
             },

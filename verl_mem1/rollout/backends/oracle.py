@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from verl_mem1.protocol import TagSet, get_tag_set, parse_turn
 from verl_mem1.records import EpisodeRecord, Task
@@ -44,11 +45,15 @@ from verl_mem1.tasks.rewards import normalize_answer, score_answer
 __all__ = [
     "ORACLE_MARK",
     "OracleBackend",
+    "PromptIndex",
     "answer_in_text",
     "grounded_objectives",
     "observation_body",
     "oracle_reward",
     "run_oracle_episodes",
+    "scripted_generation",
+    "split_turns",
+    "worth_imitating",
 ]
 
 ORACLE_MARK = "oracle"  # key set to True in Generation.extra and in EpisodeRecord.sampling
@@ -104,6 +109,46 @@ def _answers_in_state(entry: _Entry, state: str, count: int) -> list[str]:
     return answers
 
 
+class PromptIndex:
+    """Which task a context belongs to: a scripted teacher knows every task's prompt ids (built as ``run_episode``
+    builds them, from the same settings), and every context the episode loop sends starts with one of them."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, ...], Any] = {}
+        self._lengths: list[int] = []
+
+    def add(self, prompt_ids: Sequence[int], entry: Any) -> Any:
+        """Register ``entry`` under ``prompt_ids``; returns the entry already there for the same prompt, if any."""
+        key = tuple(int(i) for i in prompt_ids)
+        known = self._entries.setdefault(key, entry)
+        self._lengths = sorted({len(k) for k in self._entries}, reverse=True)
+        return known
+
+    def match(self, context: Sequence[int]) -> tuple[Any, int]:
+        """The entry whose prompt ``context`` starts with, and that prompt's length; ``LookupError`` when none."""
+        for length in self._lengths:
+            entry = self._entries.get(tuple(context[:length]))
+            if entry is not None:
+                return entry, length
+        raise LookupError(
+            "the context starts with none of the oracle's task prompts (build the oracle with the tasks, "
+            "tokenizer and episode settings the episodes run with)"
+        )
+
+
+def split_turns(tail: str, tags: TagSet) -> list[tuple[str, str]]:
+    """``(generated text, observation block)`` of every turn in the text after the prompt, in context order."""
+    open_tag, close_tag = tags.open(tags.info), tags.close(tags.info)
+    turns: list[tuple[str, str]] = []
+    pos = 0
+    while (start := tail.find(open_tag, pos)) != -1:
+        end = tail.find(close_tag, start)
+        end = len(tail) if end == -1 else end + len(close_tag)
+        turns.append((tail[pos:start], tail[start:end]))
+        pos = end
+    return turns
+
+
 class OracleBackend:
     """Plays each task's questions in order and answers with the gold answers (see the module docstring).
 
@@ -125,7 +170,7 @@ class OracleBackend:
         config: EpisodeConfig | Callable[[Task], EpisodeConfig],
     ):
         self.tokenizer = tokenizer
-        self._by_prompt: dict[tuple[int, ...], _Entry] = {}
+        self._prompts = PromptIndex()
         for task in tasks:
             settings = config(task) if callable(config) else config
             tags = get_tag_set(settings.tags)
@@ -143,35 +188,15 @@ class OracleBackend:
                     f"but the turn budget is {max_turns}"
                 )
             entry = _Entry(task, tags, tuple(q.strip() for q in task.questions))
-            key = tuple(prompt_ids_for(task, tokenizer, settings.tags, max_turns))
-            known = self._by_prompt.setdefault(key, entry)
+            known = self._prompts.add(prompt_ids_for(task, tokenizer, settings.tags, max_turns), entry)
             if known.task.ground_truth != task.ground_truth:
                 raise ValueError(f"tasks {known.task.id!r} and {task.id!r} have the same prompt but different answers")
-        self._lengths = sorted({len(k) for k in self._by_prompt}, reverse=True)
-
-    def _match(self, context: list[int]) -> tuple[_Entry, int]:
-        for length in self._lengths:
-            entry = self._by_prompt.get(tuple(context[:length]))
-            if entry is not None:
-                return entry, length
-        raise LookupError(
-            "the context starts with none of the oracle's task prompts (build OracleBackend with the tasks, "
-            "tokenizer and episode settings the episodes run with)"
-        )
 
     def _progress(self, entry: _Entry, tail: str) -> list[str]:
         """The answers chosen so far: one per question already searched, read from the latest turn in ``tail``
         that searched one of the task's questions (its state and the results of its query)."""
         tags = entry.tags
-        open_tag, close_tag = tags.open(tags.info), tags.close(tags.info)
-        turns: list[tuple[str, str]] = []  # (generated text, observation block) in context order
-        pos = 0
-        while (start := tail.find(open_tag, pos)) != -1:
-            end = tail.find(close_tag, start)
-            end = len(tail) if end == -1 else end + len(close_tag)
-            turns.append((tail[pos:start], tail[start:end]))
-            pos = end
-        for generated, observation in reversed(turns):
+        for generated, observation in reversed(split_turns(tail, tags)):
             parsed = parse_turn(generated, tags)
             if parsed.action.kind != "query" or parsed.action.text not in entry.questions:
                 continue  # not one of the oracle's searches (e.g. a turn cut by max_new_tokens)
@@ -183,7 +208,7 @@ class OracleBackend:
 
     def turn_text(self, context: list[int]) -> str:
         """What the oracle writes after ``context``."""
-        entry, prompt_len = self._match(context)
+        entry, prompt_len = self._prompts.match(context)
         tail = self.tokenizer.decode(context[prompt_len:], skip_special_tokens=False) if context[prompt_len:] else ""
         answers = self._progress(entry, tail)
         tags = entry.tags
@@ -195,11 +220,16 @@ class OracleBackend:
         return f"{tags.open(tags.state)}{_state_text(entry, answers)}{tags.close(tags.state)}{action}"
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingConfig) -> Generation:
-        ids = [int(i) for i in self.tokenizer.encode(self.turn_text(list(prompt_ids)), add_special_tokens=False)]
-        finish = "stop"
-        if len(ids) > sampling.max_new_tokens:
-            ids, finish = ids[: sampling.max_new_tokens], "length"
-        return Generation(ids, [0.0] * len(ids), finish, extra={ORACLE_MARK: True})
+        return scripted_generation(self.tokenizer, self.turn_text(list(prompt_ids)), sampling)
+
+
+def scripted_generation(tokenizer, text: str, sampling: SamplingConfig) -> Generation:
+    """A teacher's turn as a ``Generation``: the text's ids (cut at ``max_new_tokens``), log-probs 0, marked."""
+    ids = [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
+    finish = "stop"
+    if len(ids) > sampling.max_new_tokens:
+        ids, finish = ids[: sampling.max_new_tokens], "length"
+    return Generation(ids, [0.0] * len(ids), finish, extra={ORACLE_MARK: True})
 
 
 def oracle_reward(answer: str | None, ground_truth: list[list[str]]) -> float:
@@ -241,13 +271,15 @@ async def run_oracle_episodes(
     concurrency: int = 16,
     on_episode: Callable[[EpisodeRecord], None] | None = None,
     progress: bool = True,
-    backend: OracleBackend | None = None,
+    backend: Any = None,
+    reward_fn: Callable[[str | None, list[list[str]]], float] | None = oracle_reward,
 ) -> list[EpisodeRecord]:
-    """Play every task with an ``OracleBackend`` through ``run_episodes``; records come back in task order.
+    """Play every task with a scripted teacher through ``run_episodes``; records come back in task order.
 
-    Each record's reward is :func:`oracle_reward` and its ``sampling`` carries ``"oracle": True``; ``on_episode``
-    sees records as they finish (marked already). ``backend``: one already built for these tasks and settings
-    (built here when None). The grounding filter is left to the caller.
+    Each record's reward is ``reward_fn``'s (:func:`oracle_reward`; None: the environment's, as WebShop's purchase
+    score) and its ``sampling`` carries ``"oracle": True``; ``on_episode`` sees records as they finish (marked
+    already). ``backend``: the teacher, already built for these tasks and settings (an ``OracleBackend`` built here
+    when None; ``webshop_oracle.WebShopOracleBackend`` for WebShop). The filter is left to the caller.
     """
     backend = backend or OracleBackend(tasks, tokenizer, config)
 
@@ -263,7 +295,7 @@ async def run_oracle_episodes(
         tokenizer,
         config,
         concurrency=concurrency,
-        reward_fn=oracle_reward,
+        reward_fn=reward_fn,
         on_episode=mark,
         progress=progress,
         desc="oracle episodes",
