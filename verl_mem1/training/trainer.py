@@ -485,7 +485,7 @@ class Mem1Trainer:
     def _write_curve(self) -> None:
         from verl_mem1.evaluation.curve import write_learning_curve
 
-        title = f"{self.cfg.trainer.experiment_name}: {Path(self.model_path).name}, {self.estimator}"
+        title = f"{self.cfg.trainer.experiment_name}: {self.estimator} from {self.model_path}"
         write_learning_curve(self.history, self.root, title=title)
 
     def close(self) -> None:
