@@ -55,6 +55,16 @@ def test_every_recipe_mem1_section_is_a_valid_config():
         Mem1Config.from_trainer_config(compose_config(name))
 
 
+@pytest.mark.parametrize("recipe", ["tiny", "smol_qa"])
+def test_single_machine_recipes_pass_the_trainers_start_up_checks(recipe):
+    from verl_mem1.cli.train import compose_config
+    from verl_mem1.training.validation import validate_config
+
+    cfg = compose_config(recipe)
+    validate_config(cfg)
+    assert cfg.trainer.experiment_name == recipe and cfg.mem1.attention in ("flex", "segmented")
+
+
 def test_attention_backend_auto_and_environment_override(monkeypatch):
     monkeypatch.delenv(ATTENTION_ENV, raising=False)
     assert attention_backend("auto", "cpu") == "segmented"
