@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 TORCH_INDEX_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: install install-gpu demo test test-fast lint format clean
+.PHONY: install install-gpu demo learn test test-fast lint format clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ install-gpu: install
 
 demo: install
 	$(BIN)/mem1 demo --out outputs/demo
+
+# SmolLM2 learns on 2 CPU cores (~2.5 h): SFT on oracle trajectories, GRPO (recipes/smol_qa.yaml) with the learning
+# curve, then MEM1 vs full context at 1-8 objectives; results under outputs/learn (benchmarks/README.md, "Learning")
+learn: install
+	bash benchmarks/learn_smollm2.sh
 
 test: install
 	$(BIN)/ruff check .
