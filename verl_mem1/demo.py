@@ -245,8 +245,8 @@ def run_demo(
     """The demo (module docstring); returns the evaluation metrics by model label, then (objectives, policy)."""
     from env_servers.bundled import serve_bundled
     from verl_mem1.evaluation.report import write_report
-    from verl_mem1.records import EpisodeRecord
     from verl_mem1.rollout.backends.hf_local import HFLocalBackend
+    from verl_mem1.rollout.runner import read_episodes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,10 +270,8 @@ def run_demo(
             write_report(sorted((out / "eval" / label).iterdir()), out / "report" / label)
     table = comparison_table(results)
     widest = max(objectives)
-    turns = {
-        policy: [EpisodeRecord.from_dict(row) for row in _read_jsonl(out / "eval" / "sft" / f"{widest}obj-{policy}")]
-        for policy in EVAL_POLICIES
-    }
+    turns = {policy: read_episodes(out / "eval" / "sft" / f"{widest}obj-{policy}" / "episodes.jsonl")
+             for policy in EVAL_POLICIES}  # fmt: skip
     sizes = context_size_table(turns)
     (out / "demo.md").write_text(
         f"# mem1 demo ({model_dir.name})\n\n{table}\n\nContext tokens at each turn, fine-tuned model, {widest} "
@@ -290,9 +288,3 @@ def run_demo(
         f"\nkeeps everything and grows every turn. Written under {out}: demo.md, report/, eval/, sft/."
     )
     return results
-
-
-def _read_jsonl(run_dir: Path) -> list[dict[str, Any]]:
-    from verl_mem1.jsonl import iter_json_objects
-
-    return [row for _, row in iter_json_objects(run_dir / "episodes.jsonl")]

@@ -141,7 +141,6 @@ def _cmd_trajectories(args: argparse.Namespace) -> int:
 
     def worth(record) -> bool:
         if shopping:
-            counts["right"] += (record.reward or 0.0) >= args.min_reward
             return (record.reward or 0.0) >= args.min_reward
         counts["right"] += record.reward == 1.0
         counts["grounded"] += all(grounded_objectives(record, tokenizer))

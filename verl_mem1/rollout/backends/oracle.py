@@ -121,7 +121,8 @@ class PromptIndex:
         """Register ``entry`` under ``prompt_ids``; returns the entry already there for the same prompt, if any."""
         key = tuple(int(i) for i in prompt_ids)
         known = self._entries.setdefault(key, entry)
-        self._lengths = sorted({len(k) for k in self._entries}, reverse=True)
+        if len(key) not in self._lengths:
+            self._lengths = sorted([*self._lengths, len(key)], reverse=True)
         return known
 
     def match(self, context: Sequence[int]) -> tuple[Any, int]:
