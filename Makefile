@@ -18,8 +18,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
-install-gpu: install
+# The GPU stack as verl 0.9.1's `vllm` extra pins it (torch, vLLM, transformers, flash-attn; checked by
+# tests/test_packaging_on_cpu.py): this replaces the CPU torch build.
+install-gpu: $(VENV)/.installed-gpu
+
+$(VENV)/.installed-gpu: $(VENV)/.installed
 	$(BIN)/pip install -e ".[gpu]"
+	touch $@
 
 demo: install
 	$(BIN)/mem1 demo --out outputs/demo
@@ -51,19 +56,36 @@ format:
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
 
-# MEM1 QA training with verl (GPU machines; `make install-gpu` first, retrieval server at mem1.retriever_url up):
-# compose 2-objective tasks as verl parquet, then run verl's own trainer on recipes/qa.yaml (see recipes/README.md).
-# The bundled HotpotQA sample makes a smoke run; pass the full sets for a real one, e.g.
-# QA_SOURCES="--source hotpotqa:hotpot_train_v1.1.json --source nq:NQ-open.train.jsonl --mix-sources".
+# MEM1 training with verl (GPU machines; `make install-gpu` first, the environment server up): compose the tasks as
+# verl parquet, then `python -m verl_mem1.train` (start-up checks, then verl's own main_ppo) on recipes/qa.yaml or
+# recipes/webshop.yaml (see recipes/README.md). The bundled HotpotQA sample / WebShop subset make a smoke run; pass
+# the full sets for a real one, e.g.
+# QA_SOURCES="--source hotpotqa:hotpot_train_v1.1.json --source nq:NQ-open.train.jsonl --mix-sources", or
+# WEBSHOP_DATA_ARGS="--products items_shuffle_1000.json --attributes items_ins_v2_1000.json" (the server's files).
 QA_SOURCES ?= --source hotpotqa-train
 QA_OBJECTIVES ?= 2
 QA_DATA ?= data/qa
+WEBSHOP_DATA ?= data/webshop
+WEBSHOP_DATA_ARGS ?=
+# goals 0-499 are WebShop's test split; with its human goals (--human-goals) its train split is 1500: (500-1499 val)
+WEBSHOP_TRAIN_GOALS ?= 500:
 TRAIN_ARGS ?=
+VERL_TRAIN := $(BIN)/python -m verl_mem1.train --config-dir $(CURDIR)/recipes \
+	actor_rollout_ref.rollout.agent.agent_loop_config_path=$(CURDIR)/recipes/agent_loops.yaml
 
-.PHONY: train-qa
-train-qa: install
+.PHONY: train-qa train-webshop
+train-qa: install-gpu
 	$(BIN)/mem1 compose $(QA_SOURCES) --objectives $(QA_OBJECTIVES) --seed 0 --agent-name mem1_agent \
 		--out $(QA_DATA)/train.parquet --test-out $(QA_DATA)/test.parquet
-	$(BIN)/python -m verl.trainer.main_ppo --config-path $(CURDIR)/recipes --config-name qa \
-		data.train_files=$(abspath $(QA_DATA))/train.parquet data.val_files=$(abspath $(QA_DATA))/test.parquet \
-		actor_rollout_ref.rollout.agent.agent_loop_config_path=$(CURDIR)/recipes/agent_loops.yaml $(TRAIN_ARGS)
+	$(VERL_TRAIN) --config-name qa \
+		data.train_files=$(abspath $(QA_DATA))/train.parquet data.val_files=$(abspath $(QA_DATA))/test.parquet $(TRAIN_ARGS)
+
+# the WebShop server (`mem1 serve webshop`) must serve the same products, attributes, goals and seed
+train-webshop: install-gpu
+	$(BIN)/mem1 webshop-tasks $(WEBSHOP_DATA_ARGS) --goals $(WEBSHOP_TRAIN_GOALS) --split train --agent-name mem1_agent \
+		--out $(WEBSHOP_DATA)/train.parquet
+	$(BIN)/mem1 webshop-tasks $(WEBSHOP_DATA_ARGS) --goals 0:500 --split test --agent-name mem1_agent \
+		--out $(WEBSHOP_DATA)/test.parquet
+	$(VERL_TRAIN) --config-name webshop \
+		data.train_files=$(abspath $(WEBSHOP_DATA))/train.parquet data.val_files=$(abspath $(WEBSHOP_DATA))/test.parquet \
+		$(TRAIN_ARGS)

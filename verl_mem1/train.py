@@ -2,8 +2,9 @@
 
 An ``@hydra.main`` entry point over the recipes inside the package (``pkg://verl_mem1.recipes``), for clusters:
 ``ray job submit -- python -m verl_mem1.train --config-name qa trainer.nnodes=2 ...`` needs no source tree on the
-workers, only ``verl-mem1`` installed. The composed config goes to verl's unmodified ``main_ppo`` (its validation,
-then its v1 or legacy task runner). The single-machine trainer is ``mem1 train`` (``verl_mem1.cli.train``).
+workers, only ``verl-mem1`` installed. The composed config is checked first (``verl_plugin/preflight.py``: data
+rows, TransferQueue, vLLM, the MEM1 engines, the environment server), then goes to verl's unmodified ``main_ppo`` (its
+validation, then its v1 or legacy task runner). The single-machine trainer is ``mem1 train`` (``verl_mem1.cli.train``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ def with_packaged_agent_loops(cfg: DictConfig) -> DictConfig:
 def main(cfg: DictConfig) -> None:
     from verl.trainer.main_ppo import main as verl_main
 
-    verl_main.__wrapped__(with_packaged_agent_loops(cfg))  # main_ppo's body, on our composed config
+    from verl_mem1.training.verl_plugin.preflight import check_trainer_config
+
+    cfg = with_packaged_agent_loops(cfg)
+    check_trainer_config(cfg)
+    verl_main.__wrapped__(cfg)  # main_ppo's body, on our composed config
 
 
 if __name__ == "__main__":

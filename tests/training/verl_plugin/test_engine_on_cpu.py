@@ -75,10 +75,8 @@ def legacy_batch(trainer_config, tokenizer, outputs, rows):
     return left_right_2_no_padding(batch.to_tensordict())
 
 
-def tq_batch(outputs, rows):
+def tq_fields(outputs, rows) -> list[dict]:
     """verl's v1 path: the per-sample fields ``AgentLoopWorkerTQ._agent_loop_postprocess`` stores in TransferQueue."""
-    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
-
     fields = []
     for output, row in zip(outputs, rows, strict=True):
         field = output.as_dict()
@@ -88,7 +86,13 @@ def tq_batch(outputs, rows):
         field["position_ids"] = torch.arange(field["input_ids"].numel())  # what _compute_position_ids gives
         field.pop("multi_modal_data", None)
         fields.append(field)
-    return list_of_dict_to_tensordict(fields)
+    return fields
+
+
+def tq_batch(outputs, rows):
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    return list_of_dict_to_tensordict(tq_fields(outputs, rows))
 
 
 def plain_output(tokenizer, text: str, prompt_len: int = 4):
@@ -256,3 +260,29 @@ def test_engine_leaves_plain_batches_to_verl(tiny_backend, training_model, cpu_d
     inputs, args = engine.prepare_model_inputs(td)
     assert "mem1_backend" not in inputs and inputs["attention_mask"] is None and "mem1" not in args
     assert inputs["position_ids"][0].tolist() == [i for n in lengths for i in range(n)]
+
+
+def test_engine_takes_verls_padding_sample_as_a_plain_one(tiny_backend, training_model, episodes, cpu_device):
+    """verl's v1 trainer pads a batch to a divisible size with a 128-token no-op sample whose fields are a deep copy
+    of the first real sample's (``padding_utils.construct_minimal_padding_template``), MEM1 ids included. It has no
+    token in the loss: the engine scores it as one plain causal sample and the real sample stays exact. A trainable
+    sample whose ids do not fit is still an error."""
+    from verl.trainer.ppo.padding_utils import SYNTHETIC_PADDING_SEQ_LEN, construct_minimal_padding_template
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+    from verl.workers.utils.padding import response_from_nested
+
+    (record,), (output,) = episodes
+    (field,) = tq_fields([output], [{"uid": "a"}])
+    eos = tiny_backend.tokenizer.eos_token_id
+    pad, tag = construct_minimal_padding_template(field, {}, eos)
+    assert tag["is_padding"] and len(pad["extra_fields"][SEGMENT_KEY]) != SYNTHETIC_PADDING_SEQ_LEN  # verl's copy
+    td = list_of_dict_to_tensordict([field, pad])
+    engine = make_engine(MEM1FSDPEngineWithLMHead, training_model, "dense")
+    model_output = run_engine(engine, td, remove_padding=True, entropy=False)
+    log_probs = response_from_nested(model_output["log_probs"], td["response_mask"])
+    check_mem1_sample(log_probs[0], output, reference_logprobs(training_model, [record])[0][0])
+    assert torch.isfinite(model_output["log_probs"].values()).all()
+
+    pad["loss_mask"] = pad["response_mask"] = torch.ones_like(pad["response_mask"])  # now it would be trained on
+    with pytest.raises(ValueError, match="MEM1 segment ids .* for a sequence of 128 tokens"):
+        run_engine(engine, list_of_dict_to_tensordict([field, pad]), remove_padding=True, entropy=False)

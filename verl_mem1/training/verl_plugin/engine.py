@@ -122,8 +122,19 @@ def _tensor(value: Any, name: str, index: int) -> torch.Tensor:
     return t
 
 
-def mem1_row_layout(lengths: Sequence[int], positions: Sequence[Any], segments: Sequence[Any]) -> Mem1RowLayout:
-    """Build the row layout from per-sample lengths and (possibly None) MEM1 position / segment ids."""
+def mem1_row_layout(
+    lengths: Sequence[int],
+    positions: Sequence[Any],
+    segments: Sequence[Any],
+    trainable: Sequence[bool] | None = None,
+) -> Mem1RowLayout:
+    """Build the row layout from per-sample lengths and (possibly None) MEM1 position / segment ids.
+
+    ``trainable[b]`` is False for a sample with no token in the loss. Such a sample whose MEM1 ids do not fit its
+    length is verl's synthetic padding (``trainer/ppo/padding_utils.py`` builds a 128-token no-op sample and copies
+    the first real sample's ``extra_fields`` onto it): it becomes a plain causal sample. A trainable sample that does
+    not fit is an error.
+    """
     offsets = [0]
     for n in lengths:
         offsets.append(offsets[-1] + int(n))
@@ -132,6 +143,8 @@ def mem1_row_layout(lengths: Sequence[int], positions: Sequence[Any], segments: 
     next_id = 0
     for b, (n, pos, seg) in enumerate(zip(lengths, positions, segments, strict=True)):
         n = int(n)
+        if seg is not None and trainable is not None and not trainable[b] and _id_count(seg) != n:
+            seg = pos = None  # verl's padding sample, carrying a copy of another sample's MEM1 ids
         if seg is None:
             seg_parts.append(torch.full((n,), next_id, dtype=torch.long))
             pseg_parts.append(torch.full((n,), next_id, dtype=torch.long))
@@ -171,6 +184,10 @@ def mem1_row_layout(lengths: Sequence[int], positions: Sequence[Any], segments: 
     )
 
 
+def _id_count(ids: Any) -> int:
+    return int(ids.numel()) if isinstance(ids, torch.Tensor) else len(ids)
+
+
 def _pad_segments(layout: Mem1RowLayout, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Segment ids for a row of ``length`` (verl may append pad tokens): the tail is one causal segment."""
     seg, pseg = layout.segment_ids, layout.prompt_segment_ids
@@ -181,6 +198,18 @@ def _pad_segments(layout: Mem1RowLayout, length: int) -> tuple[torch.Tensor, tor
         tail = torch.full((pad,), int(seg.max()) + 1 if seg.numel() else 0, dtype=torch.long)
         seg, pseg = torch.cat([seg, tail]), torch.cat([pseg, tail])
     return seg, pseg
+
+
+def _trainable(micro_batch: Any, n: int) -> list[bool] | None:
+    """Per sample: does any of its tokens count in the loss (verl's ``loss_mask``, else ``response_mask``)?"""
+    keys = set(micro_batch.keys())
+    for key in ("loss_mask", "response_mask"):
+        if key in keys:
+            mask = micro_batch[key]
+            rows = mask.unbind(0) if getattr(mask, "is_nested", False) else list(mask)
+            if len(rows) == n:
+                return [bool(row.any()) for row in rows]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- backends
@@ -228,7 +257,7 @@ class MEM1EngineMixin:
         positions, segments, backends = columns
         self._mem1_backend(next((b for b in backends if b), None))
         lengths = micro_batch["input_ids"].offsets().diff().tolist()
-        return mem1_row_layout(lengths, positions, segments)
+        return mem1_row_layout(lengths, positions, segments, _trainable(micro_batch, n))
 
     def _mem1_check(self, micro_batch: Any) -> None:
         from verl.utils import tensordict_utils as tu

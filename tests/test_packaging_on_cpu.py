@@ -1,0 +1,89 @@
+"""What installs and what ships: the GPU extra pinned as verl pins its own GPU stack, verl's v1 trainer importable
+from the base install, and the folders runs write left out of git and of a Ray job's upload."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from importlib.metadata import metadata
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def project() -> dict:
+    import tomllib  # Python 3.11+
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def verl_extra(name: str) -> dict[str, Requirement]:
+    """verl's installed metadata: the requirements of one of its extras, by package name."""
+    out = {}
+    for line in metadata("verl").get_all("Requires-Dist"):
+        req = Requirement(line)
+        if req.marker is not None and req.marker.evaluate({"extra": name}) and not req.marker.evaluate({"extra": ""}):
+            out[req.name.lower()] = req
+    return out
+
+
+def test_gpu_extra_pins_what_verls_vllm_extra_pins():
+    ours = {Requirement(r).name.lower(): Requirement(r) for r in project()["optional-dependencies"]["gpu"]}
+    verl_vllm = verl_extra("vllm")
+    for name in ("torch", "transformers", "vllm"):
+        assert str(ours[name].specifier) == str(verl_vllm[name].specifier), name
+    extras = (verl_extra(e) for e in metadata("verl").get_all("Provides-Extra"))
+    flash = next(r for r in extras if "flash-attn" in r)
+    assert str(ours["flash-attn"].specifier) == str(flash["flash-attn"].specifier)
+    # and the pinned transformers is one the base install accepts
+    base = {Requirement(r).name.lower(): Requirement(r) for r in project()["dependencies"]}
+    assert base["transformers"].specifier.contains(str(ours["transformers"].specifier).lstrip("="))
+
+
+def test_base_install_carries_verls_v1_trainer_dependencies():
+    base = {Requirement(r).name.lower(): Requirement(r) for r in project()["dependencies"]}
+    core = verl_extra("verl-core")
+    for name in ("transferqueue", "pyzmq", "msgspec"):
+        assert name in base, name
+    assert str(base["transferqueue"].specifier) == str(core["transferqueue"].specifier)
+    # what main_ppo's TaskRunnerV1 imports (the default trainer.use_v1=true)
+    code = "import transfer_queue; from verl.trainer.ppo.v1 import AgentLoopManagerTQ, get_trainer_cls"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+
+
+def test_make_install_gpu_uses_the_pinned_extra_and_training_targets_need_it():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r'\.installed-gpu: .*\n\t\$\(BIN\)/pip install -e "\.\[gpu\]"', makefile)
+    for target in ("train-qa", "train-webshop"):
+        assert re.search(rf"^{target}: install-gpu$", makefile, re.M), target
+        recipe = makefile.split(f"\n{target}:")[1].split("\n\n")[0]
+        assert "$(VERL_TRAIN) --config-name" in recipe  # python -m verl_mem1.train: start-up checks, then main_ppo
+    assert "-m verl_mem1.train" in makefile
+
+
+def test_run_outputs_stay_out_of_git_and_of_a_ray_jobs_upload(tmp_path):
+    """``ray job submit --working-dir .`` uploads what Ray's packaging walk keeps; it reads .gitignore."""
+    from ray._private.runtime_env.packaging import _dir_travel
+
+    shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")
+    kept = ["recipes/qa.yaml", "verl_mem1/data/hotpotqa/train.jsonl", "env_servers/webshop/bundled/items.json"]
+    dropped = ["data/qa/train.parquet", "idx/index.faiss", "checkpoints/MEM1/run/actor.pt", "outputs/learn/x.jsonl"]
+    for rel in kept + dropped:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    seen: list[str] = []
+    _dir_travel(tmp_path, [], lambda p: seen.append(p.relative_to(tmp_path).as_posix()), include_gitignore=True)
+    assert set(kept) <= set(seen)
+    assert not set(dropped) & set(seen)
+
+
+def test_setup_py_is_a_shim_over_pyproject():
+    result = subprocess.run(
+        [sys.executable, "setup.py", "--name", "--version"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == [project()["name"], project()["version"]]

@@ -1,0 +1,159 @@
+"""Start-up checks for verl's trainer on a MEM1 recipe: what would otherwise fail an hour into a cluster job, or
+never fail and train wrongly, fails here, before Ray starts, with the key to change.
+
+``python -m verl_mem1.train`` (and so ``make train-qa`` / ``make train-webshop``) runs ``check_trainer_config``
+on the composed config before handing it to verl's ``main_ppo``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+SKIP_ENV_CHECK = "MEM1_SKIP_ENV_CHECK"  # =1: do not ask the environment server for /health at start-up
+# the device verl's engines run on (trainer.device) -> the (device, vendor) key EngineRegistry looks up there
+_ENGINE_KEYS = {"cuda": ("cuda", "nvidia"), "npu": ("npu", "huawei")}
+
+
+class PreflightError(ValueError):
+    """A trainer config that cannot run MEM1 correctly; the message names the key and the fix."""
+
+
+def _select(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    return OmegaConf.select(cfg, key, default=default)
+
+
+def _uses_mem1(cfg: DictConfig) -> bool:
+    return _select(cfg, "actor_rollout_ref.rollout.agent.default_agent_loop") == "mem1_agent" or "mem1" in cfg
+
+
+def check_transfer_queue(cfg: DictConfig) -> None:
+    """verl's v1 trainer (``trainer.use_v1``, its default) imports TransferQueue, which verl lists only in an extra."""
+    if not _select(cfg, "trainer.use_v1", True):
+        return
+    try:
+        importlib.import_module("transfer_queue")
+    except ImportError as exc:
+        raise PreflightError(
+            f"trainer.use_v1=true runs verl's v1 trainer, which needs the TransferQueue package ({exc}); "
+            "`pip install verl-mem1` installs it (or set trainer.use_v1=false for the legacy trainer)"
+        ) from exc
+
+
+def check_rollout_engine(cfg: DictConfig) -> None:
+    """The MEM1 agent loop asks verl's server for the stop strings in the output (vLLM's
+    ``include_stop_str_in_output``) and for token-id prompts; SGLang has neither as configured by verl 0.9."""
+    name = _select(cfg, "actor_rollout_ref.rollout.name")
+    if name != "vllm" and _uses_mem1(cfg):
+        raise PreflightError(
+            f"actor_rollout_ref.rollout.name={name}: the MEM1 agent loop runs on vLLM only (SGLang drops "
+            "include_stop_str_in_output and skips tokenizer init); set actor_rollout_ref.rollout.name=vllm"
+        )
+
+
+def _row_count(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise PreflightError(f"data file {path} does not exist (make train-qa / mem1 compose writes it)")
+    if file.suffix != ".parquet":
+        return -1  # another format verl reads: not counted here
+    return int(pq.ParquetFile(file).metadata.num_rows)
+
+
+def check_data(cfg: DictConfig) -> None:
+    """Enough training rows for one batch: with fewer, verl computes 0 steps per epoch and divides by it."""
+    files = _select(cfg, "data.train_files")
+    if files is None:
+        return
+    files = [files] if isinstance(files, str) else list(files)
+    counts = [_row_count(str(f)) for f in files]
+    if any(c < 0 for c in counts):
+        return
+    rows, batch = sum(counts), int(_select(cfg, "data.train_batch_size"))
+    if _select(cfg, "data.train_max_samples", -1) not in (None, -1):
+        rows = min(rows, int(cfg.data.train_max_samples))
+    if rows < batch:
+        raise PreflightError(
+            f"data.train_files hold {rows} rows, fewer than data.train_batch_size={batch}: not one training step fits "
+            f"(verl would stop with a ZeroDivisionError); lower data.train_batch_size or compose more tasks"
+        )
+    val = _select(cfg, "data.val_files")
+    if val is not None:
+        for f in [val] if isinstance(val, str) else list(val):
+            _row_count(str(f))
+
+
+def check_engines(cfg: DictConfig) -> None:
+    """The MEM1 engines are the ones verl will build for the actor (and the critic, under GAE) on the job's device;
+    a stock engine would train packed samples under plain causal attention, silently."""
+    plugin = importlib.import_module("verl_mem1.training.verl_plugin")  # raises, unlike verl's entry-point loader
+    plugin.register()
+    from verl.workers.engine.base import EngineRegistry
+
+    from verl_mem1.training.verl_plugin.engine import ENGINES
+
+    device = str(_select(cfg, "trainer.device", "cuda"))
+    roles = [("language_model", "actor_rollout_ref.actor.strategy")]
+    if _select(cfg, "algorithm.adv_estimator") == "gae":
+        roles.append(("value_model", "critic.strategy"))
+    saved = {k: os.environ.get(k) for k in ("VERL_ENGINE_DEVICE", "VERL_ENGINE_VENDOR")}
+    try:
+        if device in _ENGINE_KEYS:
+            os.environ["VERL_ENGINE_DEVICE"], os.environ["VERL_ENGINE_VENDOR"] = _ENGINE_KEYS[device]
+        for model_type, key in roles:
+            strategy = str(_select(cfg, key, "fsdp2"))
+            try:
+                found = EngineRegistry.get_engine_cls(model_type, strategy)
+            except (AssertionError, NotImplementedError, KeyError, ValueError) as exc:  # verl asserts on a key
+                raise PreflightError(f"{key}={strategy}: verl has no {model_type} engine for it ({exc})") from exc
+            if not issubclass(found, ENGINES[model_type]):
+                raise PreflightError(
+                    f"{key}={strategy} on {device}: verl would build {found.__module__}.{found.__name__}, not the "
+                    f"MEM1 engine; packed MEM1 samples would be trained under the wrong attention. Use fsdp/fsdp2."
+                )
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def check_environment_server(cfg: DictConfig) -> None:
+    """The retrieval / WebShop server answers ``/health`` (set ``MEM1_SKIP_ENV_CHECK=1`` where only the workers reach
+    it)."""
+    if os.environ.get(SKIP_ENV_CHECK) == "1" or "mem1" not in cfg:
+        return
+    import httpx
+
+    from verl_mem1.config import Mem1Config
+
+    mem1 = Mem1Config.from_trainer_config(cfg)
+    url = mem1.url().rstrip("/").removesuffix("/retrieve")
+    if url == "auto":
+        return  # the plug-in refuses it with its own message
+    try:
+        response = httpx.get(url + "/health", timeout=10.0)
+    except httpx.HTTPError as exc:
+        key = "webshop_url" if mem1.env == "webshop" else "retriever_url"
+        raise PreflightError(
+            f"the {mem1.env} server at {url} (mem1.{key}) does not answer: {exc!r}. Start it first "
+            f"(`mem1 serve {mem1.env} ...`), or set {SKIP_ENV_CHECK}=1 if only the cluster's workers can reach it"
+        ) from exc
+    if response.status_code != 200:
+        raise PreflightError(f"the {mem1.env} server at {url} answered /health with {response.status_code}")
+
+
+def check_trainer_config(cfg: DictConfig) -> None:
+    """Every start-up check, cheapest first."""
+    check_rollout_engine(cfg)
+    check_transfer_queue(cfg)
+    check_data(cfg)
+    check_engines(cfg)
+    check_environment_server(cfg)
