@@ -47,6 +47,11 @@ class Mem1Config(BaseConfig):
         webshop_url: a ``mem1 serve webshop`` server; ``auto`` serves the bundled 100-product shop in-process.
         topk: documents per query (MEM1 and Search-R1 train with 3).
         retriever_timeout_s: HTTP timeout of one environment call.
+        env_retries: retries of an environment call that failed to connect, timed out or got a 429/5xx answer
+            (waits of 0.5 s doubling to at most 30 s, with jitter: ~2.5 min for 8). A call still failing ends its
+            episode as ``env_error``, which is never trained on.
+        max_env_error_rate: the single-machine trainer stops when more than this fraction of a step's episodes end
+            in ``env_error`` (1.0: never).
         context: the context policy: ``mem1`` (prompt + last turn), ``full`` or ``window:K``.
         tags: ``paper``, ``search_r1`` or ``webshop``; None: the task's ``extra_info.tags``, else the env's default.
         max_turns: None: the task's ``extra_info.max_turns``, else 6 (20 for 8+ objectives; WebShop 15).
@@ -84,6 +89,8 @@ class Mem1Config(BaseConfig):
     webshop_url: str = "http://127.0.0.1:8003"
     topk: int = 3
     retriever_timeout_s: float = 30.0
+    env_retries: int = 8
+    max_env_error_rate: float = 0.25
     context: str = "mem1"
     tags: str | None = None
     max_turns: int | None = None
@@ -153,6 +160,10 @@ class Mem1Config(BaseConfig):
                 raise _fail("tags", self.tags, f"does not fit mem1.env={self.env}: use {fit}")
         integer("topk", 1)
         number("retriever_timeout_s", 0.001)
+        integer("env_retries", 0)
+        number("max_env_error_rate", 0.0)
+        if self.max_env_error_rate > 1.0:
+            raise _fail("max_env_error_rate", self.max_env_error_rate, "a fraction of episodes: must be <= 1.0")
         integer("max_turns", 1, allow_none=True)
         integer("max_new_tokens", 1, allow_none=True)
         integer("max_observation_tokens", 1, allow_none=True)

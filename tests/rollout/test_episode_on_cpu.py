@@ -128,17 +128,6 @@ def test_last_turn_hint_demands_an_answer(tiny_backend, retrieval_url):
     assert "answer" in last_hint.lower() and "last" in last_hint.lower()
 
 
-def test_unreachable_retriever_becomes_an_observation(tiny_backend, tmp_path):
-    from env_servers.background import free_port
-
-    tok = tiny_backend.tokenizer
-    backend = ScriptedBackend(tiny_backend.model, tok, ["<query>anything</query>", "<answer>x</answer>"])
-    record = _play(backend, RetrievalEnvironment(f"http://127.0.0.1:{free_port()}", timeout_s=2), tok, max_turns=3)
-    assert record.termination == "answer"
-    observation = tok.decode(record.turns[0].observation_ids).lower()
-    assert "environment failed" in observation and "retrieval server unreachable" in observation
-
-
 def test_context_limit_ends_the_episode(tiny_backend, retrieval_url):
     tok = tiny_backend.tokenizer
     backend = ScriptedBackend(tiny_backend.model, tok, ["<query>Tulsa</query>"] * 5)

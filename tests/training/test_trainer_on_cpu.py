@@ -340,3 +340,23 @@ def test_policy_rows_align_with_packed_order(fixed_batch):
         assert torch.equal(old, sample.rollout_logprobs[sample.loss_mask.bool()])
         assert torch.unique(adv).numel() == 1, "an outcome advantage is the same on every generated token"
     assert algos.episode_lengths(batch.samples[0]) == [batch.samples[0].num_generated]
+
+
+def test_episodes_the_environment_failed_are_never_trained_on(fixed_batch):
+    """An ``env_error`` episode leaves the batch (its group compares the others); too many of them stop the step."""
+    import copy
+
+    from verl_mem1.training.batch import env_error_count
+
+    _, records, scores, groups = fixed_batch
+    failed = copy.deepcopy(records[0])
+    failed.termination, failed.error = "env_error", "retrieval server unreachable"
+    with_failure = build_batch([failed, *records[1:]], scores, groups)
+    without = build_batch(records[1:], scores[1:], groups[1:])
+    compute_batch_advantages(with_failure, "grpo")
+    compute_batch_advantages(without, "grpo")
+    assert [r.id for r in with_failure.records] == [r.id for r in without.records]
+    assert all(torch.equal(a, b) for a, b in zip(with_failure.advantages, without.advantages, strict=True))
+    assert env_error_count([failed, *records[1:]], max_rate=0.5) == 1
+    with pytest.raises(RuntimeError, match=r"1 of 2 episodes lost their environment .*retrieval server unreachable"):
+        env_error_count([failed, records[1]], max_rate=0.25)

@@ -107,7 +107,7 @@ def _setup(args: argparse.Namespace):
     shopping = args.env == "webshop"
     oracle = (WebShopOracleBackend if shopping else OracleBackend)(tasks, tokenizer, config)
 
-    async def probe():  # one call now, or every episode would only see "the environment failed"
+    async def probe():  # one call now, or every episode would end as an environment error
         try:
             await (env.goals("0:1") if shopping else env.search([tasks[0].questions[0]]))
         finally:

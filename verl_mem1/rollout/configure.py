@@ -72,5 +72,5 @@ def make_environment(mem1: Mem1Config, url: str | None = None) -> Environment:
             "by single-machine runs only (mem1 train, rollout, eval); give the URL of a running server"
         )
     if mem1.env == "webshop":
-        return WebShopEnvironment(url, timeout_s=mem1.retriever_timeout_s)
-    return RetrievalEnvironment(url, topk=mem1.topk, timeout_s=mem1.retriever_timeout_s)
+        return WebShopEnvironment(url, timeout_s=mem1.retriever_timeout_s, retries=mem1.env_retries)
+    return RetrievalEnvironment(url, topk=mem1.topk, timeout_s=mem1.retriever_timeout_s, retries=mem1.env_retries)

@@ -3,6 +3,12 @@
 Retrieval is stateless (every session just searches); WebShop keeps a shopping session per episode on its server,
 ends the episode itself on a purchase and scores it, so the loop asks the environment for a session and lets a
 step say ``done`` with a reward.
+
+Calls that fail transiently are retried with backoff (``retries``): a connection refused or reset, a timeout, a 429 or
+5xx answer. A WebShop action is not idempotent, so it is retried only where the server cannot have applied it (no
+connection, 429, 503); a session the server lost (it restarted: 404) is opened again on the same goal and its actions
+replayed, so a restarted server loses no episode. What still fails raises ``EnvironmentError_``, which ends the
+episode as ``env_error``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from verl_mem1.protocol import format_documents, format_webshop_page
 from verl_mem1.records import Task
@@ -18,7 +25,20 @@ from verl_mem1.tasks.webshop import parse_goal_range, webshop_task
 
 
 class EnvironmentError_(RuntimeError):
-    """The environment could not answer; the loop turns this into an observation, not a crash."""
+    """The environment could not answer, after its retries; the episode ends as ``env_error`` (never trained on)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status of the last answer, None when there was none
+
+
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})  # answers worth asking again
+UNAPPLIED_STATUS = frozenset({429, 503})  # answers that say the request was not carried out
+
+
+class _Retryable(Exception):
+    def __init__(self, response: httpx.Response):
+        self.response = response
 
 
 @dataclass
@@ -52,10 +72,22 @@ class Environment(Protocol):
 class _HTTPEnvironment:
     """An environment behind an HTTP server: one pooled client, made on first use in the running event loop."""
 
-    def __init__(self, url: str, *, timeout_s: float = 30.0, client: httpx.AsyncClient | None = None):
+    name = "environment"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 30.0,
+        client: httpx.AsyncClient | None = None,
+        retries: int = 8,
+        retry_wait_s: float = 0.5,
+    ):
         self.url = url.rstrip("/")
         self._client = client
         self._timeout = timeout_s
+        self.retries = retries
+        self.retry_wait_s = retry_wait_s  # the first wait; each next one doubles, up to 30 s, with jitter
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -66,6 +98,37 @@ class _HTTPEnvironment:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    async def request(
+        self, method: str, url: str, body: dict[str, Any] | None = None, *, idempotent: bool = True
+    ) -> httpx.Response:
+        """One call, retried while it fails transiently; the last answer (any status) or ``EnvironmentError_``."""
+
+        def transient(exc: BaseException) -> bool:
+            if isinstance(exc, _Retryable):
+                return idempotent or exc.response.status_code in UNAPPLIED_STATUS
+            if idempotent:
+                return isinstance(exc, httpx.TransportError)
+            return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)  # never reached the server
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential_jitter(initial=self.retry_wait_s, max=30.0, jitter=self.retry_wait_s),
+            retry=retry_if_exception(transient),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    response = await self._http().request(method, url, json=body)
+                    if response.status_code in RETRY_STATUS:
+                        raise _Retryable(response)
+                    return response
+        except _Retryable as exc:
+            return exc.response
+        except httpx.HTTPError as exc:
+            raise EnvironmentError_(f"{self.name} server unreachable at {url}: {exc!r}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover - AsyncRetrying either returns or raises
 
 
 class _SearchSession:
@@ -83,24 +146,23 @@ class RetrievalEnvironment(_HTTPEnvironment):
     """Client of a Search-R1-compatible retrieval server (``POST /retrieve``)."""
 
     rewards_episodes = False
+    name = "retrieval"
 
-    def __init__(self, url: str, *, topk: int = 3, timeout_s: float = 30.0, client: httpx.AsyncClient | None = None):
+    def __init__(self, url: str, *, topk: int = 3, **http: Any):
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
-        super().__init__(url, timeout_s=timeout_s, client=client)
+        super().__init__(url, **http)
         self.endpoint = self.url if self.url.endswith("/retrieve") else self.url + "/retrieve"
         self.topk = topk
 
     async def search(self, queries: list[str]) -> list[list[str]]:
         """Retrieve ``topk`` documents' contents for each query."""
-        try:
-            response = await self._http().post(
-                self.endpoint, json={"queries": queries, "topk": self.topk, "return_scores": True}
-            )
-        except httpx.HTTPError as exc:
-            raise EnvironmentError_(f"retrieval server unreachable at {self.endpoint}: {exc!r}") from exc
+        body = {"queries": queries, "topk": self.topk, "return_scores": True}
+        response = await self.request("POST", self.endpoint, body)
         if response.status_code != 200:
-            raise EnvironmentError_(f"retrieval server answered {response.status_code}: {response.text[:200]}")
+            raise EnvironmentError_(
+                f"retrieval server answered {response.status_code}: {response.text[:200]}", response.status_code
+            )
         try:
             results = response.json()["result"]
             return [[(item["document"] if "document" in item else item)["contents"] for item in r] for r in results]
@@ -118,13 +180,33 @@ class RetrievalEnvironment(_HTTPEnvironment):
 class WebShopSession:
     """One shopping session on a WebShop server (``mem1 serve webshop``)."""
 
-    def __init__(self, env: WebShopEnvironment, session_id: str):
+    def __init__(self, env: WebShopEnvironment, session_id: str, goal_index: int | None = None):
         self._env = env
         self.session_id = session_id
+        self.goal_index = goal_index
+        self.actions: list[str] = []  # what the server has applied, to rebuild the session if the server loses it
+
+    async def _step(self, action: str) -> dict[str, Any]:
+        return await self._env.call("POST", f"/sessions/{self.session_id}/step", {"action": action}, idempotent=False)
 
     async def step(self, action: str) -> Step:
-        data = await self._env.call("POST", f"/sessions/{self.session_id}/step", {"action": action})
+        try:
+            data = await self._step(action)
+        except EnvironmentError_ as exc:
+            if exc.status != 404 or self.goal_index is None:
+                raise
+            await self._restore()
+            data = await self._step(action)
+        self.actions.append(action)
         return self._env.to_step(data)
+
+    async def _restore(self) -> None:
+        """The server no longer knows the session (it restarted): open one on the same goal and replay the actions
+        (the shop is deterministic for a given goal, data and seed, so the page is the one the episode was on)."""
+        data = await self._env.call("POST", "/sessions", {"goal_index": self.goal_index}, idempotent=False)
+        self.session_id = str(data.get("session_id"))
+        for action in self.actions:
+            await self._step(action)
 
     async def close(self) -> None:
         try:
@@ -137,14 +219,16 @@ class WebShopEnvironment(_HTTPEnvironment):
     """Client of the WebShop server: a session per episode on the task's goal (``extra_info.goal_index``)."""
 
     rewards_episodes = True
+    name = "WebShop"
 
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        try:
-            response = await self._http().request(method, self.url + path, json=body)
-        except httpx.HTTPError as exc:
-            raise EnvironmentError_(f"WebShop server unreachable at {self.url}: {exc!r}") from exc
+    async def call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, idempotent: bool = True
+    ) -> dict[str, Any]:
+        response = await self.request(method, self.url + path, body, idempotent=idempotent)
         if response.status_code != 200:
-            raise EnvironmentError_(f"WebShop server answered {response.status_code}: {response.text[:200]}")
+            raise EnvironmentError_(
+                f"WebShop server answered {response.status_code}: {response.text[:200]}", response.status_code
+            )
         try:
             return response.json()
         except ValueError as exc:
@@ -163,8 +247,8 @@ class WebShopEnvironment(_HTTPEnvironment):
         goal_index = task.extra_info.get("goal_index")
         if goal_index is None:
             raise EnvironmentError_(f"task {task.id!r} has no extra_info.goal_index: it is not a WebShop task")
-        data = await self.call("POST", "/sessions", {"goal_index": int(goal_index)})
-        session = WebShopSession(self, str(data.get("session_id")))
+        data = await self.call("POST", "/sessions", {"goal_index": int(goal_index)}, idempotent=False)
+        session = WebShopSession(self, str(data.get("session_id")), int(goal_index))
         if task.questions and data.get("instruction") != task.questions[0]:
             await session.close()
             raise EnvironmentError_(

@@ -23,7 +23,7 @@ from verl_mem1.protocol import (
 )
 from verl_mem1.records import EpisodeRecord, Task, TurnRecord
 from verl_mem1.rollout.backends.base import LLMBackend, SamplingConfig
-from verl_mem1.rollout.environment import Environment, EnvironmentError_, EpisodeSession, Step
+from verl_mem1.rollout.environment import Environment, EnvironmentError_, EpisodeSession
 
 RewardFn = Callable[[str | None, list[list[str]]], float]
 WEBSHOP_MAX_TURNS = 15
@@ -183,12 +183,15 @@ async def _play_turns(
             t1 = time.perf_counter()
             try:
                 step = await session.step(action.text)
-            except EnvironmentError_ as exc:
-                step = Step(f"The environment failed: {exc}")
+            except EnvironmentError_ as exc:  # still failing after the client's retries: the episode cannot go on
+                record.termination, record.error = "env_error", str(exc)
+                step = None
             env_s = time.perf_counter() - t1
-            if not step.valid:
+            if step is not None and not step.valid:
                 action_record = {"kind": "invalid", "text": action.text, "reason": step.observation.split("\n")[0]}
-            if step.done:
+            if step is None:
+                pass  # the turn is recorded without an observation and the episode ends
+            elif step.done:
                 record.termination = "done"
                 env_reward = step.reward or 0.0
             elif turns_left == 0:

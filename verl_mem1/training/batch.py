@@ -46,13 +46,27 @@ class EpisodeBatch:
         return len(self.samples)
 
 
+def env_error_count(records: Sequence[EpisodeRecord], max_rate: float) -> int:
+    """Episodes the environment failed (``env_error``: still failing after the client's retries); raises when more
+    than ``max_rate`` of them did (``mem1.max_env_error_rate``): a step of such episodes would train on noise."""
+    failed = [r for r in records if r.termination == "env_error"]
+    if records and len(failed) / len(records) > max_rate:
+        raise RuntimeError(
+            f"{len(failed)} of {len(records)} episodes lost their environment (more than mem1.max_env_error_rate="
+            f"{max_rate}); first error: {failed[0].error}"
+        )
+    return len(failed)
+
+
 def build_batch(records: Sequence[EpisodeRecord], scores: Sequence[float], group_ids: Sequence[str]) -> EpisodeBatch:
-    """Pack episodes; episodes that generated nothing (nothing to train on) are left out."""
-    keep = [i for i, r in enumerate(records) if any(t.generated_ids for t in r.turns)]
+    """Pack episodes. Left out: episodes that generated nothing (nothing to train on) and episodes the environment
+    failed (their reward says nothing about the policy); a GRPO group then compares the episodes it has left."""
+    keep = [i for i, r in enumerate(records) if any(t.generated_ids for t in r.turns) and r.termination != "env_error"]
     if len(keep) < len(records):
-        logger.warning("%d episode(s) generated no tokens and are left out of the update", len(records) - len(keep))
+        logger.warning("%d episode(s) generated no tokens or lost their environment: left out of the update",
+                       len(records) - len(keep))  # fmt: skip
     if not keep:
-        raise RuntimeError("no episode generated any token; nothing to train on")
+        raise RuntimeError("no episode generated any token with a working environment; nothing to train on")
     samples = [pack_episode(records[i]) for i in keep]
     return EpisodeBatch(
         records=[records[i] for i in keep],

@@ -36,7 +36,7 @@ from verl_mem1.config import AUTO, ConfigError
 from verl_mem1.evaluation.curve import read_learning_curve
 from verl_mem1.rollout.configure import episode_config, make_environment
 from verl_mem1.training import algorithms as algos
-from verl_mem1.training.batch import build_batch, compute_batch_advantages
+from verl_mem1.training.batch import build_batch, compute_batch_advantages, env_error_count
 from verl_mem1.training.checkpoint import latest_checkpoint, read_state, rng_state, set_rng_state, write_checkpoint
 from verl_mem1.training.data import BatchSampler, load_split
 from verl_mem1.training.head import PLAIN_HEAD_MODEL_TYPES, plain_head
@@ -287,8 +287,8 @@ class Mem1Trainer:
         records = self.rollout(episodes_tasks)
         timing = {"timing_s/rollout": time.perf_counter() - t0}
         scores = [float(r.reward or 0.0) for r in records]
+        metrics: dict[str, float] = {"mem1/env_errors": float(env_error_count(records, self.mem1.max_env_error_rate))}
         batch = build_batch(records, scores, group_ids)
-        metrics: dict[str, float] = {}
 
         if self.ref is not None:
             t0 = time.perf_counter()
@@ -336,9 +336,9 @@ class Mem1Trainer:
         step_s = time.perf_counter() - t_step
         metrics.update(
             {
-                "reward/mean": float(np.mean(scores)),
-                "reward/max": float(np.max(scores)),
-                "reward/min": float(np.min(scores)),
+                "reward/mean": float(np.mean(batch.scores)),  # the episodes trained on
+                "reward/max": float(np.max(batch.scores)),
+                "reward/min": float(np.min(batch.scores)),
                 **present_metrics({"reward/em": summary["em"], "reward/f1": summary["f1"]}),
                 **present_metrics({"reward/success_rate": summary["success_rate"]}),
                 "episode/answered_rate": summary["answered_rate"],

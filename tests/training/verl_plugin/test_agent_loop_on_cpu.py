@@ -129,3 +129,17 @@ def test_agent_loop_plays_webshop_rows_and_takes_the_shops_reward(
     assert info == {"score": 0.0, "webshop_success": 0.0}
     output = loop.to_outputs(record, reward, info)
     assert output.reward_score == 0.0 and output.extra_fields["mem1_turns"] == 3
+
+
+def test_an_episode_the_environment_failed_raises_instead_of_becoming_a_sample(trainer_config, tiny_backend, rows):
+    """verl's v1 worker turns the exception into a failed group: the episode is never trained on."""
+    from env_servers.background import free_port
+    from tests.support import FakeServerClient, FakeVllmReplica, ScriptedBackend
+    from verl_mem1.training.verl_plugin.agent_loop import EnvironmentFailure
+
+    scripted = ScriptedBackend(tiny_backend.model, tiny_backend.tokenizer, ["<IS>x</IS><query>Tulsa</query>"])
+    server = FakeServerClient(FakeVllmReplica(scripted))
+    dead = f"http://127.0.0.1:{free_port()}"
+    loop = make_loop(trainer_config, server, tiny_backend.tokenizer, retriever_url=dead, env_retries=0)
+    with pytest.raises(EnvironmentFailure, match="retrieval server unreachable"):
+        asyncio.run(loop.run(verl_sampling_params(trainer_config), **row_kwargs(rows[0])))

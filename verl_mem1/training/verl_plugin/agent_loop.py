@@ -18,6 +18,10 @@ function (``reward.custom_reward_function``, ours by default) on the episode's o
 loop recorded in ``extra_info["mem1_final_answer"]`` (ours scores that, not a re-parse), so a truncated packed
 sample never loses its answer; ``mem1.reward: verl`` leaves it to verl's reward manager instead. WebShop episodes
 are scored by the shop (the purchase reward the environment returns).
+
+An episode the environment failed (``env_error``: a server still down after the client's ``mem1.env_retries``) raises
+``EnvironmentFailure``: verl's v1 trainer marks its group failed, trains the siblings that finished and never this
+episode (``recipes/cluster.yaml`` refills a group left empty); the legacy trainer stops on it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ logger = logging.getLogger(__name__)
 AGENT_NAME = "mem1_agent"
 _VERL_KWARGS = {"name", "tools", "hf_model_type"}  # what AgentLoopWorker and its config file add
 _REWARD_FNS: dict[str, Any] = {}
+
+
+class EnvironmentFailure(RuntimeError):
+    """The episode lost its environment; it must not become a training sample (its reward says nothing)."""
 
 
 def check_layout_supported(trainer_config: Any, mem1: Mem1Config) -> None:
@@ -176,6 +184,8 @@ class MEM1AgentLoop(AgentLoopBase):
         task = task_from_row(kwargs)
         started = time.perf_counter()
         record = await self.play(task, sampling_params)
+        if record.termination == "env_error":
+            raise EnvironmentFailure(f"task {task.id!r}: the environment failed after its retries: {record.error}")
         t0 = time.perf_counter()
         reward, info = await self.score(record, kwargs)
         outputs = self.to_outputs(record, reward, info)
