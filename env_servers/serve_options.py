@@ -20,6 +20,15 @@ def add_server_options(parser: argparse.ArgumentParser, default_port: int) -> No
     group.add_argument("--port", type=int, default=default_port, help=f"port to listen on (default {default_port})")
     group.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="uvicorn log level (default info)")
     group.add_argument("--no-access-log", action="store_true", help="do not log every request (saves CPU under load)")
+    ray = parser.add_argument_group("on a Ray cluster")
+    ray.add_argument(
+        "--on-ray",
+        action="store_true",
+        help="run this server in a detached Ray actor on the running cluster (bound to its node's address), print its "
+        "URL and return; a server of the same name already running is reused",
+    )
+    ray.add_argument("--ray-name", default=None, help="the actor's name (default: from the server kind and arguments)")
+    ray.add_argument("--ray-cpus", type=float, default=1.0, help="CPUs the actor reserves (default 1)")
 
 
 def server_settings(args: argparse.Namespace) -> dict[str, Any]:

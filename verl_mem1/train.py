@@ -39,9 +39,11 @@ def with_packaged_agent_loops(cfg: DictConfig) -> DictConfig:
 def main(cfg: DictConfig) -> None:
     from verl.trainer.main_ppo import main as verl_main
 
+    from verl_mem1.cli.serve_on_ray import start_configured_servers
     from verl_mem1.training.verl_plugin.preflight import check_trainer_config
 
     cfg = with_packaged_agent_loops(cfg)
+    start_configured_servers(cfg)  # the recipe's mem1_servers, as Ray actors on the cluster
     check_trainer_config(cfg)
     verl_main.__wrapped__(cfg)  # main_ppo's body, on our composed config
 

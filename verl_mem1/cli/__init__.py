@@ -54,7 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "on_ray", False):  # `mem1 serve SERVER ... --on-ray`: the same command, in a Ray actor
+        from verl_mem1.cli.serve_on_ray import serve_on_ray, strip_on_ray_flags
+
+        command = strip_on_ray_flags(argv[argv.index("serve") + 1 :])
+        print(serve_on_ray(command, name=args.ray_name, num_cpus=args.ray_cpus))
+        return 0
     forward = getattr(args, "accepts_unknown", None)  # e.g. `mem1 train` hands the rest to Hydra
     if forward:
         setattr(args, forward, unknown)
