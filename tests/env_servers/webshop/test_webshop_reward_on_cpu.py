@@ -233,39 +233,61 @@ def test_attribute_matches_count() -> None:
 # ------------------------------------------------------------------ option term
 
 
-def test_option_color_matches_after_normalisation() -> None:
-    # 'forest green' and 'kelly green' both normalise to 'green' -> fuzzy 100
-    assert normalize_color("forest green") == normalize_color("kelly green") == "green"
-    assert option_matches(make_product(), ["kelly green", "x-large"], {"color": "forest green"}) == 1
-    # 'maroon' stays 'maroon': vs 'green' 36, vs 'x-large' low, not in the product text -> 0
-    assert option_matches(make_product(), ["kelly green", "x-large"], {"color": "maroon"}) == 0
+GOAL_OPTIONS = {"color": "kelly green", "size": "x-large"}
 
 
-def test_option_size_requires_an_exact_match() -> None:
-    # fuzzy would accept it: '3x large' vs 'x large' -> 'large 3x' vs 'large x', 2·7/15 = 93.3 > 85
-    assert fuzz.token_set_ratio("3x-large", "x-large") > 85
-    assert option_matches(make_product(), ["kelly green", "x-large"], {"size": "3x-large"}) == 0
-    assert option_matches(make_product(), ["kelly green", "x-large"], {"size": "x-large"}) == 1
-    assert option_matches(make_product(), ["kelly green", "x-large"], {"Size": "3x-large"}) == 0  # name lower-cased
-    # any other option name is fuzzy: the same values under 'fit' match
-    assert option_matches(make_product(), ["kelly green", "x-large"], {"fit": "3x-large"}) == 1
+def test_webshop_rule_scores_the_goals_name_value_pairs() -> None:
+    # WebShop colour-normalises the goal's (name, value) pairs: on a tuple "contains" is membership, so
+    # ('color', 'kelly green') stays a pair, compared by its text "color kelly green"; the chosen 'forest green' becomes
+    # 'green', whose one token is inside the pair's tokens -> token-set ratio 100 -> hit
+    assert normalize_color(("color", "kelly green")) == ("color", "kelly green")
+    assert normalize_color("forest green") == "green"
+    assert option_matches(GOAL_OPTIONS, {"color": "forest green"}) == 1
+    # 'maroon' shares no token with either pair -> 0
+    assert option_matches(GOAL_OPTIONS, {"color": "maroon"}) == 0
+    # both hit -> 2; nothing chosen -> 0; a goal without options -> 0
+    assert option_matches(GOAL_OPTIONS, {"color": "kelly green", "size": "x-large"}) == 2
+    assert option_matches(GOAL_OPTIONS, {}) == 0 and option_matches({}, {"color": "red"}) == 0
 
 
-def test_option_found_in_product_text() -> None:
-    # 'fleece' matches no goal option, but it is in the title; a size found in the text counts too
-    assert option_matches(make_product(), ["kelly green"], {"material": "fleece"}) == 1
-    product = make_product(Description="Available in 3x-large only.")
-    assert option_matches(product, ["x-large"], {"size": "3x-large"}) == 1
-    # the colour-normalised value is what is looked up: 'navy | blue' -> 'blue', absent from the text
-    assert option_matches(make_product(), ["red"], {"color": "navy | blue"}) == 0
-    assert option_matches(make_product(Title="Blue Hoodie"), ["red"], {"color": "navy | blue"}) == 1
+def test_webshop_rule_size_is_fuzzy() -> None:
+    # the case 3: 'x-large' processes to "x large", so 'large' is a subset of ('size', 'x-large') -> hit
+    assert option_matches(GOAL_OPTIONS, {"size": "large"}) == 1
+    # '3x-large' -> tokens {3x, large} vs {size, x, large}: not a subset; best of the three token-set comparisons
+    # is "large" vs "large 3x" = 2·5/13 = 77 <= 85 -> miss
+    assert fuzz.token_set_ratio("3x-large", ("size", "x-large")) == 77
+    assert option_matches(GOAL_OPTIONS, {"size": "3x-large"}) == 0
 
 
-def test_option_matches_counts_chosen_options() -> None:
-    chosen = {"color": "forest green", "size": "x-large"}
-    assert option_matches(make_product(), ["kelly green", "x-large"], chosen) == 2
-    assert option_matches(make_product(), [], chosen) == 0
-    assert option_matches(make_product(), ["kelly green", "x-large"], {}) == 0
+def test_webshop_rule_has_no_text_fallback_and_counts_goal_options() -> None:
+    # the case 1: pink / x-large wanted, black / x-large bought: only the size pair is hit (no credit for a
+    # colour that appears in the product's text)
+    assert option_matches({"color": "pink", "size": "x-large"}, {"color": "black", "size": "x-large"}) == 1
+    # case 2: the chosen 'antique graywash' normalises to 'ash' (the first colour of WebShop's list inside it), the
+    # goal pair is not normalised: "ash" vs "color antique graywash" share no token -> the right option misses
+    assert normalize_color("antique graywash") == "ash"
+    assert option_matches({"color": "antique graywash"}, {"color": "antique graywash"}) == 0
+    # case 4: what is counted is goal options hit, at most one each, not chosen options that match
+    assert option_matches({"size": "large"}, {"size": "large", "fit": "large"}) == 1
+
+
+def test_webshop_rule_on_a_human_goals_plain_values() -> None:
+    # human goals list values without names: colour-normalised strings ('kelly green' -> 'green')
+    assert option_matches(["kelly green", "x-large"], {"color": "forest green", "size": "x-large"}) == 2
+    assert option_matches(["kelly green", "x-large"], {"color": "forest green", "size": "large"}) == 2
+
+
+def test_by_name_rule_matches_each_goal_option_to_the_one_chosen_under_its_name() -> None:
+    by_name = {"rule": "by_name"}
+    # colour: both normalised ('kelly green', 'forest green' -> 'green') and fuzzy -> hit; size exact
+    assert option_matches(GOAL_OPTIONS, {"color": "forest green", "size": "x-large"}, **by_name) == 2
+    assert option_matches(GOAL_OPTIONS, {"size": "large"}, **by_name) == 0  # case 3: large is not x-large
+    assert option_matches(GOAL_OPTIONS, {"Size": "x-large"}, **by_name) == 1  # names compared lower-cased
+    assert option_matches(GOAL_OPTIONS, {"fit": "x-large"}, **by_name) == 0  # not under the goal's name
+    assert option_matches({"color": "antique graywash"}, {"color": "antique graywash"}, **by_name) == 1  # case 2
+    assert option_matches({"color": "pink", "size": "x-large"}, {"color": "black", "size": "x-large"}, **by_name) == 1
+    with pytest.raises(ValueError, match="unknown option rule"):
+        option_matches(GOAL_OPTIONS, {}, rule="text")
 
 
 # ------------------------------------------------------------------ price term and the total
@@ -290,7 +312,7 @@ def test_purchase_reward_dict_goal_options() -> None:
     chosen = {"color": "forest green", "size": "3x-large"}
     reward, details = purchase_reward(make_product(), make_goal(), 30.0, chosen, words)
     # attributes: machine wash, long sleeve, kangaroo pocket match; short sleeve does not -> 3 of 4
-    # options: color green == green -> 1; size '3x-large' not exactly 'x-large', not in the text -> 0
+    # options: 'green' hits ('color', 'kelly green'); '3x-large' misses ('size', 'x-large') at 77 -> 1
     # price 30 <= 40 -> 1; type: query match, title score 1 -> 1.0
     # reward = 1.0 · (3 + 1 + 1) / (4 + 2 + 1) = 5/7
     assert reward == pytest.approx(5 / 7)
@@ -307,7 +329,7 @@ def test_purchase_reward_dict_goal_options() -> None:
 def test_purchase_reward_list_goal_options_as_human_goals() -> None:
     goal = make_goal(goal_options=["kelly green", "x-large"])
     chosen = {"color": "forest green", "size": "x-large"}
-    # attributes 3 of 4 (as above); options: green ~ green, 'x-large' exact -> 2; price 30 <= 40 -> 1
+    # attributes 3 of 4 (as above); options: green ~ green, x-large ~ x-large -> 2; price 30 <= 40 -> 1
     # reward = 1.0 · (3 + 2 + 1) / (4 + 2 + 1) = 6/7
     reward, details = purchase_reward(make_product(), goal, 30.0, chosen, words)
     assert reward == pytest.approx(6 / 7) and details["option_matches"] == 2
