@@ -27,6 +27,7 @@ def build_shop(args: argparse.Namespace):
         show_attrs=args.show_attrs,
         spacy_model=args.spacy_model or None,
         option_rule=args.option_rule,
+        observation=args.observation,
         max_sessions=args.max_sessions,
         seed=args.seed,
     )
@@ -47,7 +48,7 @@ def _serve_webshop(args: argparse.Namespace) -> int:
     print(
         f"{PROG}: {len(catalog.products)} products, {len(catalog.goals)} "
         f"{'human' if catalog.human_goals else 'synthetic'} goals, nouns: {shop.noun_tagger}, "
-        f"options: {shop.option_rule}",
+        f"options: {shop.option_rule}, pages: {shop.observation}",
         file=sys.stderr,
     )
     run_server(create_app(shop), args)
@@ -86,6 +87,13 @@ def add_webshop_arguments(p: argparse.ArgumentParser) -> None:
         default="webshop",
         help="how chosen options are scored: webshop (WebShop's rule, its quirks kept: the default) or by_name "
         "(each goal option against the option chosen under its name; size exactly)",
+    )
+    p.add_argument(
+        "--observation",
+        choices=("webshop", "annotated"),
+        default="webshop",
+        help="page text: webshop (WebShop's own text observation: the default) or annotated (chosen options restated, "
+        "'No ...' on empty sub-pages, 'Next >' only when there is a next page, a short purchase page)",
     )
     p.add_argument("--show-attrs", action="store_true", help="show an Attributes page on item pages")
 

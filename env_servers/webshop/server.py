@@ -86,6 +86,7 @@ def create_app(shop: Shop) -> FastAPI:
             "sessions": shop.num_sessions,
             "noun_tagger": shop.noun_tagger,
             "option_rule": shop.option_rule,
+            "observation": shop.observation,
         }
 
     @app.get("/goals")

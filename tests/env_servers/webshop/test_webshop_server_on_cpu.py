@@ -60,10 +60,10 @@ def open_item(client: httpx.Client, session_id: str, keywords: str, asin: str) -
 def buy(client: httpx.Client, session_id: str, options: list[str]) -> dict[str, Any]:
     for value in options:
         page = step(client, session_id, f"click[{value}]")
-        assert page["valid"], page["observation"][:300]
-        assert f"You have clicked {value}." in page["observation"]
+        assert page["valid"] and page["info"]["page"] == "item", page["observation"][:300]
     done = step(client, session_id, "click[buy now]")
     assert done["valid"] and done["done"] and done["info"]["page"] == "done"
+    assert set(options) <= set(done["info"]["options"].values())  # every click chose its option
     return done
 
 
@@ -298,15 +298,12 @@ def test_pagination(webshop_client: httpx.Client) -> None:
     back = step(webshop_client, sid, "click[< prev]")
     assert "Page 1 (Total results:" in back["observation"] and back["observation"] == page1["observation"]
 
-    # the last page has no 'next >'
-    page = back
-    pages = 1
-    while "next >" in page["available_actions"]["clickables"]:
+    # as in WebShop, 'next >' stays on the last page and leads to an empty page past it
+    past_last = (total + 9) // 10 + 1
+    for _ in range(past_last - 1):
         page = step(webshop_client, sid, "click[next >]")
-        pages += 1
-    assert pages == (total + 9) // 10 and f"Page {pages} (Total results: {total})" in page["observation"]
-    last = step(webshop_client, sid, "click[next >]")
-    assert last["valid"] is False and f"Page {pages} " in last["observation"]
+        assert page["valid"] and "next >" in page["available_actions"]["clickables"]
+    assert f"Page {past_last} (Total results: {total})" in page["observation"] and not result_asins(page)
 
     # an item opened from page 2 returns to page 2 with '< prev'
     page = step(webshop_client, sid, "click[back to search]")
@@ -328,12 +325,11 @@ def test_sub_pages(
     description = step(webshop_client, sid, "click[description]")
     assert description["valid"] and description["info"]["page"] == "sub"
     assert description["available_actions"]["clickables"] == ["back to search", "< prev"]
-    assert (product["Description"] or "No Description") in description["observation"]
+    assert product["Description"].strip() in description["observation"]
     assert "Buy Now" not in description["observation"]
 
     back = step(webshop_client, sid, "click[< prev]")
-    assert back["info"]["page"] == "item" and back["observation"].startswith(f"You have clicked {color}.\n")
-    assert back["observation"].endswith(item["observation"])  # the item page, the choice restated on top
+    assert back["info"]["page"] == "item" and back["observation"] == item["observation"]  # WebShop: no restatement
 
     features = step(webshop_client, sid, "click[features]")
     for bullet in product["BulletPoints"]:
@@ -341,7 +337,7 @@ def test_sub_pages(
             assert bullet.strip() in features["observation"]
     step(webshop_client, sid, "click[< prev]")
     reviews = step(webshop_client, sid, "click[reviews]")
-    assert reviews["valid"] and ("No reviews found" in reviews["observation"]) == (not product["Reviews"])
+    assert reviews["valid"] and all(r["body"] in reviews["observation"] for r in product["Reviews"])
     assert step(webshop_client, sid, "click[buy now]")["valid"] is False  # not on a sub page
     assert step(webshop_client, sid, "click[< prev]")["info"]["page"] == "item"
     assert step(webshop_client, sid, "click[attributes]")["valid"] is False  # hidden unless --show-attrs
