@@ -21,6 +21,20 @@ def test_launcher_composes_a_shipped_recipe(tmp_path):
     assert "agent_loop_config_path" in result.stdout
 
 
+def test_launcher_stops_before_ray_on_a_bad_config(tmp_path):
+    """The start-up checks run before verl's main_ppo: a missing data file ends the run, Ray never started."""
+    result = subprocess.run(
+        [sys.executable, "-m", "verl_mem1.train", "data.train_files=/nowhere/train.parquet"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "PreflightError" in result.stderr and "/nowhere/train.parquet does not exist" in result.stderr
+    assert "ray init kwargs" not in result.stdout
+
+
 def test_packaged_agent_loops_replace_a_missing_path(tmp_path):
     from omegaconf import OmegaConf
 
