@@ -100,9 +100,10 @@ class _HTTPEnvironment:
             self._client = None
 
     async def request(
-        self, method: str, url: str, body: dict[str, Any] | None = None, *, idempotent: bool = True
+        self, method: str, url: str, body: dict[str, Any] | None = None, *, idempotent: bool = True, retry: bool = True
     ) -> httpx.Response:
-        """One call, retried while it fails transiently; the last answer (any status) or ``EnvironmentError_``."""
+        """One call, retried while it fails transiently (``retry``); the last answer (any status) or
+        ``EnvironmentError_``."""
 
         def transient(exc: BaseException) -> bool:
             if isinstance(exc, _Retryable):
@@ -112,7 +113,7 @@ class _HTTPEnvironment:
             return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)  # never reached the server
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.retries + 1),
+            stop=stop_after_attempt(self.retries + 1 if retry else 1),
             wait=wait_exponential_jitter(initial=self.retry_wait_s, max=30.0, jitter=self.retry_wait_s),
             retry=retry_if_exception(transient),
             reraise=True,
@@ -210,7 +211,7 @@ class WebShopSession:
 
     async def close(self) -> None:
         try:
-            await self._env.call("DELETE", f"/sessions/{self.session_id}")
+            await self._env.call("DELETE", f"/sessions/{self.session_id}", retry=False)  # best effort: no waiting
         except EnvironmentError_:
             pass  # the server may have dropped it already; nothing to keep
 
@@ -222,9 +223,9 @@ class WebShopEnvironment(_HTTPEnvironment):
     name = "WebShop"
 
     async def call(
-        self, method: str, path: str, body: dict[str, Any] | None = None, *, idempotent: bool = True
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, idempotent: bool = True, retry: bool = True
     ) -> dict[str, Any]:
-        response = await self.request(method, self.url + path, body, idempotent=idempotent)
+        response = await self.request(method, self.url + path, body, idempotent=idempotent, retry=retry)
         if response.status_code != 200:
             raise EnvironmentError_(
                 f"WebShop server answered {response.status_code}: {response.text[:200]}", response.status_code
