@@ -13,8 +13,8 @@ export OUT MEM1 PORT
 
 [ -f "$OUT/sft/global_step_24/actor/config.json" ] || bash "$(dirname "$0")/sft_smollm2.sh"
 
-# GRPO: 1-objective train tasks, 64 held-out dev tasks evaluated (greedy) at steps 0, 6, 12, 18 (SKIP_GRPO=1: use
-# the run already there)
+# GRPO: 1-objective train tasks, 128 held-out dev tasks evaluated (greedy) at steps 0 and 12 (SKIP_GRPO=1: use the
+# run already there)
 [ "${SKIP_GRPO:-0}" = 1 ] || $MEM1 train --config-name smol_qa --no-progress \
   "actor_rollout_ref.model.path=$OUT/sft/global_step_24/actor" "trainer.default_local_dir=$OUT/grpo" $GRPO_ARGS
 $MEM1 curve "$OUT/grpo" | tee "$OUT/grpo/summary.md"
