@@ -18,12 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 Call = Callable[[str, str, "dict | None"], Awaitable[tuple[int, Any]]]
 
 
-def start_server(serve_args: list[str], port: int, timeout: float = 60.0) -> subprocess.Popen:
-    """``mem1 serve SERVE_ARGS`` in its own process (no access log), once ``/health`` answers 200."""
+def start_server(serve_args: list[str], port: int, timeout: float = 60.0, repo: Path = REPO) -> subprocess.Popen:
+    """``mem1 serve SERVE_ARGS`` of the checkout ``repo`` in its own process (no access log), once ``/health``
+    answers 200."""
     cmd = [sys.executable, "-m", "verl_mem1.cli", "serve", *serve_args]
     cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen(cmd, cwd=repo, env=env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -33,7 +34,7 @@ def start_server(serve_args: list[str], port: int, timeout: float = 60.0) -> sub
                 return proc
         except httpx.TransportError:
             pass
-        time.sleep(0.1)
+        time.sleep(0.5)
     proc.terminate()
     raise RuntimeError("server did not become healthy")
 

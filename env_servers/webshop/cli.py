@@ -48,7 +48,7 @@ def _serve_webshop(args: argparse.Namespace) -> int:
     print(
         f"{PROG}: {len(catalog.products)} products, {len(catalog.goals)} "
         f"{'human' if catalog.human_goals else 'synthetic'} goals, nouns: {shop.noun_tagger}, "
-        f"options: {shop.option_rule}, pages: {shop.observation}",
+        f"options: {shop.option_rule}, pages: {shop.observation}; loaded in {sum(shop.load_s.values()):.1f} s",
         file=sys.stderr,
     )
     run_server(create_app(shop), args)

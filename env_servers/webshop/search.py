@@ -6,11 +6,15 @@ English stemmer stand in for the Java Lucene index; nothing to download, no JVM.
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections.abc import Iterable
 from functools import lru_cache
 
 import bm25s
 import Stemmer
+from bm25s.tokenization import Tokenized, Tokenizer
+from tqdm import tqdm
 
 from env_servers.webshop.data import product_search_text
 
@@ -18,18 +22,27 @@ SEARCH_RETURN_N = 50  # WebShop returns the top 50 products of a search
 
 
 class ProductSearch:
-    """``search(keywords) -> [asin, ...]``, best first, at most ``SEARCH_RETURN_N``."""
+    """``search(keywords) -> [asin, ...]``, best first, at most ``SEARCH_RETURN_N``.
 
-    def __init__(self, products: list[dict], *, top_n: int = SEARCH_RETURN_N, cache_size: int = 4096):
-        self.asins = [p["asin"] for p in products]
-        self.top_n = min(top_n, len(self.asins))
+    Products are read once, in chunks, so the index of WebShop's full 1.18M products never holds all their texts.
+    """
+
+    def __init__(
+        self, products: Iterable[dict], *, top_n: int = SEARCH_RETURN_N, cache_size: int = 4096, chunk: int = 20_000
+    ):
         self._stemmer = Stemmer.Stemmer("english")
-        tokens = bm25s.tokenize(
-            [product_search_text(p) for p in products], stopwords="en", stemmer=self._stemmer, show_progress=False
-        )
-        self._vocab = tokens.vocab
+        tokenizer = Tokenizer(stopwords="en", stemmer=self._stemmer.stemWord)
+        self.asins: list[str] = []
+        ids: list[list[int]] = []
+        stream = iter(tqdm(products, desc="search index", unit=" products", disable=None))
+        while batch := list(itertools.islice(stream, chunk)):
+            self.asins += [p["asin"] for p in batch]
+            texts = [product_search_text(p) for p in batch]
+            ids += tokenizer.tokenize(texts, update_vocab=True, return_as="ids", show_progress=False)
+        self.top_n = min(top_n, len(self.asins))
+        self._vocab = tokenizer.get_vocab_dict()
         self._bm25 = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
-        self._bm25.index(tokens, show_progress=False)
+        self._bm25.index(Tokenized(ids=ids, vocab=self._vocab), show_progress=False)
         self._lock = threading.Lock()  # bm25s keeps per-call state; one search at a time
         self.search = lru_cache(maxsize=cache_size)(self._search)  # agents repeat searches a lot
 

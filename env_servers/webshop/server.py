@@ -52,6 +52,19 @@ class StepRequest(BaseModel):
     action: StrictStr = Field(description="search[keywords] or click[button text]", max_length=MAX_ACTION_CHARS)
 
 
+def _goal_view(index: int, goal: dict[str, Any]) -> dict[str, Any]:
+    """A goal as ``GET /goals`` lists it: a synthetic goal's options by name; a human goal's are bare values."""
+    options = goal["goal_options"]
+    named = isinstance(options, dict)
+    return {
+        "index": index,
+        "instruction": goal["instruction_text"],
+        "asin": goal["asin"],
+        "options": dict(options) if named else {},
+        "option_values": list(options.values()) if named else list(options),
+    }
+
+
 def create_app(shop: Shop) -> FastAPI:
     app = FastAPI(title="MEM1 WebShop server", description="WebShop's text environment over HTTP")
 
@@ -87,6 +100,7 @@ def create_app(shop: Shop) -> FastAPI:
             "noun_tagger": shop.noun_tagger,
             "option_rule": shop.option_rule,
             "observation": shop.observation,
+            "load_s": {k: round(v, 3) for k, v in shop.load_s.items()},
         }
 
     @app.get("/goals")
@@ -94,15 +108,7 @@ def create_app(shop: Shop) -> FastAPI:
         chosen = shop.catalog.goals[offset : offset + limit]
         return {
             "total": len(shop.catalog.goals),
-            "goals": [
-                {
-                    "index": offset + i,
-                    "instruction": g["instruction_text"],
-                    "asin": g["asin"],
-                    "options": dict(g.get("goal_options") or {}),
-                }
-                for i, g in enumerate(chosen)
-            ],
+            "goals": [_goal_view(offset + i, g) for i, g in enumerate(chosen)],
         }
 
     @app.post("/sessions")

@@ -14,10 +14,13 @@ import json
 import random
 import re
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from env_servers.webshop.data import Catalog
 from env_servers.webshop.reward import OPTION_RULES, NounExtractor, noun_extractor, purchase_reward
@@ -103,7 +106,9 @@ class Shop:
         seed: int = 0,
     ):
         self.catalog = catalog
+        start = time.perf_counter()
         self.search_engine = ProductSearch(catalog.products)
+        self.load_s = {**catalog.load_s, "search_index": time.perf_counter() - start}
         self.show_attrs = show_attrs
         if nouns is None:
             self.nouns, self.noun_tagger = noun_extractor(spacy_model)
@@ -119,8 +124,10 @@ class Shop:
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._table_lock = threading.Lock()
         self._rng = random.Random(seed)
-        weights = [float(g.get("weight", 1.0)) for g in catalog.goals]
-        self._weights = weights
+        weights = getattr(catalog.goals, "weights", None)  # SyntheticGoals keeps them in an array
+        if weights is None:
+            weights = [float(g.get("weight", 1.0)) for g in catalog.goals]
+        self._cum_weights = np.cumsum(np.asarray(weights, dtype=np.float64))  # what random.choices sums, once
 
     # ---------------------------------------------------------------- sessions
 
@@ -132,7 +139,7 @@ class Shop:
         goals = self.catalog.goals
         if goal_index is None:  # WebShop draws a goal weighted by its attributes' rarity
             with self._table_lock:
-                goal_index = self._rng.choices(range(len(goals)), weights=self._weights)[0]
+                goal_index = self._rng.choices(range(len(goals)), cum_weights=self._cum_weights)[0]
         if isinstance(goal_index, bool) or not isinstance(goal_index, int) or not 0 <= goal_index < len(goals):
             raise BadGoal(
                 f"goal_index {goal_index!r} is out of range: this shop has {len(goals)} goals (0-{len(goals) - 1})"

@@ -14,16 +14,15 @@ from typing import Any
 def _cmd_webshop_tasks(args: argparse.Namespace) -> int:
     from env_servers.webshop.data import load_catalog
     from verl_mem1.tasks.compose import write_tasks_parquet
-    from verl_mem1.tasks.webshop import parse_goal_range, webshop_rows
+    from verl_mem1.tasks.webshop import WEBSHOP_SPLITS, parse_goal_range, webshop_rows
 
     try:
         if (args.products is None) != (args.attributes is None):
             raise ValueError("--products and --attributes go together")
         catalog = load_catalog(args.products, args.attributes, human_goals_path=args.human_goals, seed=args.seed)
         indices = parse_goal_range(args.goals, len(catalog.goals))
-        rows = webshop_rows(
-            catalog.goals, indices, split=args.split, max_turns=args.max_turns, agent_name=args.agent_name
-        )
+        split = args.split or (args.goals if args.goals in WEBSHOP_SPLITS else "train")
+        rows = webshop_rows(catalog.goals, indices, split=split, max_turns=args.max_turns, agent_name=args.agent_name)
         out = write_tasks_parquet(rows, args.out)
     except (ValueError, OSError) as exc:
         print(f"mem1 webshop-tasks: error: {exc}", file=sys.stderr)
@@ -43,8 +42,15 @@ def add_webshop_tasks_command(subparsers: Any) -> argparse.ArgumentParser:
         ),
         epilog="example: mem1 webshop-tasks --goals 50: --split train --out webshop-train.parquet",
     )
-    parser.add_argument("--goals", default="0:", metavar="START:STOP", help="goal indices (default: all)")
-    parser.add_argument("--split", default="train", help="split name stored in extra_info (default train)")
+    parser.add_argument(
+        "--goals",
+        default="0:",
+        metavar="START:STOP|test|eval|train",
+        help="goal indices (default: all), or WebShop's split of its goals: test 0:500, eval 500:1500, train 1500:",
+    )
+    parser.add_argument(
+        "--split", default=None, help="split name stored in extra_info (default: the --goals split name, else train)"
+    )
     parser.add_argument("--products", default=None, metavar="PATH", help="WebShop products (default: bundled)")
     parser.add_argument("--attributes", default=None, metavar="PATH", help="WebShop attributes file")
     parser.add_argument("--human-goals", default=None, metavar="PATH", help="items_human_ins.json: human goals")

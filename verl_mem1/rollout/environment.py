@@ -114,7 +114,7 @@ class _HTTPEnvironment:
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retries + 1 if retry else 1),
-            wait=wait_exponential_jitter(initial=self.retry_wait_s, max=30.0, jitter=self.retry_wait_s),
+            wait=wait_exponential_jitter(multiplier=self.retry_wait_s, max=30.0, jitter=self.retry_wait_s),
             retry=retry_if_exception(transient),
             reraise=True,
         )

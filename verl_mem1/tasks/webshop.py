@@ -3,7 +3,8 @@
 A row names its goal by index (``extra_info.goal_index``) and carries the goal's instruction in its prompt; the
 WebShop server checks the instruction when a session opens, so tasks and server must come from the same data
 and seed. The reward is the server's (the purchase score), so ``reward_model.ground_truth`` is only the target
-ASIN, for reference. WebShop's own split of its 12k human goals: test 0–499, validation 500–1499, train 1500+.
+ASIN, for reference. WebShop's own split of its goals (its baseline environment, used for its human goals):
+test 0–499, eval 500–1499, train 1500 onwards, by the names of :data:`WEBSHOP_SPLITS`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,22 @@ ABILITY = "webshop"
 DATA_SOURCE = "webshop"
 
 
+# WebShop's split of its shuffled goal list (baseline_models/env.py): name -> (start, stop or None for the end)
+WEBSHOP_SPLITS: dict[str, tuple[int, int | None]] = {"test": (0, 500), "eval": (500, 1500), "train": (1500, None)}
+
+
 def parse_goal_range(spec: str, total: int) -> range:
-    """``"START:STOP"`` (STOP optional: to the end) as a range of goal indices within ``total``."""
+    """``"START:STOP"`` (STOP optional: to the end), or a WebShop split name (``test``, ``eval``, ``train``), as a range
+    of goal indices within ``total``."""
+    if spec in WEBSHOP_SPLITS:
+        start, stop = WEBSHOP_SPLITS[spec]
+        stop = total if stop is None else stop
+        if not start < stop <= total:
+            raise ValueError(
+                f"WebShop's {spec!r} split is goals {start}:{stop if stop != total else ''} but the catalog has "
+                f"{total} goals (WebShop's full goal sets have thousands)"
+            )
+        return range(start, stop)
     start_text, sep, stop_text = spec.partition(":")
     try:
         start = int(start_text) if start_text.strip() else 0
@@ -28,6 +43,12 @@ def parse_goal_range(spec: str, total: int) -> range:
     if not 0 <= start < stop <= total:
         raise ValueError(f"goal range {spec!r} is outside the catalog's goals 0:{total}")
     return range(start, stop)
+
+
+def named_options(goal: dict[str, Any]) -> dict[str, str]:
+    """A synthetic goal's options by name; a human goal's options are values without names (a list): none named."""
+    options = goal.get("goal_options") or {}
+    return dict(options) if isinstance(options, dict) else {}
 
 
 def webshop_task(goal_index: int, instruction: str, asin: str = "", options: dict[str, str] | None = None) -> Task:
@@ -67,11 +88,12 @@ def webshop_rows(
                 "split": split,
                 "questions": [goal["instruction_text"]],
                 "target_asin": goal["asin"],
-                "goal_options": dict(goal.get("goal_options") or {}),
                 "tags": tag_set.name,
                 "max_turns": max_turns,
             },
         }
+        if named_options(goal):  # Parquet cannot hold a column of empty structs (every human goal's)
+            row["extra_info"]["goal_options"] = named_options(goal)
         if agent_name:
             row["agent_name"] = agent_name
         rows.append(row)

@@ -320,3 +320,83 @@ def test_bundled_catalog(webshop_catalog: Catalog) -> None:
         assert catalog.prices[goal["asin"]] < goal["price_upper"]
         assert goal["instruction_text"].startswith(product["instruction_text"])
     assert load_catalog(BUNDLED_PRODUCTS, BUNDLED_ATTRIBUTES).goals == catalog.goals  # the default, seed 0
+
+
+# ------------------------------------------------------------------ compact storage (WebShop's full product set)
+
+
+def eager_synthetic_goals(products: list[dict[str, Any]], seed: int) -> tuple[dict[str, float], list[dict]]:
+    """WebShop's ``generate_product_prices`` + ``get_synthetic_goals`` + seed-233 shuffle, re-derived as WebShop writes
+    them (every goal a dict, built at once), with the catalog's seeded generator for WebShop's global ``random``."""
+    import itertools
+    import random
+    from collections import defaultdict
+
+    rng = random.Random(seed)
+    prices = {}
+    for p in products:
+        prices[p["asin"]] = rng.uniform(*p["pricing"][:2]) if len(p["pricing"]) > 1 else p["pricing"][0]
+    goals, counts = [], defaultdict(int)
+    for p in products:
+        if not p["instruction_text"]:
+            continue
+        limits = [x for x in [10.0 * i for i in range(1, 100)] if x > prices[p["asin"]]][:4]
+        upper = sorted(rng.sample(limits, 2))[1] if len(limits) >= 2 else 1000000
+        price_text = f", and price lower than {upper:.2f} dollars" if len(limits) >= 2 else ""
+        names = sorted(p["options"])
+        for combination in itertools.product(*(p["options"][n] for n in names)):
+            options = dict(zip(names, combination, strict=True))
+            text = ", and ".join(f"{k}: {v}" for k, v in options.items())
+            instruction = p["instruction_text"] + (" with " + text if text else "") + price_text
+            goal = {"asin": p["asin"], "category": p["category"], "query": p["query"], "name": p["Title"]}
+            goal |= {"product_category": p["product_category"], "instruction_text": instruction}
+            goal |= {"attributes": p["instruction_attributes"], "price_upper": upper, "goal_options": options}
+            goals.append(goal)
+            for a in p["instruction_attributes"]:
+                counts[a] += 1
+    for g in goals:
+        g["weight"] = sum(1.0 / counts[a] for a in g["attributes"]) / len(g["attributes"])
+    random.Random(233).shuffle(goals)
+    return prices, goals
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_goals_made_on_demand_equal_webshops_list(webshop_catalog: Catalog, seed: int) -> None:
+    catalog = load_catalog(seed=seed)
+    prices, goals = eager_synthetic_goals(list(catalog.products), seed)
+    assert catalog.prices == prices
+    assert len(catalog.goals) == len(goals) == 501
+    assert list(catalog.goals) == goals and catalog.goals == goals
+    assert catalog.goals[-1] == goals[-1] and catalog.goals[10:13] == goals[10:13]
+    assert list(catalog.goals.weights) == [g["weight"] for g in goals]
+    with pytest.raises(IndexError):
+        catalog.goals[501]
+
+
+def test_products_are_stored_compressed(webshop_catalog: Catalog) -> None:
+    store = webshop_catalog.products
+    rows = [json.loads(line)["product"] for line in BUNDLED_PRODUCTS.read_text(encoding="utf-8").splitlines()]
+    assert [p["asin"] for p in store] == [r["asin"] for r in rows]
+    assert store[-1] == store[len(store) - 1] and store[:2] == [store[0], store[1]]
+    assert webshop_catalog.by_asin[rows[5]["asin"]] == store[5] and rows[5]["asin"] in store
+    assert len(webshop_catalog.by_asin) == 100 and "B0NOTHERE0" not in store
+    assert store.nbytes < 0.4 * sum(len(json.dumps(p)) for p in store)  # ~1.4 kB a product instead of ~4.9
+
+
+def test_json_array_is_streamed_and_checked(tmp_path: Path, raw_files: tuple[Path, Path]) -> None:
+    spaced = tmp_path / "spaced.json"
+    spaced.write_text("\n  " + json.dumps(RAW_PRODUCTS, indent=2), encoding="utf-8")
+    assert [p["asin"] for p in load_products(spaced, raw_files[1])] == [SOCKS, BOX, TEE]
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(RAW_PRODUCTS)[:-40], encoding="utf-8")  # cut inside the last product
+    with pytest.raises(DataError, match="broken.json: not JSON"):
+        load_products(broken, raw_files[1])
+
+
+def test_search_index_does_not_depend_on_the_chunk_size(webshop_catalog: Catalog) -> None:
+    from env_servers.webshop.search import ProductSearch
+
+    whole, chunked = ProductSearch(webshop_catalog.products), ProductSearch(webshop_catalog.products, chunk=7)
+    queries = [g["instruction_text"] for g in webshop_catalog.goals[:60]] + ["the of", "zzqx", ""]
+    assert [whole.search(q) for q in queries] == [chunked.search(q) for q in queries]
+    assert sum(bool(whole.search(q)) for q in queries) >= 60
