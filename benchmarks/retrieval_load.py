@@ -1,4 +1,4 @@
-"""Load test of the retrieval server: N concurrent clients on loopback against BM25 over HotpotQA.
+"""Load test of the retrieval server: N concurrent clients on loopback against an index over HotpotQA.
 
 Rollouts hit the retrieval server from many agents at once, so what matters is throughput and tail
 latency under concurrency, and that nothing fails. The server runs in its own process (as in
@@ -6,7 +6,16 @@ deployment; a client in the same process would compete for the GIL) and the clie
 process with ``--clients`` workers sharing one connection pool (aiohttp by default, httpx optionally).
 Every run is bounded both in request count and in wall time.
 
+``--encoder bm25`` (default) serves BM25; ``--encoder minilm`` a dense Flat index encoded by a random BERT of
+all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads, FFN 1536; real weights need a download, and the compute is
+the shape's), or give a Hugging Face encoder folder. ``--modes batched per-request`` measures, in the same run, the
+server batching queries across concurrent requests (the default) and the same server searching each request alone
+(``--max-batch-queries 0``); ``--baseline DIR`` adds the server of another checkout (``before``, e.g. the project
+before batching: ``git worktree add /tmp/before d0715b4``). It prints each one's ratio to the per-request server(s),
+and before the load checks that all return the same documents (scores within 1e-5) for the first 300 questions.
+
     .venv/bin/python benchmarks/retrieval_load.py --requests 2000 --clients 32 --batch-sizes 1 8
+    .venv/bin/python benchmarks/retrieval_load.py --encoder minilm --modes batched per-request --baseline /tmp/before
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -59,13 +70,55 @@ def _questions() -> list[str]:
     return out
 
 
-def ensure_index(workdir: Path) -> Path:
-    """Build the HotpotQA corpus and BM25 index under ``workdir``, or reuse them if already there."""
-    index = workdir / "index"
+def minilm_shaped_encoder(out: Path) -> Path:
+    """A random BERT with all-MiniLM-L6-v2's shape and the bundled Qwen2.5 tokenizer, written once to ``out``."""
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from verl_mem1.tiny_model import build_qwen25_tokenizer
+
+    tokenizer = build_qwen25_tokenizer()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                        intermediate_size=1536, max_position_embeddings=512)  # fmt: skip
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def ensure_index(workdir: Path, encoder: str = "bm25") -> Path:
+    """Build the HotpotQA corpus and its index under ``workdir``, or reuse them if already there."""
+    name = "bm25" if encoder == "bm25" else Path(encoder).name
+    if encoder == "minilm":
+        encoder = str(minilm_shaped_encoder(workdir / "minilm-shaped"))
+    index = workdir / f"index-{name}"
     if not (index / "meta.json").is_file():
-        build_hotpotqa_corpus(None, workdir / "corpus.jsonl")
-        build_index(workdir / "corpus.jsonl", index, "bm25", show_progress=False)
+        if not (workdir / "corpus.jsonl").is_file():
+            build_hotpotqa_corpus(None, workdir / "corpus.jsonl")
+        build_index(workdir / "corpus.jsonl", index, encoder, show_progress=True, max_length=128)
     return index
+
+
+def check_same_results(urls: dict[str, str], questions: list[str], topk: int) -> None:
+    """Every mode returns the same documents for the same questions, scores within 1e-5; raises otherwise."""
+    import httpx
+
+    answers = {}
+    for mode, url in urls.items():
+        rows = []
+        for start in range(0, len(questions), 10):
+            body = {"queries": questions[start : start + 10], "topk": topk, "return_scores": True}
+            rows += httpx.post(f"{url}/retrieve", json=body, timeout=120).json()["result"]
+        answers[mode] = rows
+    first, *others = answers.values()
+    for other in others:
+        for a, b in zip(first, other, strict=True):
+            if [h["document"]["id"] for h in a] != [h["document"]["id"] for h in b]:
+                raise RuntimeError(f"modes return different documents: {a} vs {b}")
+            if max(abs(x["score"] - y["score"]) for x, y in zip(a, b, strict=True)) > 1e-5:
+                raise RuntimeError(f"modes' scores differ by more than 1e-5: {a} vs {b}")
 
 
 async def run_load(
@@ -109,17 +162,26 @@ async def run_load(
     return RunResult(client, clients, batch, len(latencies), errors, seconds, latencies)
 
 
-def format_table(results: list[RunResult]) -> str:
+def format_table(results: list[tuple[str, RunResult]]) -> str:
     lines = [
-        "| client | clients | queries/request | requests | errors | throughput (req/s) | queries/s "
+        "| server | client | clients | queries/request | requests | errors | throughput (req/s) | queries/s "
         "| p50 (ms) | p99 (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in results:
+    for mode, r in results:
         lines.append(
-            f"| {r.client} | {r.clients} | {r.batch} | {r.requests} | {r.errors} | {r.throughput:.0f} | "
+            f"| {mode} | {r.client} | {r.clients} | {r.batch} | {r.requests} | {r.errors} | {r.throughput:.0f} | "
             f"{r.throughput * r.batch:.0f} | {r.percentile(50):.1f} | {r.percentile(99):.1f} |"
         )
+    by_key = {(mode, r.client, r.batch): r for mode, r in results}
+    for (mode, client, batch), r in by_key.items():
+        for base_mode in ("per-request", "before"):
+            base = by_key.get((base_mode, client, batch))
+            if mode == "batched" and base is not None and base.throughput:
+                lines.append(
+                    f"\n{mode} / {base_mode}, {batch} queries/request ({client}): throughput "
+                    f"{r.throughput / base.throughput:.2f}x, p99 {r.percentile(99) / base.percentile(99):.2f}x"
+                )
     return "\n".join(lines)
 
 
@@ -140,33 +202,58 @@ def main(argv: list[str] | None = None) -> int:
         help="HTTP client library(ies) to load with, one run each (default aiohttp)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="where to build/reuse the index (default: temp)")
+    parser.add_argument("--encoder", default="bm25", help="bm25 (default), minilm, or a Hugging Face encoder folder")
+    parser.add_argument("--max-batch-queries", type=int, default=None, help="the batched server's cap (its default)")
+    parser.add_argument("--baseline", type=Path, default=None, help="another checkout's server, measured as 'before'")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=("batched", "per-request"),
+        default=["batched"],
+        help="server modes, each measured in turn: batched (the default server) and/or per-request",
+    )
     args = parser.parse_args(argv)
     if args.clients <= 0 or args.requests <= 0 or args.max_seconds <= 0:
         parser.error("--clients, --requests and --max-seconds must be positive")
 
     with tempfile.TemporaryDirectory(prefix="retrieval-load-") as tmp:
-        workdir = args.workdir or Path(tmp)
+        workdir = (args.workdir or Path(tmp)).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        index = ensure_index(workdir)
+        index = ensure_index(workdir, args.encoder)
         print(f"index: {index} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-        port = free_port()
-        proc = start_server(["retrieval", "--index", str(index)], port)
+        questions = _questions()
+        batched = [] if args.max_batch_queries is None else ["--max-batch-queries", str(args.max_batch_queries)]
+        flags = {"batched": batched, "per-request": ["--max-batch-queries", "0"], "before": []}
+        modes = [*args.modes, *(["before"] if args.baseline else [])]
+        ports = {mode: free_port() for mode in modes}
+        procs = {}
+        results = []
         try:
-            url = f"http://127.0.0.1:{port}"
-            questions = _questions()
-            results = []
-            for client in args.client:
-                for batch in args.batch_sizes:
-                    common = dict(clients=args.clients, batch=batch, topk=args.topk, client=client)
-                    asyncio.run(run_load(url, questions, requests=args.clients, max_seconds=30, **common))  # warm-up
-                    run = run_load(url, questions, requests=args.requests, max_seconds=args.max_seconds, **common)
-                    results.append(asyncio.run(run))
+            for mode in modes:  # all up at once only for the result check; each measured alone
+                repo = args.baseline if mode == "before" else REPO
+                serve = ["retrieval", "--index", str(index), *flags[mode]]
+                procs[mode] = start_server(serve, ports[mode], timeout=300, repo=repo)
+            urls = {mode: f"http://127.0.0.1:{port}" for mode, port in ports.items()}
+            check_same_results(urls, questions[:300], args.topk)
+            for mode in modes:
+                for other, proc in procs.items():  # the idle server sleeps; stop it so it holds no core
+                    os.kill(proc.pid, signal.SIGSTOP if other != mode else signal.SIGCONT)
+                for client in args.client:
+                    for batch in args.batch_sizes:
+                        common = dict(clients=args.clients, batch=batch, topk=args.topk, client=client)
+                        asyncio.run(run_load(urls[mode], questions, requests=args.clients, max_seconds=30, **common))
+                        run = run_load(
+                            urls[mode], questions, requests=args.requests, max_seconds=args.max_seconds, **common
+                        )
+                        results.append((mode, asyncio.run(run)))
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            for proc in procs.values():
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.terminate()
+                proc.wait(timeout=30)
     print(format_table(results))
-    return 1 if any(r.errors for r in results) else 0
+    return 1 if any(r.errors for _, r in results) else 0
 
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ def _serve_retrieval(args: argparse.Namespace) -> int:
     from env_servers.retrieval.index import read_meta
 
     read_meta(Path(args.index))  # fail fast with a clear message before importing the server stack
+    if args.max_batch_queries < 0 or args.batch_window_ms < 0 or (args.threads is not None and args.threads < 1):
+        raise ValueError("--max-batch-queries and --batch-window-ms must be >= 0 and --threads >= 1")
 
     from env_servers.retrieval.server import serve
 
@@ -69,6 +71,9 @@ def _serve_retrieval(args: argparse.Namespace) -> int:
         device=args.device,
         max_queries=args.max_queries,
         max_topk=args.max_topk,
+        max_batch_queries=args.max_batch_queries,
+        batch_window_ms=args.batch_window_ms,
+        threads=args.threads,
         **server_settings(args),
     )
     return 0
@@ -145,5 +150,26 @@ def add_serve_command(subparsers: Any) -> None:
     p.add_argument("--device", default=None, metavar="DEVICE", help="dense only: query encoder device (cpu or cuda)")
     p.add_argument("--max-queries", type=int, default=256, metavar="N", help="most queries per request (default 256)")
     p.add_argument("--max-topk", type=int, default=100, metavar="N", help="largest topk accepted (default 100)")
+    p.add_argument(
+        "--max-batch-queries",
+        type=int,
+        default=64,
+        metavar="N",
+        help="most queries of concurrent requests encoded and searched together (default 64; 0: each request alone)",
+    )
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=1.0,
+        metavar="MS",
+        help="how long a search waits for more requests to join it (default 1.0)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="dense only: the query encoder's torch threads (default: torch's, one per core)",
+    )
     add_server_options(p, DEFAULT_PORT)
     p.set_defaults(func=_guarded("mem1 serve retrieval", _serve_retrieval))

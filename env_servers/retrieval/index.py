@@ -69,6 +69,10 @@ def _load_hf_encoder(name_or_path: str, device: str) -> tuple[Any, Any]:
     return tokenizer, model
 
 
+# encoders whose positions start at 0 for every text and that take a (batch, 1, T, T) attention mask: packable
+PACKABLE_MODEL_TYPES = ("bert",)
+
+
 class DenseEncoder:
     """A Hugging Face encoder producing mean-pooled, L2-normalised fp32 embeddings."""
 
@@ -107,6 +111,35 @@ class DenseEncoder:
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
             out[idx] = pooled.cpu().numpy()
+        return out
+
+    def encode_packed(self, texts: Sequence[str], *, max_tokens: int = 512) -> np.ndarray:
+        """Embed short texts (queries) without padding: packed into sequences of at most ``max_tokens`` tokens,
+        each text attending only to itself with its positions from 0, so each embedding is the one it has alone
+        (within float rounding) at the cost of the real tokens only. BERT-family encoders (E5, BGE, MiniLM) only;
+        others (decoder models, RoBERTa's shifted positions) are encoded padded, 16 at a time."""
+        if self.model.config.model_type not in PACKABLE_MODEL_TYPES:
+            return self.encode(texts, batch_size=16)
+        torch = self._torch
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        start = 0
+        while start < len(ids):
+            stop, tokens = start, 0
+            while stop < len(ids) and (stop == start or tokens + len(ids[stop]) <= max_tokens):
+                tokens += len(ids[stop])
+                stop += 1
+            lengths = torch.tensor([len(x) for x in ids[start:stop]])
+            flat = torch.tensor([t for x in ids[start:stop] for t in x], device=self.device).unsqueeze(0)
+            positions = torch.cat([torch.arange(int(n)) for n in lengths]).unsqueeze(0).to(self.device)
+            segment = torch.repeat_interleave(torch.arange(len(lengths)), lengths).to(self.device)
+            mask = (segment[:, None] == segment[None, :])[None, None]  # (1, 1, T, T): each text sees itself
+            with torch.inference_mode():
+                hidden = self.model(input_ids=flat, position_ids=positions, attention_mask=mask).last_hidden_state[0]
+            sums = torch.zeros(len(lengths), hidden.shape[-1], device=self.device).index_add_(0, segment, hidden)
+            pooled = sums.float() / lengths.to(self.device)[:, None]
+            out[start:stop] = torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()
+            start = stop
         return out
 
 
@@ -276,15 +309,12 @@ class BM25Retriever(Retriever):
 class DenseRetriever(Retriever):
     """Encodes the query batch once, then one faiss search for the whole batch."""
 
-    def __init__(
-        self, docs: list[dict], meta: dict, index_dir: Path, device: str | None = None, batch_size: int = 64
-    ) -> None:
+    def __init__(self, docs: list[dict], meta: dict, index_dir: Path, device: str | None = None) -> None:
         import faiss
 
         super().__init__(docs, meta)
         self._encoder = DenseEncoder(meta["encoder"], max_length=int(meta.get("max_length", 256)), device=device)
         self._prefix = meta.get("query_prefix", "")
-        self._batch_size = batch_size
         index = faiss.read_index(str(index_dir / FAISS_FILE))
         if index.ntotal != len(docs):
             raise RuntimeError(f"faiss index has {index.ntotal} vectors but docs.jsonl {len(docs)}")
@@ -297,7 +327,7 @@ class DenseRetriever(Retriever):
         self._index = index
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
-        return self._encoder.encode([self._prefix + q for q in queries], batch_size=self._batch_size)
+        return self._encoder.encode_packed([self._prefix + q for q in queries])
 
     def _search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         emb = self.encode_queries(queries)

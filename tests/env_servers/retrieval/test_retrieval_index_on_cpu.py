@@ -132,3 +132,25 @@ def test_load_retriever_needs_an_index_dir(tmp_path: Path) -> None:
         load_retriever(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="not a retrieval index"):
         load_retriever(tmp_path)
+
+
+def test_packed_query_encoding_equals_encoding_each_alone(tiny_bert_encoder: Path, dev_questions) -> None:
+    """Queries packed into one sequence (no padding, each attending to itself) embed as they do one by one."""
+    from env_servers.retrieval.index import DenseEncoder
+
+    enc = DenseEncoder(str(tiny_bert_encoder), max_length=64, device="cpu")
+    texts = [q["question"] for q in dev_questions[:23]] + ["x", "a much longer question " * 20]
+    alone = np.stack([enc.encode([t])[0] for t in texts])
+    for max_tokens in (512, 40):  # one pack; many packs, the long text (64 tokens, truncated) in one of its own
+        packed = enc.encode_packed(texts, max_tokens=max_tokens)
+        np.testing.assert_allclose(packed, alone, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(packed, axis=1), 1.0, atol=1e-5)
+
+
+def test_decoder_encoders_are_not_packed(tiny_encoder: Path) -> None:
+    """A decoder model's attention is causal: it is encoded padded, as it was built."""
+    from env_servers.retrieval.index import DenseEncoder
+
+    enc = DenseEncoder(str(tiny_encoder), max_length=64, device="cpu")
+    texts = ["first query", "a second, longer query about something"]
+    np.testing.assert_allclose(enc.encode_packed(texts), enc.encode(texts), atol=1e-6)

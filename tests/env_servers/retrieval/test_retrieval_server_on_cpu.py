@@ -28,7 +28,13 @@ def _is_document(item: object) -> bool:
 def test_health(client: httpx.Client, bm25_retriever: Retriever) -> None:
     r = client.get("/health")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "num_docs": bm25_retriever.num_docs, "encoder": "bm25"}
+    body = r.json()
+    assert {k: body[k] for k in ("status", "num_docs", "encoder")} == {
+        "status": "ok",
+        "num_docs": bm25_retriever.num_docs,
+        "encoder": "bm25",
+    }
+    assert body["batches"] <= body["batched_queries"]  # the batcher's counts (searches, the queries they held)
 
 
 def test_batched_with_scores(client: httpx.Client, bm25_retriever: Retriever) -> None:
