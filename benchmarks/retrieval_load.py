@@ -74,18 +74,11 @@ def minilm_shaped_encoder(out: Path) -> Path:
     """A random BERT with all-MiniLM-L6-v2's shape and the bundled Qwen2.5 tokenizer, written once to ``out``."""
     if (out / "config.json").is_file():
         return out
-    import torch
-    from transformers import BertConfig, BertModel
+    from verl_mem1.tiny_model import build_random_bert
 
-    from verl_mem1.tiny_model import build_qwen25_tokenizer
-
-    tokenizer = build_qwen25_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                        intermediate_size=1536, max_position_embeddings=512)  # fmt: skip
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return build_random_bert(
+        out, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536, max_position_embeddings=512
+    )
 
 
 def ensure_index(workdir: Path, encoder: str = "bm25") -> Path:

@@ -132,3 +132,35 @@ def build_tiny_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def build_random_bert(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int = 64,
+    max_position_embeddings: int = 128,
+) -> Path:
+    """Write a random BERT encoder (the architecture of E5, BGE and MiniLM) with the Qwen2.5 tokenizer to ``out_dir``:
+    a dense retrieval encoder for tests (tiny) and benchmarks (e.g. all-MiniLM-L6-v2's shape), offline."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_qwen25_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

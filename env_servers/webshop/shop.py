@@ -2,10 +2,10 @@
 
 Each session walks WebShop's pages — search, results (10 per page, up to 50 results), item (options,
 Description / Features / Reviews), buy — with WebShop's actions ``search[keywords]`` and ``click[button]``, and
-renders each page as WebShop's ``text`` observation (visible texts joined by ``[SEP]``). Unlike WebShop, which
-silently ignores a bad action, a bad action returns the same page headed by a line that says what was wrong,
-and the chosen options are restated on the item page ("You have clicked ..."), as WebShop's ``text_rich`` mode
-does, so an agent that drops its context still knows them.
+renders each page as WebShop's ``text`` observation (visible texts joined by ``[SEP]``), or, with ``observation=
+"annotated"``, with the chosen options restated on the item page ("You have clicked ...", as WebShop's
+``text_rich`` mode does) so an agent that drops its context still knows them. Unlike WebShop, which silently
+ignores a bad action, a bad action returns ``valid: false`` and the same page headed by what was wrong.
 """
 
 from __future__ import annotations

@@ -83,16 +83,6 @@ def dense_indexes(small_corpus: Path, tiny_encoder: Path, tmp_path_factory: pyte
 @pytest.fixture(scope="session")
 def tiny_bert_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer BERT (the architecture of E5, BGE and MiniLM) with the bundled Qwen2.5 tokenizer."""
-    import torch
-    from transformers import BertConfig, BertModel
+    from verl_mem1.tiny_model import build_random_bert
 
-    from verl_mem1.tiny_model import build_qwen25_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = build_qwen25_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)  # fmt: skip
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return build_random_bert(tmp_path_factory.mktemp("tiny-bert"))
