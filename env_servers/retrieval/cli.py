@@ -58,17 +58,41 @@ def _index_build(args: argparse.Namespace) -> int:
 
 
 def _serve_retrieval(args: argparse.Namespace) -> int:
-    from env_servers.retrieval.index import read_meta
+    from functools import partial
 
-    read_meta(Path(args.index))  # fail fast with a clear message before importing the server stack
+    search_r1 = (args.faiss_index, args.corpus, args.encoder)
+    if args.index is not None and any(search_r1):
+        raise ValueError("give --index DIR, or Search-R1's --faiss-index FILE --corpus FILE --encoder NAME, not both")
+    if args.index is None and not all(search_r1):
+        raise ValueError("give --index DIR, or all of --faiss-index FILE --corpus FILE --encoder NAME")
     if args.max_batch_queries < 0 or args.batch_window_ms < 0 or (args.threads is not None and args.threads < 1):
         raise ValueError("--max-batch-queries and --batch-window-ms must be >= 0 and --threads >= 1")
+    if args.index is not None:
+        from env_servers.retrieval.index import read_meta
 
+        read_meta(Path(args.index))  # fail fast with a clear message before importing the server stack
+        from env_servers.retrieval.index import load_retriever
+
+        load = partial(load_retriever, Path(args.index), device=args.device)
+    else:
+        for path in (args.faiss_index, args.corpus):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"file not found: {path}")
+        from env_servers.retrieval.index import load_search_r1_retriever
+
+        load = partial(
+            load_search_r1_retriever,
+            Path(args.faiss_index),
+            Path(args.corpus),
+            args.encoder,
+            pooling=args.pooling,
+            max_length=args.query_max_length,
+            device=args.device,
+        )
     from env_servers.retrieval.server import serve
 
     serve(
-        Path(args.index),
-        device=args.device,
+        load,
         max_queries=args.max_queries,
         max_topk=args.max_topk,
         max_batch_queries=args.max_batch_queries,
@@ -146,7 +170,29 @@ def add_serve_command(subparsers: Any) -> None:
             'returns {"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}.'
         ),
     )
-    p.add_argument("--index", required=True, metavar="DIR", help="index directory written by `mem1 index build`")
+    p.add_argument("--index", default=None, metavar="DIR", help="index directory written by `mem1 index build`")
+    p.add_argument(
+        "--faiss-index", default=None, metavar="FILE", help="Search-R1's faiss index as it is (e.g. e5_Flat.index)"
+    )
+    p.add_argument(
+        "--corpus", default=None, metavar="FILE", help="with --faiss-index: its corpus JSONL (e.g. wiki-18.jsonl)"
+    )
+    p.add_argument(
+        "--encoder",
+        default=None,
+        metavar="NAME",
+        help="with --faiss-index: the encoder it was built with "
+        "(e.g. intfloat/e5-base-v2; E5 and BGE get their query prefixes, as in Search-R1)",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=("mean", "cls"),
+        default=None,
+        help="with --faiss-index: default by family, BGE cls, else mean",
+    )
+    p.add_argument(
+        "--query-max-length", type=int, default=256, metavar="N", help="with --faiss-index: query tokens (default 256)"
+    )
     p.add_argument("--device", default=None, metavar="DEVICE", help="dense only: query encoder device (cpu or cuda)")
     p.add_argument("--max-queries", type=int, default=256, metavar="N", help="most queries per request (default 256)")
     p.add_argument("--max-topk", type=int, default=100, metavar="N", help="largest topk accepted (default 100)")

@@ -11,6 +11,7 @@ import importlib.resources
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def default_hotpotqa_sources() -> list[Path]:
@@ -101,3 +102,65 @@ def title_of(contents: str) -> str:
     """The title of a ``contents`` string (first line, quotes removed)."""
     first = contents.split("\n", 1)[0]
     return first[1:-1] if len(first) >= 2 and first[0] == first[-1] == '"' else first
+
+
+class LazyCorpus(Sequence[dict]):
+    """A corpus JSONL read in place: one scan finds where each line starts (8 bytes a document, kept beside the file
+    as ``FILE.offsets.npy`` for the next start), the file is memory-mapped, and ``corpus[i]`` parses line ``i`` when
+    a search returns it. Search-R1's wiki-18.jsonl (21M passages, ~13 GB) then costs ~170 MB of memory, not tens
+    of GB of Python objects. Rows are returned as they are in the file (Search-R1 returns whole rows)."""
+
+    def __init__(self, path: Path, *, cache_offsets: bool = True) -> None:
+        import mmap
+
+        import numpy as np
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"corpus file not found: {self.path}")
+        cached = self.path.with_name(self.path.name + ".offsets.npy")
+        size = self.path.stat().st_size
+        offsets = None
+        if cached.is_file() and cached.stat().st_mtime >= self.path.stat().st_mtime:
+            offsets = np.load(cached)
+            if len(offsets) == 0 or offsets[-1] != size:
+                offsets = None
+        if offsets is None:
+            offsets = self._scan()
+            if cache_offsets:
+                try:
+                    np.save(cached, offsets)
+                except OSError:  # a read-only data folder: scan again next time
+                    pass
+        self._offsets = offsets  # line starts, then the file size
+        if len(self) == 0:
+            raise ValueError(f"{self.path}: corpus is empty")
+        self._file = self.path.open("rb")
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def _scan(self) -> Any:
+        import numpy as np
+
+        starts, position = [], 0
+        with self.path.open("rb") as f:
+            for line in f:
+                if line.strip():
+                    starts.append(position)
+                position += len(line)
+        return np.asarray([*starts, position], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]
+        raw = self._map[int(self._offsets[i]) : int(self._offsets[i + 1])]
+        try:
+            doc = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{self.path}, document {i}: not JSON ({exc.msg})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("contents"), str):
+            raise ValueError(f"{self.path}, document {i}: expected an object with string 'contents'")
+        return doc

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from env_servers.retrieval.corpus import read_corpus
+from env_servers.retrieval.corpus import LazyCorpus, read_corpus
 
 META_FILE = "meta.json"
 DOCS_FILE = "docs.jsonl"
@@ -40,9 +40,24 @@ def _stemmer() -> Any:
     return Stemmer.Stemmer("english")
 
 
+BGE_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
+POOLINGS = ("mean", "cls")
+
+
 def _prefixes(encoder: str) -> tuple[str, str]:
-    """Query/passage prefixes the encoder was trained with (E5 needs them, as Search-R1 does)."""
-    return ("query: ", "passage: ") if "e5" in Path(encoder).name.lower() else ("", "")
+    """Query/passage prefixes the encoder family was trained with, as Search-R1 adds them (by the model's name):
+    E5 ``query: `` / ``passage: ``, BGE an instruction before queries only."""
+    name = Path(encoder).name.lower()
+    if "e5" in name:
+        return "query: ", "passage: "
+    if "bge" in name:
+        return BGE_QUERY_PREFIX, ""
+    return "", ""
+
+
+def default_pooling(encoder: str) -> str:
+    """How the family pools its last hidden state: BGE its [CLS] token, E5 and others the mean over tokens."""
+    return "cls" if "bge" in Path(encoder).name.lower() else "mean"
 
 
 def _resolve_device(device: str | None) -> str:
@@ -74,13 +89,18 @@ PACKABLE_MODEL_TYPES = ("bert",)
 
 
 class DenseEncoder:
-    """A Hugging Face encoder producing mean-pooled, L2-normalised fp32 embeddings."""
+    """A Hugging Face encoder producing pooled (mean or [CLS]), L2-normalised fp32 embeddings."""
 
-    def __init__(self, name_or_path: str, *, max_length: int = 256, device: str | None = None) -> None:
+    def __init__(
+        self, name_or_path: str, *, max_length: int = 256, device: str | None = None, pooling: str = "mean"
+    ) -> None:
         import torch
 
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; one of {', '.join(POOLINGS)}")
         self.device = _resolve_device(device)
         self.max_length = max_length
+        self.pooling = pooling
         self.tokenizer, self.model = _load_hf_encoder(name_or_path, self.device)
         self._torch = torch
 
@@ -107,8 +127,11 @@ class DenseEncoder:
             ).to(self.device)
             with torch.inference_mode():
                 hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            if self.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
             out[idx] = pooled.cpu().numpy()
         return out
@@ -136,8 +159,11 @@ class DenseEncoder:
             mask = (segment[:, None] == segment[None, :])[None, None]  # (1, 1, T, T): each text sees itself
             with torch.inference_mode():
                 hidden = self.model(input_ids=flat, position_ids=positions, attention_mask=mask).last_hidden_state[0]
-            sums = torch.zeros(len(lengths), hidden.shape[-1], device=self.device).index_add_(0, segment, hidden)
-            pooled = sums.float() / lengths.to(self.device)[:, None]
+            if self.pooling == "cls":  # each text's first token
+                pooled = hidden[(torch.cumsum(lengths, 0) - lengths).to(self.device)].float()
+            else:
+                sums = torch.zeros(len(lengths), hidden.shape[-1], device=self.device).index_add_(0, segment, hidden)
+                pooled = sums.float() / lengths.to(self.device)[:, None]
             out[start:stop] = torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()
             start = stop
         return out
@@ -204,7 +230,8 @@ def build_index(
         if Path(encoder).exists():  # a local model: record an absolute path so the index works from any cwd
             encoder = str(Path(encoder).resolve())
             meta["encoder"] = encoder
-        enc = DenseEncoder(encoder, max_length=max_length, device=device)
+        pooling = default_pooling(encoder)
+        enc = DenseEncoder(encoder, max_length=max_length, device=device, pooling=pooling)
         query_prefix, passage_prefix = _prefixes(encoder)
         emb = enc.encode([passage_prefix + t for t in texts], batch_size=batch_size, show_progress=show_progress)
         index = _new_faiss_index(faiss, faiss_index, emb.shape[1], len(docs))
@@ -224,7 +251,7 @@ def build_index(
             kind="dense",
             faiss_index=faiss_index,
             dim=int(emb.shape[1]),
-            pooling="mean",
+            pooling=pooling,
             query_prefix=query_prefix,
             passage_prefix=passage_prefix,
         )
@@ -309,15 +336,22 @@ class BM25Retriever(Retriever):
 class DenseRetriever(Retriever):
     """Encodes the query batch once, then one faiss search for the whole batch."""
 
-    def __init__(self, docs: list[dict], meta: dict, index_dir: Path, device: str | None = None) -> None:
+    def __init__(self, docs: Sequence[dict], meta: dict, faiss_file: Path, device: str | None = None) -> None:
         import faiss
 
         super().__init__(docs, meta)
-        self._encoder = DenseEncoder(meta["encoder"], max_length=int(meta.get("max_length", 256)), device=device)
+        self._encoder = DenseEncoder(
+            meta["encoder"],
+            max_length=int(meta.get("max_length", 256)),
+            device=device,
+            pooling=meta.get("pooling", "mean"),
+        )
         self._prefix = meta.get("query_prefix", "")
-        index = faiss.read_index(str(index_dir / FAISS_FILE))
+        index = faiss.read_index(str(faiss_file))
         if index.ntotal != len(docs):
-            raise RuntimeError(f"faiss index has {index.ntotal} vectors but docs.jsonl {len(docs)}")
+            raise RuntimeError(f"faiss index has {index.ntotal} vectors but the corpus {len(docs)} documents")
+        if index.d != self._encoder.dim:
+            raise RuntimeError(f"faiss index holds {index.d}-d vectors but {meta['encoder']} makes {self._encoder.dim}")
         if meta.get("faiss_index") == "ivf":
             index.nprobe = min(IVF_NPROBE, index.nlist)
         self._hnsw = meta.get("faiss_index") == "hnsw"
@@ -358,4 +392,35 @@ def load_retriever(index_dir: Path, device: str | None = None) -> Retriever:
     docs = read_corpus(index_dir / DOCS_FILE)
     if meta["kind"] == "bm25":
         return BM25Retriever(docs, meta, index_dir)
-    return DenseRetriever(docs, meta, index_dir, device=device)
+    return DenseRetriever(docs, meta, index_dir / FAISS_FILE, device=device)
+
+
+def load_search_r1_retriever(
+    faiss_file: Path,
+    corpus: Path,
+    encoder: str,
+    *,
+    pooling: str | None = None,
+    max_length: int = 256,
+    device: str | None = None,
+) -> Retriever:
+    """Serve Search-R1's own artifacts as they are: its faiss index (e.g. ``e5_Flat.index``) over its corpus JSONL
+    (``wiki-18.jsonl``, read in place: :class:`LazyCorpus`), queries encoded as Search-R1 encodes them: the
+    family's prefix (E5 ``query: ``, BGE its instruction), ``pooling`` (default by family: E5 mean, BGE [CLS]),
+    L2-normalised, at most ``max_length`` tokens (Search-R1's 256)."""
+    import faiss
+
+    faiss_file, corpus = Path(faiss_file), Path(corpus)
+    if not faiss_file.is_file():
+        raise FileNotFoundError(f"faiss index file not found: {faiss_file}")
+    kind = type(faiss.downcast_index(faiss.read_index(str(faiss_file), faiss.IO_FLAG_MMAP))).__name__
+    meta = {
+        "kind": "dense",
+        "encoder": encoder,
+        "max_length": max_length,
+        "pooling": pooling or default_pooling(encoder),
+        "query_prefix": _prefixes(encoder)[0],
+        "faiss_index": "hnsw" if "HNSW" in kind else "ivf" if "IVF" in kind else "flat",
+        "source": {"faiss_index": str(faiss_file), "corpus": str(corpus)},
+    }
+    return DenseRetriever(LazyCorpus(corpus), meta, faiss_file, device=device)

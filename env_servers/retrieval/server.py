@@ -7,7 +7,7 @@ Search runs off the event loop so /health stays responsive under load. Concurren
 from __future__ import annotations
 
 import threading
-from pathlib import Path
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -86,11 +86,10 @@ def create_app(
 
 
 def serve(
-    index_dir: Path,
+    load: Callable[[], Retriever],
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
-    device: str | None = None,
     max_queries: int = 256,
     max_topk: int = 100,
     max_batch_queries: int = 64,
@@ -99,18 +98,16 @@ def serve(
     log_level: str = "info",
     access_log: bool = True,
 ) -> None:
-    """Load the index at ``index_dir`` and serve it with uvicorn until interrupted."""
+    """Load a retriever with ``load()`` (an index directory, or Search-R1's files) and serve it with uvicorn until
+    interrupted."""
     import uvicorn
-
-    from env_servers.retrieval.index import load_retriever
 
     if threads is not None:  # the encoder's intra-op threads: one batch at a time uses all of them
         import torch
 
         torch.set_num_threads(threads)
-    retriever = load_retriever(Path(index_dir), device=device)
     app = create_app(
-        retriever,
+        load(),
         max_queries=max_queries,
         max_topk=max_topk,
         max_batch_queries=max_batch_queries,
