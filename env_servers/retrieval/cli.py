@@ -73,7 +73,7 @@ def _serve_retrieval(args: argparse.Namespace) -> int:
         read_meta(Path(args.index))  # fail fast with a clear message before importing the server stack
         from env_servers.retrieval.index import load_retriever
 
-        load = partial(load_retriever, Path(args.index), device=args.device)
+        load = partial(load_retriever, Path(args.index), device=args.device, mmap=args.mmap)
     else:
         for path in (args.faiss_index, args.corpus):
             if not Path(path).is_file():
@@ -88,6 +88,7 @@ def _serve_retrieval(args: argparse.Namespace) -> int:
             pooling=args.pooling,
             max_length=args.query_max_length,
             device=args.device,
+            mmap=args.mmap,
         )
     from env_servers.retrieval.server import serve
 
@@ -145,9 +146,10 @@ def add_index_commands(subparsers: Any) -> None:
     )
     p.add_argument(
         "--faiss-index",
-        choices=("flat", "hnsw", "ivf"),
         default="flat",
-        help="dense only: exact inner product (flat, default), HNSW graph, or IVF with ~sqrt(N) lists",
+        metavar="KIND",
+        help="dense only: exact inner product (flat, default), HNSW graph (hnsw), IVF with ~sqrt(N) lists (ivf), or "
+        "any faiss factory string for a compressed index, e.g. 'IVF4096,PQ64' or 'HNSW32,SQ8' (trained on the corpus)",
     )
     p.add_argument(
         "--batch-size", type=int, default=64, metavar="N", help="dense only: passages per encoder batch (default 64)"
@@ -194,6 +196,12 @@ def add_serve_command(subparsers: Any) -> None:
         "--query-max-length", type=int, default=256, metavar="N", help="with --faiss-index: query tokens (default 256)"
     )
     p.add_argument("--device", default=None, metavar="DEVICE", help="dense only: query encoder device (cpu or cuda)")
+    p.add_argument(
+        "--mmap",
+        action="store_true",
+        help="dense only: memory-map the faiss index instead of reading it into memory (an index larger than RAM "
+        "serves, from the page cache)",
+    )
     p.add_argument("--max-queries", type=int, default=256, metavar="N", help="most queries per request (default 256)")
     p.add_argument("--max-topk", type=int, default=100, metavar="N", help="largest topk accepted (default 100)")
     p.add_argument(

@@ -102,6 +102,8 @@ class DenseEncoder:
         self.max_length = max_length
         self.pooling = pooling
         self.tokenizer, self.model = _load_hf_encoder(name_or_path, self.device)
+        if self.model.config.model_type in PACKABLE_MODEL_TYPES:  # BERT cannot see past its position table
+            self.max_length = min(max_length, self.model.config.max_position_embeddings)
         self._torch = torch
 
     @property
@@ -184,7 +186,39 @@ def _new_faiss_index(faiss: Any, kind: str, dim: int, num_docs: int) -> Any:
         # ~sqrt(N) lists, but no fewer than faiss' 39 training points per centroid on small corpora.
         nlist = max(1, min(int(math.sqrt(num_docs)), num_docs // 39))
         return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    raise ValueError(f"unknown faiss index {kind!r}; choose one of {', '.join(FAISS_INDEXES)}")
+    try:  # any faiss factory string: "IVF4096,PQ64", "HNSW32,SQ8", "OPQ64,IVF65536,PQ64", ...
+        return faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        message = str(exc).splitlines()[-1].split(": ")[-1]
+        raise ValueError(f"faiss index {kind!r} does not fit {dim}-d vectors: {message}") from None
+
+
+def check_faiss_index(kind: str) -> None:
+    """Fail early (before any encoding) on a name that is neither a preset nor a faiss factory string."""
+    if kind in FAISS_INDEXES:
+        return
+    import faiss
+
+    try:
+        faiss.index_factory(3840, kind, faiss.METRIC_INNER_PRODUCT)  # 3840 = 2^8 * 15: most PQ/SQ sizes divide it
+    except RuntimeError as exc:
+        if "could not parse" in str(exc):
+            raise ValueError(
+                f"faiss index {kind!r} is neither one of {', '.join(FAISS_INDEXES)} nor a faiss factory string "
+                "(e.g. IVF4096,PQ64 or HNSW32,SQ8)"
+            ) from None
+
+
+def _tune_for_search(faiss: Any, index: Any) -> Any:
+    """Search-time settings by what the index is (however it was built): IVF probes ``IVF_NPROBE`` lists; the HNSW
+    graph inside (if any) is returned, to widen its search to ``k``."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = min(IVF_NPROBE, ivf.nlist)
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    return inner if isinstance(inner, faiss.IndexHNSW) else None
 
 
 def build_index(
@@ -202,10 +236,10 @@ def build_index(
 
     ``encoder`` is ``"bm25"`` or a Hugging Face model name/path (dense, faiss ``faiss_index``).
     """
-    if faiss_index not in FAISS_INDEXES:
-        raise ValueError(f"unknown faiss index {faiss_index!r}; choose one of {', '.join(FAISS_INDEXES)}")
     if batch_size <= 0 or max_length <= 0:
         raise ValueError("batch_size and max_length must be positive")
+    if encoder != "bm25":
+        check_faiss_index(faiss_index)
     docs = [{"id": d["id"], "contents": d["contents"]} for d in read_corpus(Path(corpus))]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,19 +266,18 @@ def build_index(
             meta["encoder"] = encoder
         pooling = default_pooling(encoder)
         enc = DenseEncoder(encoder, max_length=max_length, device=device, pooling=pooling)
+        index = _new_faiss_index(faiss, faiss_index, enc.dim, len(docs))  # a bad factory string fails before encoding
         query_prefix, passage_prefix = _prefixes(encoder)
         emb = enc.encode([passage_prefix + t for t in texts], batch_size=batch_size, show_progress=show_progress)
-        index = _new_faiss_index(faiss, faiss_index, emb.shape[1], len(docs))
-        if faiss_index != "hnsw" and _faiss_gpu_ok(faiss):  # faiss has no GPU HNSW
-            gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-            if faiss_index == "ivf":
-                gpu_index.train(emb)
-            gpu_index.add(emb)
-            index = faiss.index_gpu_to_cpu(gpu_index)
-        else:
-            if faiss_index == "ivf":
-                index.train(emb)
-            index.add(emb)
+        on_gpu = "hnsw" not in faiss_index.lower() and _faiss_gpu_ok(faiss)  # faiss has no GPU HNSW
+        if on_gpu:
+            gpu_resources = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(gpu_resources, 0, index)
+        if not index.is_trained:  # IVF centroids, PQ/SQ codebooks
+            index.train(emb)
+        index.add(emb)
+        if on_gpu:
+            index = faiss.index_gpu_to_cpu(index)
         faiss.write_index(index, str(out / FAISS_FILE))
         shutil.rmtree(out / BM25_DIR, ignore_errors=True)  # a previous BM25 build into the same directory
         meta.update(
@@ -336,7 +369,9 @@ class BM25Retriever(Retriever):
 class DenseRetriever(Retriever):
     """Encodes the query batch once, then one faiss search for the whole batch."""
 
-    def __init__(self, docs: Sequence[dict], meta: dict, faiss_file: Path, device: str | None = None) -> None:
+    def __init__(
+        self, docs: Sequence[dict], meta: dict, faiss_file: Path, device: str | None = None, mmap: bool = False
+    ) -> None:
         import faiss
 
         super().__init__(docs, meta)
@@ -347,15 +382,14 @@ class DenseRetriever(Retriever):
             pooling=meta.get("pooling", "mean"),
         )
         self._prefix = meta.get("query_prefix", "")
-        index = faiss.read_index(str(faiss_file))
+        # mmap: the vectors stay in the file (page cache) instead of memory: an index larger than RAM still serves
+        index = faiss.read_index(str(faiss_file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC if mmap else 0)
         if index.ntotal != len(docs):
             raise RuntimeError(f"faiss index has {index.ntotal} vectors but the corpus {len(docs)} documents")
         if index.d != self._encoder.dim:
             raise RuntimeError(f"faiss index holds {index.d}-d vectors but {meta['encoder']} makes {self._encoder.dim}")
-        if meta.get("faiss_index") == "ivf":
-            index.nprobe = min(IVF_NPROBE, index.nlist)
-        self._hnsw = meta.get("faiss_index") == "hnsw"
-        if not self._hnsw and _faiss_gpu_ok(faiss) and self._encoder.device != "cpu":
+        self._hnsw = _tune_for_search(faiss, index)
+        if self._hnsw is None and not mmap and _faiss_gpu_ok(faiss) and self._encoder.device != "cpu":
             self._gpu_res = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
         self._index = index
@@ -365,8 +399,8 @@ class DenseRetriever(Retriever):
 
     def _search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         emb = self.encode_queries(queries)
-        if self._hnsw:
-            self._index.hnsw.efSearch = max(64, k)
+        if self._hnsw is not None:
+            self._hnsw.hnsw.efSearch = max(64, k)
         scores, ids = self._index.search(emb, k)
         return ids, scores
 
@@ -385,14 +419,14 @@ def read_meta(index_dir: Path) -> dict:
     return meta
 
 
-def load_retriever(index_dir: Path, device: str | None = None) -> Retriever:
+def load_retriever(index_dir: Path, device: str | None = None, mmap: bool = False) -> Retriever:
     """Load the retriever an index directory was built for (BM25 or dense)."""
     index_dir = Path(index_dir)
     meta = read_meta(index_dir)
     docs = read_corpus(index_dir / DOCS_FILE)
     if meta["kind"] == "bm25":
         return BM25Retriever(docs, meta, index_dir)
-    return DenseRetriever(docs, meta, index_dir / FAISS_FILE, device=device)
+    return DenseRetriever(docs, meta, index_dir / FAISS_FILE, device=device, mmap=mmap)
 
 
 def load_search_r1_retriever(
@@ -403,6 +437,7 @@ def load_search_r1_retriever(
     pooling: str | None = None,
     max_length: int = 256,
     device: str | None = None,
+    mmap: bool = False,
 ) -> Retriever:
     """Serve Search-R1's own artifacts as they are: its faiss index (e.g. ``e5_Flat.index``) over its corpus JSONL
     (``wiki-18.jsonl``, read in place: :class:`LazyCorpus`), queries encoded as Search-R1 encodes them: the
@@ -423,4 +458,4 @@ def load_search_r1_retriever(
         "faiss_index": "hnsw" if "HNSW" in kind else "ivf" if "IVF" in kind else "flat",
         "source": {"faiss_index": str(faiss_file), "corpus": str(corpus)},
     }
-    return DenseRetriever(LazyCorpus(corpus), meta, faiss_file, device=device)
+    return DenseRetriever(LazyCorpus(corpus), meta, faiss_file, device=device, mmap=mmap)

@@ -154,3 +154,30 @@ def test_decoder_encoders_are_not_packed(tiny_encoder: Path) -> None:
     enc = DenseEncoder(str(tiny_encoder), max_length=64, device="cpu")
     texts = ["first query", "a second, longer query about something"]
     np.testing.assert_allclose(enc.encode_packed(texts), enc.encode(texts), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["IVF4,SQ8", "HNSW8,SQ8"])
+def test_compressed_indexes_from_factory_strings(kind, small_corpus, tiny_bert_encoder, tmp_path, dev_questions):
+    """faiss factory strings build compressed indexes (trained on the corpus) whose hits agree with exact search."""
+    exact = load_retriever(build_index(small_corpus, tmp_path / "flat", str(tiny_bert_encoder), show_progress=False))
+    out = build_index(small_corpus, tmp_path / "c", str(tiny_bert_encoder), faiss_index=kind, show_progress=False)
+    compressed = load_retriever(out, device="cpu")
+    assert json.loads((out / "meta.json").read_text())["faiss_index"] == kind
+    questions = [q["question"] for q in dev_questions[:30]]
+    hits = [{d["id"] for d, _ in row} for row in compressed.search(questions, 10)]
+    truth = [{d["id"] for d, _ in row} for row in exact.search(questions, 10)]
+    recall = sum(len(h & t) for h, t in zip(hits, truth, strict=True)) / sum(map(len, truth))
+    assert recall >= 0.8, recall
+
+
+def test_bad_factory_string_fails_before_encoding(small_corpus, tmp_path):
+    with pytest.raises(ValueError, match="neither one of flat, hnsw, ivf nor a faiss factory string"):
+        build_index(small_corpus, tmp_path / "x", "not/a/model", faiss_index="IVF,Nonsense")
+
+
+def test_memory_mapped_index_serves_the_same(small_corpus, tiny_bert_encoder, tmp_path, dev_questions):
+    out = build_index(small_corpus, tmp_path / "flat", str(tiny_bert_encoder), show_progress=False)
+    questions = [q["question"] for q in dev_questions[:10]]
+    in_memory = load_retriever(out, device="cpu").search(questions, 5)
+    mapped = load_retriever(out, device="cpu", mmap=True).search(questions, 5)
+    assert [[(d["id"], s) for d, s in row] for row in mapped] == [[(d["id"], s) for d, s in row] for row in in_memory]
