@@ -443,19 +443,16 @@ def load_search_r1_retriever(
     (``wiki-18.jsonl``, read in place: :class:`LazyCorpus`), queries encoded as Search-R1 encodes them: the
     family's prefix (E5 ``query: ``, BGE its instruction), ``pooling`` (default by family: E5 mean, BGE [CLS]),
     L2-normalised, at most ``max_length`` tokens (Search-R1's 256)."""
-    import faiss
 
     faiss_file, corpus = Path(faiss_file), Path(corpus)
     if not faiss_file.is_file():
         raise FileNotFoundError(f"faiss index file not found: {faiss_file}")
-    kind = type(faiss.downcast_index(faiss.read_index(str(faiss_file), faiss.IO_FLAG_MMAP))).__name__
     meta = {
         "kind": "dense",
         "encoder": encoder,
         "max_length": max_length,
         "pooling": pooling or default_pooling(encoder),
         "query_prefix": _prefixes(encoder)[0],
-        "faiss_index": "hnsw" if "HNSW" in kind else "ivf" if "IVF" in kind else "flat",
         "source": {"faiss_index": str(faiss_file), "corpus": str(corpus)},
     }
     return DenseRetriever(LazyCorpus(corpus), meta, faiss_file, device=device, mmap=mmap)
