@@ -19,6 +19,10 @@ class VerlServerBackend:
         self.server_manager = server_manager
         self.eos_token_ids = eos_token_ids or set()
         self.request_id = request_id or uuid.uuid4().hex  # sticky: one episode stays on one replica (prefix cache)
+        # the policy versions (verl's global step of the weights) the episode's generations came from: verl reports
+        # how off-policy each trajectory is from their range (min_global_steps / max_global_steps)
+        self.min_global_steps: int | None = None
+        self.max_global_steps: int | None = None
 
     @staticmethod
     def sampling_params(sampling: SamplingConfig) -> dict[str, Any]:
@@ -39,6 +43,7 @@ class VerlServerBackend:
         )
         if output.stop_reason == "aborted":
             raise RuntimeError("verl rollout server aborted the request (generation paused); retry the episode")
+        self._record_version(output.extra_fields or {})
         token_ids = [int(t) for t in output.token_ids]
         if output.log_probs is None:
             raise RuntimeError("verl rollout server returned no log-probs; set rollout.calculate_log_probs=True")
@@ -49,3 +54,14 @@ class VerlServerBackend:
         else:
             finish = "stop"
         return Generation(token_ids=token_ids, logprobs=[float(x) for x in output.log_probs], finish_reason=finish)
+
+    def _record_version(self, extra_fields: dict[str, Any]) -> None:
+        low, high = extra_fields.get("min_global_steps"), extra_fields.get("max_global_steps")
+        if low is not None:
+            self.min_global_steps = low if self.min_global_steps is None else min(self.min_global_steps, low)
+        if high is not None:
+            self.max_global_steps = high if self.max_global_steps is None else max(self.max_global_steps, high)
+
+    def weight_versions(self) -> dict[str, int | None]:
+        """``min_global_steps`` / ``max_global_steps`` over the calls so far, as verl's agent loops report them."""
+        return {"min_global_steps": self.min_global_steps, "max_global_steps": self.max_global_steps}

@@ -142,7 +142,9 @@ class MEM1AgentLoop(AgentLoopBase):
             max_context_tokens=self.prompt_length + self.response_length,
         )
 
-    async def play(self, task: Task, sampling_params: dict[str, Any]) -> EpisodeRecord:
+    async def play(
+        self, task: Task, sampling_params: dict[str, Any], backend: VerlServerBackend | None = None
+    ) -> EpisodeRecord:
         """Run one episode against verl's rollout servers and the retrieval/web-search server."""
         config = self.episode_config(task, sampling_params)
         prompt = prompt_ids_for(task, self.tokenizer, config.tags, config.max_turns)
@@ -153,12 +155,16 @@ class MEM1AgentLoop(AgentLoopBase):
                 "data.max_prompt_length or compose fewer objectives"
             )
         # one request id per episode: verl routes it to one replica, whose prefix cache then holds the prompt
-        backend = VerlServerBackend(self.server_manager, eos_token_ids=self.eos_token_ids, request_id=uuid.uuid4().hex)
+        backend = backend or self.backend()
         env = make_environment(self.mem1)
         try:
             return await run_episode(task, backend, env, self.tokenizer, config)
         finally:
             await env.aclose()
+
+    def backend(self) -> VerlServerBackend:
+        """One episode's client of verl's rollout servers."""
+        return VerlServerBackend(self.server_manager, eos_token_ids=self.eos_token_ids, request_id=uuid.uuid4().hex)
 
     async def score(self, record: EpisodeRecord, row: dict[str, Any]) -> tuple[float | None, dict[str, Any]]:
         """``(reward, extra info)`` from the configured reward function, or ``(None, {})`` for ``reward: verl``."""
@@ -183,7 +189,8 @@ class MEM1AgentLoop(AgentLoopBase):
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput | list[AgentLoopOutput]:
         task = task_from_row(kwargs)
         started = time.perf_counter()
-        record = await self.play(task, sampling_params)
+        backend = self.backend()
+        record = await self.play(task, sampling_params, backend)
         if record.termination == "env_error":
             raise EnvironmentFailure(f"task {task.id!r}: the environment failed after its retries: {record.error}")
         t0 = time.perf_counter()
@@ -191,6 +198,7 @@ class MEM1AgentLoop(AgentLoopBase):
         outputs = self.to_outputs(record, reward, info)
         for output in outputs if isinstance(outputs, list) else [outputs]:
             output.metrics.compute_score = time.perf_counter() - t0
+            output.extra_fields.update(backend.weight_versions())
         logger.debug("episode %s: %.2fs, reward %s", task.id, time.perf_counter() - started, reward)
         return outputs
 

@@ -40,9 +40,9 @@ POSITION_KEY = "mem1_position_ids"
 SEGMENT_KEY = "mem1_segment_ids"
 ATTENTION_KEY = "mem1_attention"  # the run's mem1.attention, carried by each sample from the agent loop
 _OUTPUT_ARGS_KEY = "mem1"
-# (device, vendor) keys the MEM1 engines take in EngineRegistry: every platform verl 0.9 ships (plus the
-# running one). The stock FSDP engines are registered per device only, which the vendor keys outrank.
-PLATFORM_KEYS = (("cuda", "nvidia"), ("cuda", "amd"), ("npu", "huawei"))
+# (device, vendor) keys the MEM1 engines take in EngineRegistry: every platform verl 0.9 ships, the plug-in's CPU
+# platform (plus the running one). The stock FSDP engines are registered per device only, which the vendor keys outrank.
+PLATFORM_KEYS = (("cuda", "nvidia"), ("cuda", "amd"), ("npu", "huawei"), ("cpu", "cpu"))
 FSDP_BACKENDS = ("fsdp", "fsdp2")
 
 

@@ -14,9 +14,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+CPU_ROLLOUT = "mem1_hf"  # cpu_rollout.ROLLOUT_NAME (not imported: that module imports verl)
 SKIP_ENV_CHECK = "MEM1_SKIP_ENV_CHECK"  # =1: do not ask the environment server for /health at start-up
 # the device verl's engines run on (trainer.device) -> the (device, vendor) key EngineRegistry looks up there
-_ENGINE_KEYS = {"cuda": ("cuda", "nvidia"), "npu": ("npu", "huawei")}
+_ENGINE_KEYS = {"cuda": ("cuda", "nvidia"), "npu": ("npu", "huawei"), "cpu": ("cpu", "cpu")}
 
 
 class PreflightError(ValueError):
@@ -46,13 +47,40 @@ def check_transfer_queue(cfg: DictConfig) -> None:
 
 def check_rollout_engine(cfg: DictConfig) -> None:
     """The MEM1 agent loop asks verl's server for the stop strings in the output (vLLM's
-    ``include_stop_str_in_output``) and for token-id prompts; SGLang has neither as configured by verl 0.9."""
+    ``include_stop_str_in_output``) and for token-id prompts; SGLang has neither as configured by verl 0.9. On CPU the
+    plug-in's ``mem1_hf`` rollout stands in for vLLM."""
     name = _select(cfg, "actor_rollout_ref.rollout.name")
-    if name != "vllm" and _uses_mem1(cfg):
+    if name not in ("vllm", CPU_ROLLOUT) and _uses_mem1(cfg):
         raise PreflightError(
             f"actor_rollout_ref.rollout.name={name}: the MEM1 agent loop runs on vLLM only (SGLang drops "
-            "include_stop_str_in_output and skips tokenizer init); set actor_rollout_ref.rollout.name=vllm"
+            "include_stop_str_in_output and skips tokenizer init); set actor_rollout_ref.rollout.name=vllm "
+            f"({CPU_ROLLOUT} on CPU)"
         )
+
+
+def check_platform(cfg: DictConfig) -> None:
+    """``trainer.device=cpu`` needs verl's platform to be the plug-in's CPU platform in this process and on every
+    worker (``VERL_PLATFORM=cpu``: verl decides the platform once, when its modules are imported), and the CPU
+    rollout runs only there."""
+    device = str(_select(cfg, "trainer.device", "cuda"))
+    on_cpu = os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu"
+    if device == "cpu" and not on_cpu:
+        raise PreflightError(
+            "trainer.device=cpu: set VERL_PLATFORM=cpu in the environment of the command (verl picks its platform "
+            "when it is imported, before the config is read) and add +platform=cpu to the recipe"
+        )
+    if _select(cfg, "actor_rollout_ref.rollout.name") == CPU_ROLLOUT and device != "cpu":
+        raise PreflightError(
+            f"actor_rollout_ref.rollout.name={CPU_ROLLOUT} is the CPU rollout: use it with trainer.device=cpu "
+            "(+platform=cpu), or rollout.name=vllm on GPUs"
+        )
+    if device == "cpu":
+        workers_env = _select(cfg, "ray_kwargs.ray_init.runtime_env.env_vars", {}) or {}
+        if str(workers_env.get("VERL_PLATFORM", "")).lower() != "cpu":
+            raise PreflightError(
+                "trainer.device=cpu: ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM must be cpu so that "
+                "verl's workers use the CPU platform too (recipes/platform/cpu.yaml sets it)"
+            )
 
 
 def _row_count(path: str) -> int:
@@ -153,6 +181,7 @@ def check_environment_server(cfg: DictConfig) -> None:
 def check_trainer_config(cfg: DictConfig) -> None:
     """Every start-up check, cheapest first."""
     check_rollout_engine(cfg)
+    check_platform(cfg)
     check_transfer_queue(cfg)
     check_data(cfg)
     check_engines(cfg)

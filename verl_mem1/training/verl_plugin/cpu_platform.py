@@ -1,0 +1,179 @@
+"""verl on CPU: a platform for verl's ``PlatformRegistry`` (``VERL_PLATFORM=cpu``), so its unmodified trainer runs
+on a machine without accelerators (CI, laptops).
+
+verl 0.9 routes every device question through ``verl.plugin.platform.get_platform()``: the torch device module, the
+collective backend, the Ray resource its workers reserve. This platform answers them for the CPU:
+
+- device ``cpu``, collectives on gloo;
+- each verl worker reserves one Ray ``GPU`` as on a GPU node, but the GPUs are logical: ``ray.init(num_gpus=N)``
+  declares N "slots" on a machine without any (``recipes/platform/cpu.yaml``), so verl's placement groups,
+  colocation, rank count and its own resource check (which counts Ray ``GPU``/``NPU`` only) work unchanged. Ray
+  sets ``CUDA_VISIBLE_DEVICES`` for each worker as usual; CPU torch ignores it;
+- the device module is ``torch.cpu`` plus no-ops for what it lacks (caches, memory statistics, IPC), so verl's calls
+  to ``get_torch_device().empty_cache()`` and the like do nothing instead of failing;
+- one adaptation of verl itself: its workers join the process group with ``"cpu:gloo,{device}:{backend}"``, which
+  torch rejects when the device is ``cpu`` (a duplicate device); the platform makes ``"gloo"`` the default backend of
+  ``verl.utils.distributed.initialize_global_process_group_ray`` (its ``backend`` argument, which verl's workers leave
+  unset) when it is selected. ``tests/training/verl_plugin/test_cpu_platform_on_cpu.py`` watches for verl changing it.
+
+Selected only by ``VERL_PLATFORM=cpu`` (verl's own override); auto-detection never picks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from typing import Any
+
+import torch
+from verl.plugin.platform.platform_base import PlatformBase
+from verl.plugin.platform.platform_manager import PlatformRegistry
+
+PLATFORM_NAME = "cpu"
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _zero(*args: Any, **kwargs: Any) -> int:
+    return 0
+
+
+def _mem_get_info(*args: Any, **kwargs: Any) -> tuple[int, int]:
+    """(free, total) bytes of host memory, as ``torch.cuda.mem_get_info`` reports a GPU's."""
+    import psutil
+
+    memory = psutil.virtual_memory()
+    return memory.available, memory.total
+
+
+class _CPUDeviceModule(types.ModuleType):
+    """``torch.cpu`` with the calls verl makes on ``torch.cuda`` that have no CPU meaning answered harmlessly."""
+
+    _FALLBACKS = {
+        "empty_cache": _noop,
+        "ipc_collect": _noop,
+        "reset_peak_memory_stats": _noop,
+        "set_per_process_memory_fraction": _noop,
+        "memory_allocated": _zero,
+        "memory_reserved": _zero,
+        "max_memory_allocated": _zero,
+        "max_memory_reserved": _zero,
+        "mem_get_info": _mem_get_info,
+        "get_rng_state": lambda *args, **kwargs: torch.get_rng_state(),
+        "set_rng_state": lambda state, *args, **kwargs: torch.set_rng_state(state),
+        "manual_seed": lambda seed: torch.manual_seed(seed),
+        "manual_seed_all": lambda seed: torch.manual_seed(seed),
+        "get_device_name": lambda *args, **kwargs: "cpu",
+        "is_initialized": lambda: True,
+    }
+
+    def __init__(self) -> None:
+        super().__init__("verl_mem1_cpu_device")
+
+    def __getattr__(self, name: str) -> Any:
+        if hasattr(torch.cpu, name):
+            return getattr(torch.cpu, name)
+        if name in self._FALLBACKS:
+            return self._FALLBACKS[name]
+        raise AttributeError(f"torch.cpu has no {name!r} and the MEM1 CPU platform does not provide it")
+
+
+CPU_DEVICE_MODULE = _CPUDeviceModule()
+
+
+def use_gloo_process_group() -> None:
+    """Make plain ``gloo`` the default backend of verl's Ray process-group initialisation (see the module docstring)."""
+    from verl.utils import distributed
+
+    init = distributed.initialize_global_process_group_ray
+    names = init.__code__.co_varnames[: init.__code__.co_argcount]
+    if names[-len(init.__defaults__) :] != ("timeout_second", "backend"):
+        raise RuntimeError(
+            f"verl's initialize_global_process_group_ray changed its arguments {names}; update the CPU platform"
+        )
+    init.__defaults__ = (init.__defaults__[0], "gloo")
+
+
+@PlatformRegistry.register(platform=PLATFORM_NAME)
+class PlatformCPU(PlatformBase):
+    """verl's platform interface answered for the CPU (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        use_gloo_process_group()
+
+    @property
+    def device_name(self) -> str:
+        return "cpu"
+
+    @property
+    def vendor_name(self) -> str:
+        return "cpu"
+
+    @property
+    def device_module(self) -> types.ModuleType:
+        return CPU_DEVICE_MODULE
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_platform_available(self, use_smi_check: bool = False) -> bool:
+        return False  # never auto-detected: VERL_PLATFORM=cpu selects it
+
+    def current_device(self) -> str:  # type: ignore[override]
+        # verl passes get_device_id() straight to .to()/device=: an int names an accelerator, "cpu" the CPU
+        return "cpu"
+
+    def device_count(self) -> int:
+        return 1
+
+    def set_device(self, device_index: int) -> None:
+        return None
+
+    def synchronize(self, device_index: int | None = None) -> None:
+        return None
+
+    def manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def manual_seed_all(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def set_allocator_settings(self, settings: str) -> None:
+        return None
+
+    def empty_cache(self) -> None:
+        return None
+
+    def get_device_capability(self, device_index: int = 0) -> tuple[int | None, int | None]:
+        return None, None
+
+    def communication_backend_name(self) -> str:
+        return "gloo"
+
+    def visible_devices_envvar(self) -> str:
+        return "CUDA_VISIBLE_DEVICES"  # what Ray sets for a worker holding a (logical) GPU; nothing on CPU reads it
+
+    @contextlib.contextmanager
+    def nvtx_range(self, msg: str):
+        yield
+
+    def profiler_start(self) -> None:
+        return None
+
+    def profiler_stop(self) -> None:
+        return None
+
+    def ray_resource_name(self) -> str:
+        return "GPU"  # logical slots declared to Ray (see the module docstring), one per FSDP rank
+
+    def ray_noset_envvars(self) -> list[str]:
+        return []
+
+    def is_ipc_supported(self) -> bool:
+        return False
+
+    def cudart(self) -> Any:
+        return None
