@@ -22,16 +22,18 @@ PLUGIN_MODULE = __name__
 _registered = False
 
 
+def _register_platform() -> None:
+    from verl_mem1.training.verl_plugin import cpu_platform  # noqa: F401 - @PlatformRegistry.register("cpu")
+
+
 def register() -> None:
     """Register the agent loop, the engines and the attention implementation (safe to call again)."""
     global _registered
     if _registered:
         return
+    _register_platform()  # first: verl's engine modules ask for the platform when they are imported
     from verl_mem1.training.attention import register_packed_attention
-    from verl_mem1.training.verl_plugin import (
-        agent_loop,  # noqa: F401 - @register("mem1_agent") on import
-        cpu_platform,  # noqa: F401 - before anything asks verl for the platform
-    )
+    from verl_mem1.training.verl_plugin import agent_loop  # noqa: F401 - @register("mem1_agent") on import
     from verl_mem1.training.verl_plugin.cpu_rollout import register_rollout
     from verl_mem1.training.verl_plugin.engine import register_engines
 

@@ -1,0 +1,107 @@
+"""The plug-in's CPU platform for verl (``VERL_PLATFORM=cpu``): what verl's trainer asks of a platform, answered for a
+machine without accelerators. Run in a fresh interpreter each: verl decides its platform once per process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(code: str, platform: str | None = "cpu") -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    if platform:
+        env["VERL_PLATFORM"] = platform
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_verl_uses_the_cpu_platform_when_selected_on_cpu():
+    result = _run(
+        """
+import json, verl, torch
+from verl.utils.device import get_device_name, get_nccl_backend, get_torch_device, get_device_id, get_resource_name
+from verl.plugin.platform import get_platform
+module = get_torch_device()
+module.empty_cache(); module.ipc_collect(); module.synchronize()
+free, total = module.mem_get_info()
+x = torch.ones(2).to(get_device_id())
+print(json.dumps({
+    "device": get_device_name(), "backend": get_nccl_backend(), "resource": get_resource_name(),
+    "class": type(get_platform()).__name__, "allocated": module.memory_allocated(), "free_ok": 0 < free <= total,
+    "tensor_device": str(x.device), "auto_detected": get_platform().is_platform_available(use_smi_check=True),
+}))
+"""
+    )
+    assert result == {
+        "device": "cpu",
+        "backend": "gloo",
+        "resource": "GPU",  # logical Ray GPUs are the CPU platform's worker slots
+        "class": "PlatformCPU",
+        "allocated": 0,
+        "free_ok": True,
+        "tensor_device": "cpu",
+        "auto_detected": False,  # only VERL_PLATFORM=cpu selects it
+    }
+
+
+def test_verl_process_group_joins_on_gloo_on_cpu():
+    """verl's workers join with "cpu:gloo,{device}:{backend}", which torch refuses for device cpu; on the CPU platform
+    the same call (no backend given, as verl's workers make it) joins a gloo group that reduces."""
+    result = _run(
+        """
+import json, os, torch, torch.distributed as dist
+from verl.utils.device import get_device_name, get_nccl_backend
+from verl.utils.distributed import initialize_global_process_group_ray
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29517", RANK="0", WORLD_SIZE="1")
+try:
+    dist.distributed_c10d.BackendConfig(f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}")
+    verl_string = "accepted"
+except ValueError as exc:
+    verl_string = "refused: " + str(exc).split(".")[0]
+initialize_global_process_group_ray(timeout_second=60)
+x = torch.tensor([3.0])
+dist.all_reduce(x)
+print(json.dumps({"verl_string": verl_string, "backend": dist.get_backend(), "sum": x.item()}))
+dist.destroy_process_group()
+"""
+    )
+    assert result["verl_string"].startswith("refused: Duplicate device type cpu")
+    assert result["backend"] == "gloo"
+    assert result["sum"] == 3.0
+
+
+def test_mem1_engines_are_verl_engines_on_cpu():
+    result = _run(
+        """
+import json, verl
+from verl.workers.engine.base import EngineRegistry
+from verl.workers.rollout.base import get_rollout_class
+from verl.workers.rollout.replica import get_rollout_replica_class
+print(json.dumps({
+    "actor": EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__,
+    "critic": EngineRegistry.get_engine_cls("value_model", "fsdp2").__name__,
+    "replica": get_rollout_replica_class("mem1_hf").__name__,
+    "adapter": get_rollout_class("mem1_hf", "async").__name__,
+}))
+"""
+    )
+    assert result == {
+        "actor": "MEM1FSDPEngineWithLMHead",
+        "critic": "MEM1FSDPEngineWithValueHead",
+        "replica": "HFRolloutReplica",
+        "adapter": "HFServerAdapter",
+    }
+
+
+def test_unknown_device_call_names_itself_on_cpu():
+    from verl_mem1.training.verl_plugin.cpu_platform import CPU_DEVICE_MODULE
+
+    with pytest.raises(AttributeError, match="no 'graph_pool_handle'"):
+        CPU_DEVICE_MODULE.graph_pool_handle  # noqa: B018
