@@ -70,18 +70,32 @@ WEBSHOP_DATA_ARGS ?=
 # goals 0-499 are WebShop's test split; with its human goals (--human-goals) its train split is 1500: (500-1499 val)
 WEBSHOP_TRAIN_GOALS ?= 500:
 TRAIN_ARGS ?=
-VERL_TRAIN := $(BIN)/python -m verl_mem1.train --config-dir $(CURDIR)/recipes \
-	actor_rollout_ref.rollout.agent.agent_loop_config_path=$(CURDIR)/recipes/agent_loops.yaml
+# PLATFORM=cpu: verl's same trainer without a GPU or vLLM (recipes/platform/cpu.yaml: the CPU platform, the mem1_hf
+# rollout, FSDP2 on gloo, 2 steps) on SmolLM2-135M (`mem1 model smollm2`), e.g. `make train-qa PLATFORM=cpu`
+PLATFORM ?= gpu
+CPU_MODEL ?= outputs/models/smollm2
+ifeq ($(PLATFORM),cpu)
+TRAIN_DEPS := install $(CPU_MODEL)/config.json
+PLATFORM_ARGS := +platform=cpu actor_rollout_ref.model.path=$(abspath $(CPU_MODEL))
+VERL_ENV := VERL_PLATFORM=cpu
+else
+TRAIN_DEPS := install-gpu
+endif
+VERL_TRAIN := $(VERL_ENV) $(BIN)/python -m verl_mem1.train --config-dir $(CURDIR)/recipes \
+	actor_rollout_ref.rollout.agent.agent_loop_config_path=$(CURDIR)/recipes/agent_loops.yaml $(PLATFORM_ARGS)
+
+$(CPU_MODEL)/config.json: | install
+	$(BIN)/mem1 model smollm2 --out $(CPU_MODEL)
 
 .PHONY: train-qa train-webshop
-train-qa: install-gpu
+train-qa: $(TRAIN_DEPS)
 	$(BIN)/mem1 compose $(QA_SOURCES) --objectives $(QA_OBJECTIVES) --seed 0 --agent-name mem1_agent \
 		--out $(QA_DATA)/train.parquet --test-out $(QA_DATA)/test.parquet
 	$(VERL_TRAIN) --config-name qa \
 		data.train_files=$(abspath $(QA_DATA))/train.parquet data.val_files=$(abspath $(QA_DATA))/test.parquet $(TRAIN_ARGS)
 
 # the WebShop server (`mem1 serve webshop`) must serve the same products, attributes, goals and seed
-train-webshop: install-gpu
+train-webshop: $(TRAIN_DEPS)
 	$(BIN)/mem1 webshop-tasks $(WEBSHOP_DATA_ARGS) --goals $(WEBSHOP_TRAIN_GOALS) --split train --agent-name mem1_agent \
 		--out $(WEBSHOP_DATA)/train.parquet
 	$(BIN)/mem1 webshop-tasks $(WEBSHOP_DATA_ARGS) --goals 0:500 --split test --agent-name mem1_agent \

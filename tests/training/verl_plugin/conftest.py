@@ -1,6 +1,7 @@
 """The verl plug-in on CPU: loading, recipes, the MEM1 agent loop and the MEM1 FSDP engine's input preparation.
 
-No verl trainer runs here (it needs GPUs, vLLM and Ray). What runs is verl's own code around ours: its registries,
+verl's whole trainer runs in ``test_main_ppo_on_cpu.py`` (CPU platform, ``mem1_hf`` rollout). The other modules run
+verl's own code around ours, piece by piece: its registries,
 its Hydra config tree, its agent-loop instantiation, both of its agent-loop post-processing paths (the legacy
 ``AgentLoopWorker`` and the TransferQueue field layout), its padding helpers and its engine's
 ``forward_step``/``prepare_model_inputs``/``prepare_model_outputs`` on the tiny model (FSDP wrapping and

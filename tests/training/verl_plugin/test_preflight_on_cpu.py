@@ -55,6 +55,23 @@ def test_sglang_is_refused_with_the_reason(tasks, retrieval_url):
         check_trainer_config(qa(tasks, retrieval_url, "actor_rollout_ref.rollout.name=sglang"))
 
 
+def test_the_cpu_platform_needs_verl_to_be_on_it(tasks, retrieval_url, monkeypatch):
+    monkeypatch.delenv("VERL_PLATFORM", raising=False)
+    with pytest.raises(PreflightError, match="set VERL_PLATFORM=cpu in the environment"):
+        preflight.check_platform(qa(tasks, retrieval_url, "+platform=cpu"))
+    monkeypatch.setenv("VERL_PLATFORM", "cpu")
+    preflight.check_rollout_engine(qa(tasks, retrieval_url, "+platform=cpu"))  # mem1_hf stands in for vLLM
+    preflight.check_platform(qa(tasks, retrieval_url, "+platform=cpu"))
+    with pytest.raises(PreflightError, match="mem1_hf is the CPU rollout"):
+        preflight.check_platform(qa(tasks, retrieval_url, "actor_rollout_ref.rollout.name=mem1_hf"))
+    with pytest.raises(PreflightError, match="runtime_env.env_vars.VERL_PLATFORM must be cpu"):
+        preflight.check_platform(
+            qa(tasks, retrieval_url, "+platform=cpu", "ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM=cuda")
+        )
+    with pytest.raises(PreflightError, match="flash_attention_2"):
+        preflight.check_platform(qa(tasks, retrieval_url, "+platform=cpu", "algorithm.adv_estimator=gae"))
+
+
 def test_v1_trainer_needs_transfer_queue(tasks, retrieval_url, monkeypatch):
     import transfer_queue  # noqa: F401 - installed with the project (verl lists it only in an extra)
 
