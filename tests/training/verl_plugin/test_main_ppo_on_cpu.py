@@ -34,7 +34,7 @@ def metrics_by_step(log: str) -> dict[int, dict[str, float]]:
                 values[key.strip()] = float(number)
             except ValueError:
                 continue
-        steps[int(match.group(1))] = values
+        steps.setdefault(int(match.group(1)), {}).update(values)  # the legacy trainer logs a step over two lines
     return steps
 
 
