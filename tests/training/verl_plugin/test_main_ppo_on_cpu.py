@@ -1,7 +1,8 @@
 """verl's own trainer, unmodified, on the MEM1 QA recipe on CPU: ``python -m verl_mem1.train --config-name qa
 +platform=cpu`` (verl's ``main_ppo``: Ray, its agent-loop manager and the MEM1 agent loop, the ``mem1_hf`` rollout with
 weight sync, TransferQueue in the v1 trainer, the MEM1 FSDP2 engines on gloo, the optimizer, checkpoints and resume),
-a real retrieval server and the tiny model; the v1 and the legacy trainer, GRPO. Read back from verl's own console
+the tiny model, and a real retrieval server (v1 trainer, with resume) or WebShop server (``webshop`` recipe, legacy
+trainer); GRPO. Read back from verl's own console
 metrics. (GAE cannot run on CPU: verl 0.9 loads the value model with flash_attention_2 hard-coded; the start-up
 check says so, and the MEM1 value engine is tested piece by piece in test_engine_on_cpu.py.)"""
 
@@ -51,7 +52,21 @@ def qa_tasks(tmp_path_factory):
     return out
 
 
-def main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *overrides: str) -> str:
+@pytest.fixture(scope="module")
+def webshop_tasks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("webshop-tasks")
+    for goals, name in (("0:8", "train"), ("8:10", "test")):
+        subprocess.run(
+            [sys.executable, "-m", "verl_mem1.cli", "webshop-tasks", "--goals", goals, "--agent-name", "mem1_agent"]
+            + ["--out", str(out / f"{name}.parquet")],
+            check=True,
+            capture_output=True,
+        )
+    return out
+
+
+def main_ppo(tmp_path, tiny_model_dir, env_url, tasks, *overrides: str, recipe: str = "qa") -> str:
+    env_key = "mem1.webshop_url" if recipe == "webshop" else "mem1.retriever_url"
     command = [
         sys.executable,
         "-m",
@@ -59,12 +74,12 @@ def main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *overrides: str)
         "--config-dir",
         str(REPO / "recipes"),
         "--config-name",
-        "qa",
+        recipe,
         "+platform=cpu",
         f"actor_rollout_ref.model.path={tiny_model_dir}",
-        f"data.train_files={qa_tasks / 'train.parquet'}",
-        f"data.val_files={qa_tasks / 'test.parquet'}",
-        f"mem1.retriever_url={retrieval_url}",
+        f"data.train_files={tasks / 'train.parquet'}",
+        f"data.val_files={tasks / 'test.parquet'}",
+        f"{env_key}={env_url}",
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={REPO / 'recipes' / 'agent_loops.yaml'}",
         f"trainer.default_local_dir={tmp_path / 'checkpoints'}",
         *overrides,
@@ -103,16 +118,18 @@ def test_v1_trainer_grpo_two_steps_then_resume_on_cpu(tmp_path, tiny_model_dir, 
     assert (checkpoint / "optim_world_size_1_rank_0.pt").is_file()
     assert (tmp_path / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
 
-    resumed = metrics_by_step(
-        main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, "trainer.total_training_steps=3")
-    )
-    check_steps(resumed, [3])  # verl's resume_mode=auto: from global_step_2, one more step
+    log = main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING, "trainer.total_training_steps=3")
+    assert "global_step_2" in log  # verl's resume_mode=auto loads the step-2 checkpoint
+    resumed = metrics_by_step(log)
+    check_steps(resumed, [3])  # from global_step_2, one more step
+    assert resumed[3]["actor/grad_norm"] > 0
 
 
 @pytest.mark.e2e
-def test_legacy_trainer_grpo_on_cpu(tmp_path, tiny_model_dir, retrieval_url, qa_tasks):
-    steps = metrics_by_step(
-        main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING, "trainer.use_v1=false")
+def test_legacy_trainer_grpo_on_webshop_on_cpu(tmp_path, tiny_model_dir, webshop_url, webshop_tasks):
+    log = main_ppo(
+        tmp_path, tiny_model_dir, webshop_url, webshop_tasks, *LEARNING, "trainer.use_v1=false", recipe="webshop"
     )
+    steps = metrics_by_step(log)
     check_steps(steps, [1, 2])
     assert all(metrics["actor/grad_norm"] > 0 for metrics in steps.values())
