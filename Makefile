@@ -87,6 +87,16 @@ VERL_TRAIN := $(VERL_ENV) $(BIN)/python -m verl_mem1.train --config-dir $(CURDIR
 $(CPU_MODEL)/config.json: | install
 	$(BIN)/mem1 model smollm2 --out $(CPU_MODEL)
 
+# One prepared script for a single GPU machine (torch + CUDA, transformers, triton; no vLLM, flash-attn, Ray or
+# internet), under 10 minutes: CUDA tests, MEM1 parity fp32, Qwen2.5-7B layer shapes in bf16, flash varlen (flash-attn
+# or PyTorch's varlen_attn), packing on the GPU; JSON in outputs/gpu_check.json. Runs with the machine's Python and
+# the source tree (no install). GPU_CHECK_ARGS=--dry runs the CPU part anywhere (CI does, in the tests).
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
 .PHONY: train-qa train-webshop
 train-qa: $(TRAIN_DEPS)
 	$(BIN)/mem1 compose $(QA_SOURCES) --objectives $(QA_OBJECTIVES) --seed 0 --agent-name mem1_agent \

@@ -17,21 +17,15 @@ import torch
 
 from tests.training.records import mem1_record
 from verl_mem1.training import pack_batch, pack_episode, packed_logprobs, per_turn_logprobs, segment_layout
+from verl_mem1.training.attention import flash_varlen_available
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 BF16_MAX, BF16_MEAN, BF16_ATTENTION = 5e-2, 5e-3, 2e-2
 
 
-def _flash_available() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_flash = pytest.mark.skipif(not _flash_available(), reason="needs flash-attn")
+# flash-attn, else PyTorch's own varlen_attn (the machine `make gpu-check` targets has no flash-attn)
+needs_flash = pytest.mark.skipif(not flash_varlen_available(), reason="needs flash-attn or torch varlen_attn")
 
 
 @pytest.fixture(autouse=True)

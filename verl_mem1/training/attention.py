@@ -337,11 +337,12 @@ def flash_varlen(
     scaling: float | None,
     dropout: float,
 ) -> torch.Tensor:
-    """[1, H, L, D] q and [1, Hkv, L, D] k/v -> [1, L, H, D]; needs CUDA, fp16/bf16 and flash-attn 2."""
-    try:
-        from flash_attn import flash_attn_varlen_func
-    except ImportError as exc:  # pragma: no cover - GPU only
-        raise ImportError("backend 'flash' needs flash-attn (pip install flash-attn; CUDA only)") from exc
+    """[1, H, L, D] q and [1, Hkv, L, D] k/v -> [1, L, H, D]; needs CUDA and fp16/bf16: flash-attn 2's
+    ``flash_attn_varlen_func`` when installed, else PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (the same
+    bottom-right-aligned causal rule; checked against the segmented SDPA reference by ``make gpu-check``)."""
+    implementation = flash_varlen_implementation()
+    if implementation is None:  # pragma: no cover - GPU only
+        raise ImportError("backend 'flash' needs flash-attn or torch.nn.attention.varlen (CUDA only)")
     if query.device.type != "cuda":
         raise RuntimeError("backend 'flash' runs on CUDA only; use 'flex' or 'segmented' elsewhere")
     if query.dtype not in (torch.float16, torch.bfloat16):
@@ -354,19 +355,56 @@ def flash_varlen(
     q = query[0].transpose(0, 1).contiguous()  # [L, H, D]
     k = key[0].transpose(0, 1).index_select(0, kv_index)  # [Σ (P + n), Hkv, D]
     v = value[0].transpose(0, 1).index_select(0, kv_index)
-    out = flash_attn_varlen_func(
+    cu_q, cu_k = cu_q.to(device), (cu_k - cu_k[0]).to(device)
+    if implementation == "flash_attn":
+        from flash_attn import flash_attn_varlen_func
+
+        out = flash_attn_varlen_func(
+            q,
+            k,
+            v,
+            cu_seqlens_q=cu_q,
+            cu_seqlens_k=cu_k,
+            max_seqlen_q=layout.max_seqlen_q,
+            max_seqlen_k=layout.max_seqlen_k,
+            dropout_p=dropout,
+            softmax_scale=scaling,
+            causal=True,  # bottom-right aligned (flash-attn >= 2.1): all prefix keys, causal over the segment
+        )
+        return out.unsqueeze(0)
+    if dropout:
+        raise ValueError("PyTorch's varlen_attn has no dropout; install flash-attn or set attention dropout to 0")
+    from torch.nn.attention.varlen import varlen_attn
+
+    out = varlen_attn(
         q,
         k,
         v,
-        cu_seqlens_q=cu_q.to(device),
-        cu_seqlens_k=(cu_k - cu_k[0]).to(device),
-        max_seqlen_q=layout.max_seqlen_q,
-        max_seqlen_k=layout.max_seqlen_k,
-        dropout_p=dropout,
-        softmax_scale=scaling,
-        causal=True,  # bottom-right aligned (flash-attn >= 2.1): all prefix keys, causal over the segment
+        cu_q.to(torch.int32),
+        cu_k.to(torch.int32),
+        layout.max_seqlen_q,
+        layout.max_seqlen_k,
+        scale=scaling,
+        window_size=(-1, 0),  # causal
+        enable_gqa=q.shape[1] != k.shape[1],
     )
     return out.unsqueeze(0)
+
+
+def flash_varlen_implementation() -> str | None:
+    """What the ``flash`` backend runs on: ``flash_attn``, ``torch_varlen`` (PyTorch's own), or None (neither)."""
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attn"
+    if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
+        return "torch_varlen"
+    return None
+
+
+def flash_varlen_available() -> bool:
+    """The ``flash`` backend can run here: CUDA and an implementation (``flash_varlen_implementation``)."""
+    return torch.cuda.is_available() and flash_varlen_implementation() is not None
 
 
 # --------------------------------------------------------------------------------------- transformers hook-up

@@ -1,0 +1,282 @@
+"""``make gpu-check``: what a single GPU machine must show before a cluster run, in one script, under 10 minutes.
+
+Made for a machine with torch + CUDA, transformers and triton but no vLLM, flash-attn, Ray or internet. Steps (each
+recorded in the JSON with its status, time and numbers; one failing step does not stop the others):
+
+1. ``environment``: torch / CUDA / device / transformers versions, flash-attn and ``torch.nn.attention.varlen``.
+2. ``gpu_tests``: the project's CUDA tests (``pytest -m gpu``).
+3. ``parity_fp32``: MEM1's packed forward (flex, segmented) against per-turn recomputation, fp32, max |Δ log-prob|
+   ≤ 1e-4 (the invariant of docs/design.md).
+4. ``real_shapes_bf16``: a random model with Qwen2.5-7B's layer shapes (hidden 3584, 28 heads / 4 KV heads, MLP
+   18944; two layers) in bf16: packed forward+backward (flash when available, else flex) against per-turn, gradient
+   finite, peak memory.
+5. ``flash_varlen``: the ``flash`` packed attention (flash-attn, else PyTorch's ``varlen_attn``) against the
+   segmented SDPA reference, bf16.
+6. ``packing``: packed vs per-turn forward+backward time at 2 / 4 / 8 objectives on the GPU (bf16), as a ratio.
+
+``--dry`` (CI, CPU): steps 1 and 3 run on CPU with a small model, 2 lists the GPU tests, the others report
+``skipped``. The JSON goes to ``--out`` (default ``outputs/gpu_check.json``).
+
+    .venv/bin/python benchmarks/gpu_check.py                 # on the GPU machine (make gpu-check)
+    .venv/bin/python benchmarks/gpu_check.py --dry           # anywhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+QWEN25_7B_LAYER = {"hidden_size": 3584, "num_attention_heads": 28, "num_key_value_heads": 4, "intermediate_size": 18944}
+SMALL_LAYER = {"hidden_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 512}
+
+
+def random_model(layer: dict, *, layers: int, dtype, device: str, seed: int = 0):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=32000,
+        num_hidden_layers=layers,
+        max_position_embeddings=65536,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+        **layer,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config).to(device=device, dtype=dtype).eval()
+
+
+def episode(objectives: int, *, seed: int = 0, generated: int = 120, obs: int = 200):
+    from packing import synthetic_record
+
+    return synthetic_record(objectives, seed=seed, instructions=200, per_question=30, generated=generated, obs=obs)
+
+
+def step_environment(args) -> dict:
+    import importlib.util
+
+    import torch
+    import transformers
+
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_available": cuda,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "flash_attn": importlib.util.find_spec("flash_attn") is not None,
+        "torch_varlen_attn": importlib.util.find_spec("torch.nn.attention.varlen") is not None,
+    }
+
+
+def step_gpu_tests(args) -> dict:
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests", "-p", "no:cacheprovider"]
+    if args.dry:
+        command.append("--collect-only")
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=args.tests_timeout)
+    tail = result.stdout.strip().splitlines()[-1:] or [""]
+    if result.returncode not in (0, 5) or (not args.dry and "failed" in tail[0]):
+        raise RuntimeError(f"pytest -m gpu: {tail[0]}\n{result.stdout[-3000:]}")
+    return {"summary": tail[0], "collected_only": args.dry}
+
+
+def _parity(model, records, backends) -> dict:
+    import torch
+
+    from verl_mem1.training import pack_episode, packed_logprobs
+    from verl_mem1.training.forward import per_turn_logprobs
+
+    diffs = {b: 0.0 for b in backends}
+    with torch.no_grad():
+        for record in records:
+            truth = per_turn_logprobs(model, record).float()
+            sample = pack_episode(record)
+            for backend in backends:
+                got = packed_logprobs(model, sample, backend=backend).float()
+                diffs[backend] = max(diffs[backend], (got - truth).abs().max().item())
+    return diffs
+
+
+def step_parity_fp32(args) -> dict:
+    import torch
+
+    device = "cpu" if args.dry else "cuda"
+    layers = 2
+    model = random_model(
+        SMALL_LAYER if args.dry else QWEN25_7B_LAYER, layers=layers, dtype=torch.float32, device=device
+    )
+    backends = ("segmented",) if args.dry else ("flex", "segmented")
+    diffs = _parity(model, [episode(2, seed=1), episode(4, seed=2)], backends)
+    if max(diffs.values()) > 1e-4:
+        raise AssertionError(f"packed vs per-turn log-probs differ by {diffs} (> 1e-4, fp32)")
+    return {"device": device, "max_abs_diff": diffs}
+
+
+def step_real_shapes_bf16(args) -> dict:
+    import torch
+
+    from verl_mem1.training import pack_episode, packed_logprobs
+    from verl_mem1.training.forward import per_turn_logprobs
+
+    model = random_model(QWEN25_7B_LAYER, layers=2, dtype=torch.bfloat16, device="cuda")
+    record = episode(4, seed=3)
+    backend = "flash" if _flash_path_available() else "flex"
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    sample = pack_episode(record)
+    logprobs = packed_logprobs(model, sample, backend=backend)
+    logprobs.float().sum().backward()
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    grad_norm = torch.sqrt(sum(p.grad.float().pow(2).sum() for p in model.parameters() if p.grad is not None)).item()
+    with torch.no_grad():
+        truth = per_turn_logprobs(model, record).float()
+    diff = (logprobs.detach().float() - truth).abs()
+    if not torch.isfinite(torch.tensor(grad_norm)) or grad_norm == 0:
+        raise AssertionError(f"gradient norm {grad_norm}")
+    if diff.mean().item() > 0.05:
+        raise AssertionError(f"bf16 packed vs per-turn mean |Δ log-prob| {diff.mean().item():.4f} > 0.05")
+    return {
+        "backend": backend,
+        "packed_tokens": int(sample.length),
+        "fwd_bwd_s": seconds,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30,
+        "grad_norm": grad_norm,
+        "mean_abs_diff": diff.mean().item(),
+        "max_abs_diff": diff.max().item(),
+    }
+
+
+def _flash_path_available() -> bool:
+    from verl_mem1.training.attention import flash_varlen_available
+
+    return flash_varlen_available()
+
+
+def step_flash_varlen(args) -> dict:
+    import torch
+
+    from verl_mem1.training import attention, pack_episode
+
+    sample = pack_episode(episode(4, seed=4))
+    layout = attention.segment_layout(sample.segment_ids.cuda(), sample.prompt_segment_ids.cuda())
+    g = torch.Generator(device="cuda").manual_seed(0)
+    length, heads, kv_heads, dim = sample.length, 28, 4, 128
+    q = torch.randn(1, heads, length, dim, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, kv_heads, length, dim, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(1, kv_heads, length, dim, device="cuda", dtype=torch.bfloat16, generator=g)
+    got = attention.flash_varlen(q, k, v, layout, None, 0.0).float()
+    reference = attention.segmented_sdpa(q, k, v, layout, None, 0.0).transpose(1, 2).float()  # [1, L, H, D]
+    diff = (got - reference).abs().max().item()
+    if diff > 2e-2:
+        raise AssertionError(f"flash varlen vs segmented SDPA: max |Δ| {diff} > 2e-2 (bf16)")
+    return {"implementation": attention.flash_varlen_implementation(), "tokens": int(length), "max_abs_diff": diff}
+
+
+def step_packing(args) -> dict:
+    import torch
+
+    from verl_mem1.training import pack_episode, packed_logprobs, per_turn_samples
+
+    model = random_model(QWEN25_7B_LAYER, layers=2, dtype=torch.bfloat16, device="cuda").train()
+    backend = "flash" if _flash_path_available() else "flex"
+    rows = []
+    for objectives in (2, 4, 8):
+        record = episode(objectives, seed=10 + objectives, generated=215, obs=400)
+        sample = pack_episode(record)
+
+        def packed(sample=sample):
+            model.zero_grad(set_to_none=True)
+            packed_logprobs(model, sample, backend=backend).float().sum().backward()
+
+        def per_turn(record=record):
+            model.zero_grad(set_to_none=True)
+            for s in per_turn_samples(record):
+                ids = s.input_ids[None].cuda()
+                logits = model(input_ids=ids, use_cache=False).logits[0].float()
+                targets = ids[0, 1:]
+                torch.log_softmax(logits[:-1], -1).gather(-1, targets[:, None]).sum().backward()
+
+        timings = {}
+        for name, fn in (("packed", packed), ("per_turn", per_turn)):
+            fn()  # warm-up (kernels, compile)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            timings[name] = time.perf_counter() - t0
+        rows.append(
+            {
+                "objectives": objectives,
+                "packed_tokens": int(sample.length),
+                "packed_s": timings["packed"],
+                "per_turn_s": timings["per_turn"],
+                "speedup": timings["per_turn"] / timings["packed"],
+            }
+        )
+    return {"backend": backend, "rows": rows}
+
+
+STEPS: list[tuple[str, Callable[[argparse.Namespace], dict], bool]] = [
+    # (name, function, runs in --dry)
+    ("environment", step_environment, True),
+    ("gpu_tests", step_gpu_tests, True),
+    ("parity_fp32", step_parity_fp32, True),
+    ("real_shapes_bf16", step_real_shapes_bf16, False),
+    ("flash_varlen", step_flash_varlen, False),
+    ("packing", step_packing, False),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dry", action="store_true", help="CPU only: run what needs no CUDA, skip the rest")
+    parser.add_argument("--out", default=str(REPO / "outputs" / "gpu_check.json"), help="the JSON report")
+    parser.add_argument("--only", nargs="*", help="run only these steps")
+    parser.add_argument("--tests-timeout", type=int, default=300, help="seconds for the pytest step")
+    args = parser.parse_args(argv)
+    if not args.dry:
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("no CUDA device: run with --dry, or on the GPU machine")
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    report = {"dry": args.dry, "steps": {}}
+    failed = 0
+    for name, fn, in_dry in STEPS:
+        if args.only and name not in args.only:
+            continue
+        if args.dry and not in_dry:
+            report["steps"][name] = {"status": "skipped", "reason": "needs CUDA (--dry)"}
+            continue
+        t0 = time.perf_counter()
+        try:
+            result = {"status": "passed", **fn(args)}
+        except Exception as exc:  # noqa: BLE001 - every step reports; the exit code says whether any failed
+            failed += 1
+            result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
+        result["seconds"] = round(time.perf_counter() - t0, 2)
+        report["steps"][name] = result
+        print(f"{name:18s} {result['status']:8s} {result['seconds']:7.1f}s", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print(f"report: {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""``make gpu-check`` in its CPU ("dry") mode: the script runs, what needs no CUDA passes for real (packed vs per-turn
+log-probs in fp32, the GPU tests collected), the CUDA steps are reported as skipped, and without CUDA a real run is
+refused rather than reported green."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+
+
+def test_dry_run_reports_every_step_on_cpu(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dry", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    steps = json.loads(out.read_text())["steps"]
+    assert list(steps) == ["environment", "gpu_tests", "parity_fp32", "real_shapes_bf16", "flash_varlen", "packing"]
+    assert steps["environment"]["status"] == "passed"
+    assert steps["gpu_tests"]["status"] == "passed" and "collected" in steps["gpu_tests"]["summary"]
+    assert steps["parity_fp32"]["status"] == "passed"
+    assert max(steps["parity_fp32"]["max_abs_diff"].values()) <= 1e-4
+    for name in ("real_shapes_bf16", "flash_varlen", "packing"):
+        assert steps[name]["status"] == "skipped"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_a_real_run_without_cuda_is_refused_on_cpu(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path / "x.json")], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "no CUDA device" in result.stderr
