@@ -55,14 +55,22 @@ def test_base_install_carries_verls_v1_trainer_dependencies():
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
 
 
+def _make_dry_run(*args: str) -> str:
+    """The commands ``make -B -n`` would run (every target out of date): what a target depends on, as make sees it."""
+    return subprocess.run(["make", "-B", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
 def test_make_install_gpu_uses_the_pinned_extra_and_training_targets_need_it():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r'\.installed-gpu: .*\n\t\$\(BIN\)/pip install -e "\.\[gpu\]"', makefile)
-    for target in ("train-qa", "train-webshop"):
-        assert re.search(rf"^{target}: install-gpu$", makefile, re.M), target
-        recipe = makefile.split(f"\n{target}:")[1].split("\n\n")[0]
-        assert "$(VERL_TRAIN) --config-name" in recipe  # python -m verl_mem1.train: start-up checks, then main_ppo
     assert "-m verl_mem1.train" in makefile
+    for target in ("train-qa", "train-webshop"):
+        gpu = _make_dry_run(target)
+        assert 'pip install -e ".[gpu]"' in gpu, target  # GPU training installs the pinned GPU stack first
+        assert "-m verl_mem1.train" in gpu and "+platform=cpu" not in gpu  # start-up checks, then main_ppo
+        cpu = _make_dry_run(target, "PLATFORM=cpu")  # verl's trainer on CPU: no GPU stack, SmolLM2, the overlay
+        assert ".[gpu]" not in cpu, target
+        assert "mem1 model smollm2" in cpu and "VERL_PLATFORM=cpu" in cpu and "+platform=cpu" in cpu, target
 
 
 def test_run_outputs_stay_out_of_git_and_of_a_ray_jobs_upload(tmp_path):

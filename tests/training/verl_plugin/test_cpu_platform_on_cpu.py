@@ -105,3 +105,33 @@ def test_unknown_device_call_names_itself_on_cpu():
 
     with pytest.raises(AttributeError, match="no 'graph_pool_handle'"):
         CPU_DEVICE_MODULE.graph_pool_handle  # noqa: B018
+
+
+def test_value_models_load_without_flash_attention_on_cpu(tiny_model_dir):
+    """verl's loader hard-codes flash_attention_2 (flash-attn + CUDA); on the CPU platform the critic's model loads
+    with the config's attention and has verl's value head (one label)."""
+    result = _run(
+        f"""
+import inspect, json, verl
+from transformers import AutoConfig
+from verl.plugin.platform import get_platform
+from verl.utils import model as verl_model
+get_platform()
+config = AutoConfig.from_pretrained({str(tiny_model_dir)!r}, attn_implementation="sdpa")
+config.num_labels = 1
+module = verl_model.load_valuehead_model({str(tiny_model_dir)!r}, None, config, False)
+print(json.dumps({{
+    "class": type(module).__name__, "attention": module.config._attn_implementation,
+    "labels": module.score.out_features,
+    "verl_signature": list(inspect.signature(verl_model.load_valuehead_model.__wrapped__).parameters),
+    "verl_hard_codes_flash": "flash_attention_2" in inspect.getsource(verl_model.load_valuehead_model.__wrapped__),
+}}))
+"""
+    )
+    assert result == {
+        "class": "Qwen2ForTokenClassification",
+        "attention": "sdpa",
+        "labels": 1,
+        "verl_signature": ["local_path", "torch_dtype", "model_config", "trust_remote_code"],
+        "verl_hard_codes_flash": True,  # when verl stops, the adaptation can go
+    }

@@ -11,10 +11,14 @@ collective backend, the Ray resource its workers reserve. This platform answers 
   sets ``CUDA_VISIBLE_DEVICES`` for each worker as usual; CPU torch ignores it;
 - the device module is ``torch.cpu`` plus no-ops for what it lacks (caches, memory statistics, IPC), so verl's calls
   to ``get_torch_device().empty_cache()`` and the like do nothing instead of failing;
-- one adaptation of verl itself: its workers join the process group with ``"cpu:gloo,{device}:{backend}"``, which
-  torch rejects when the device is ``cpu`` (a duplicate device); the platform makes ``"gloo"`` the default backend of
-  ``verl.utils.distributed.initialize_global_process_group_ray`` (its ``backend`` argument, which verl's workers leave
-  unset) when it is selected. ``tests/training/verl_plugin/test_cpu_platform_on_cpu.py`` watches for verl changing it.
+- two adaptations of verl itself, made when the platform is selected, each watched by
+  ``tests/training/verl_plugin/test_cpu_platform_on_cpu.py`` for verl changing the code they adapt:
+  its workers join the process group with ``"cpu:gloo,{device}:{backend}"``, which torch rejects when the device is
+  ``cpu`` (a duplicate device), so ``"gloo"`` becomes the default ``backend`` argument of
+  ``verl.utils.distributed.initialize_global_process_group_ray`` (verl's workers leave it unset); and verl loads the
+  critic's value model with ``attn_implementation="flash_attention_2"`` hard-coded, which needs flash-attn and CUDA, so
+  ``verl.utils.model.load_valuehead_model`` (imported by verl's engine at call time) loads it with the attention the
+  model config asks for (``override_config.attn_implementation``, sdpa in ``recipes/platform/cpu.yaml``).
 
 Selected only by ``VERL_PLATFORM=cpu`` (verl's own override); auto-detection never picks it.
 """
@@ -96,6 +100,29 @@ def use_gloo_process_group() -> None:
     init.__defaults__ = (init.__defaults__[0], "gloo")
 
 
+def load_value_models_without_flash_attention() -> None:
+    """Make verl's value-model loader use the model config's attention implementation (see the module docstring)."""
+    from verl.utils import model as verl_model
+
+    if getattr(verl_model.load_valuehead_model, "_mem1_cpu", False):
+        return
+
+    def load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code):
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification.from_pretrained(
+            pretrained_model_name_or_path=local_path,
+            torch_dtype=torch_dtype,
+            config=model_config,
+            attn_implementation=getattr(model_config, "_attn_implementation", None) or "sdpa",
+            trust_remote_code=trust_remote_code,
+        )
+
+    load_valuehead_model._mem1_cpu = True
+    load_valuehead_model.__wrapped__ = verl_model.load_valuehead_model  # verl's, for the test that watches it
+    verl_model.load_valuehead_model = load_valuehead_model
+
+
 @PlatformRegistry.register(platform=PLATFORM_NAME)
 class PlatformCPU(PlatformBase):
     """verl's platform interface answered for the CPU (see the module docstring)."""
@@ -103,6 +130,7 @@ class PlatformCPU(PlatformBase):
     def __init__(self) -> None:
         super().__init__()
         use_gloo_process_group()
+        load_value_models_without_flash_attention()
 
     @property
     def device_name(self) -> str:

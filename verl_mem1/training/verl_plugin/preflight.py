@@ -74,12 +74,6 @@ def check_platform(cfg: DictConfig) -> None:
             f"actor_rollout_ref.rollout.name={CPU_ROLLOUT} is the CPU rollout: use it with trainer.device=cpu "
             "(+platform=cpu), or rollout.name=vllm on GPUs"
         )
-    if device == "cpu" and _select(cfg, "algorithm.adv_estimator") == "gae":
-        raise PreflightError(
-            "algorithm.adv_estimator=gae with trainer.device=cpu: verl 0.9 loads the critic's value model with "
-            "attn_implementation='flash_attention_2' hard-coded (verl/utils/model.py, load_valuehead_model), which "
-            "needs flash-attn and a GPU; use grpo on CPU (or the single-machine trainer, `mem1 train`, for GAE)"
-        )
     if device == "cpu":
         workers_env = _select(cfg, "ray_kwargs.ray_init.runtime_env.env_vars", {}) or {}
         if str(workers_env.get("VERL_PLATFORM", "")).lower() != "cpu":
