@@ -67,6 +67,7 @@ def test_update_weights_replaces_the_model_on_cpu(server, tiny_model_dir):
         partial = dict(list(original.items())[:1])
         with pytest.raises(ValueError, match="left rollout weights unset"):
             asyncio.run(server.update_weights(partial))
+        assert _greedy(server, prompt).log_probs == after.log_probs  # refused updates changed nothing
     finally:
         asyncio.run(server.update_weights(original, global_steps=0))
     assert _greedy(server, prompt).token_ids == before.token_ids

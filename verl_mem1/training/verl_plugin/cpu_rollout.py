@@ -114,13 +114,15 @@ class HFRolloutServer:
     async def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: int | None = None) -> int:
         """Load the trainer's parameters (full tensors, Hugging Face names); returns how many were loaded."""
         model = self.backend.model
-        with self.backend._model_lock:
-            missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        own = set(model.state_dict())
+        unexpected = sorted(set(state_dict) - own)
         if unexpected:
-            raise ValueError(f"weights the rollout model does not have: {sorted(unexpected)[:5]}")
-        absent = [name for name in missing if not _is_tied(model, name)]
+            raise ValueError(f"weights the rollout model does not have: {unexpected[:5]}")
+        absent = sorted(name for name in own - set(state_dict) if not _is_tied(model, name))
         if absent:
             raise ValueError(f"the update left rollout weights unset: {absent[:5]}")
+        with self.backend._model_lock:  # checked first: a refused update leaves the model as it was
+            model.load_state_dict(state_dict, strict=False)
         self.global_steps = global_steps
         self.weight_updates += 1
         return len(state_dict)
