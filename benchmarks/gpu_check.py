@@ -129,11 +129,12 @@ def step_real_shapes_bf16(args) -> dict:
     import torch
 
     from verl_mem1.training import pack_episode, packed_logprobs
+    from verl_mem1.training.attention import flash_varlen_available
     from verl_mem1.training.forward import per_turn_logprobs
 
     model = random_model(QWEN25_7B_LAYER, layers=2, dtype=torch.bfloat16, device="cuda")
     record = episode(4, seed=3)
-    backend = "flash" if _flash_path_available() else "flex"
+    backend = "flash" if flash_varlen_available() else "flex"
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     sample = pack_episode(record)
@@ -160,12 +161,6 @@ def step_real_shapes_bf16(args) -> dict:
     }
 
 
-def _flash_path_available() -> bool:
-    from verl_mem1.training.attention import flash_varlen_available
-
-    return flash_varlen_available()
-
-
 def step_flash_varlen(args) -> dict:
     import torch
 
@@ -190,9 +185,10 @@ def step_packing(args) -> dict:
     import torch
 
     from verl_mem1.training import pack_episode, packed_logprobs, per_turn_samples
+    from verl_mem1.training.attention import flash_varlen_available
 
     model = random_model(QWEN25_7B_LAYER, layers=2, dtype=torch.bfloat16, device="cuda").train()
-    backend = "flash" if _flash_path_available() else "flex"
+    backend = "flash" if flash_varlen_available() else "flex"
     rows = []
     for objectives in (2, 4, 8):
         record = episode(objectives, seed=10 + objectives, generated=215, obs=400)
@@ -204,11 +200,12 @@ def step_packing(args) -> dict:
 
         def per_turn(record=record):
             model.zero_grad(set_to_none=True)
-            for s in per_turn_samples(record):
-                ids = s.input_ids[None].cuda()
-                logits = model(input_ids=ids, use_cache=False).logits[0].float()
-                targets = ids[0, 1:]
-                torch.log_softmax(logits[:-1], -1).gather(-1, targets[:, None]).sum().backward()
+            for s in per_turn_samples(record):  # as benchmarks/packing.py: logits at the predictors only
+                generated = s.loss_mask.bool()
+                predictors = s.predictor_index[generated].cuda()
+                logits = model(input_ids=s.input_ids[None].cuda(), use_cache=False, logits_to_keep=predictors).logits
+                targets = s.input_ids[generated].cuda()
+                torch.log_softmax(logits[0].float(), -1).gather(-1, targets[:, None]).sum().backward()
 
         timings = {}
         for name, fn in (("packed", packed), ("per_turn", per_turn)):
