@@ -52,6 +52,10 @@ def _index_build(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         device=args.device,
         show_progress=not args.quiet,
+        shard_size=args.shard_size,
+        train_size=args.train_size,
+        keep_vectors=args.keep_vectors,
+        vectors_from=Path(args.from_faiss) if args.from_faiss else None,
     )
     print(f"wrote {args.encoder} index to {out}")
     return 0
@@ -67,13 +71,15 @@ def _serve_retrieval(args: argparse.Namespace) -> int:
         raise ValueError("give --index DIR, or all of --faiss-index FILE --corpus FILE --encoder NAME")
     if args.max_batch_queries < 0 or args.batch_window_ms < 0 or (args.threads is not None and args.threads < 1):
         raise ValueError("--max-batch-queries and --batch-window-ms must be >= 0 and --threads >= 1")
+    if args.faiss_gpus is not None and args.faiss_gpus < 0:
+        raise ValueError("--faiss-gpus must be >= 0")
     if args.index is not None:
         from env_servers.retrieval.index import read_meta
 
         read_meta(Path(args.index))  # fail fast with a clear message before importing the server stack
         from env_servers.retrieval.index import load_retriever
 
-        load = partial(load_retriever, Path(args.index), device=args.device, mmap=args.mmap)
+        load = partial(load_retriever, Path(args.index), device=args.device, mmap=args.mmap, faiss_gpus=args.faiss_gpus)
     else:
         for path in (args.faiss_index, args.corpus):
             if not Path(path).is_file():
@@ -89,6 +95,7 @@ def _serve_retrieval(args: argparse.Namespace) -> int:
             max_length=args.query_max_length,
             device=args.device,
             mmap=args.mmap,
+            faiss_gpus=args.faiss_gpus,
         )
     from env_servers.retrieval.server import serve
 
@@ -158,6 +165,34 @@ def add_index_commands(subparsers: Any) -> None:
         "--max-length", type=int, default=256, metavar="N", help="dense only: tokens kept per passage (default 256)"
     )
     p.add_argument("--device", default=None, metavar="DEVICE", help="dense only: cpu or cuda (default: cuda if any)")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=500_000,
+        metavar="N",
+        help="dense only: passages encoded per shard (default 500000); each finished shard is kept in DIR/vectors/, "
+        "so the same command run again after an interruption resumes after the last finished shard",
+    )
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=200_000,
+        metavar="N",
+        help="dense only: vectors drawn at random to train an IVF/PQ/SQ index (default 200000)",
+    )
+    p.add_argument(
+        "--keep-vectors",
+        action="store_true",
+        help="dense only: keep DIR/vectors/ after the build, so another --faiss-index builds without encoding again",
+    )
+    p.add_argument(
+        "--from-faiss",
+        default=None,
+        metavar="FILE",
+        help="dense only: take the vectors from an exact inner-product faiss index over the same corpus in the same "
+        "order (Search-R1's e5_Flat.index) instead of encoding: e.g. compress it with --faiss-index IVF4096,SQ8; "
+        "--encoder names the model that made them",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_guarded("mem1 index build", _index_build))
 
@@ -204,6 +239,14 @@ def add_serve_command(subparsers: Any) -> None:
     )
     p.add_argument("--max-queries", type=int, default=256, metavar="N", help="most queries per request (default 256)")
     p.add_argument("--max-topk", type=int, default=100, metavar="N", help="largest topk accepted (default 100)")
+    p.add_argument(
+        "--faiss-gpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="dense only: GPUs the faiss index is split across, each holding 1/N of the vectors (0: search on the "
+        "CPU; default: every GPU faiss sees when the encoder runs on CUDA; needs faiss-gpu, the gpu extra)",
+    )
     p.add_argument(
         "--max-batch-queries",
         type=int,

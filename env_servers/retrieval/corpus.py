@@ -76,10 +76,10 @@ def build_hotpotqa_corpus(sources: Sequence[Path] | None, out: Path) -> int:
     return len(seen)
 
 
-def read_corpus(path: Path) -> list[dict]:
-    """Load and validate a corpus JSONL; a bad line raises ``ValueError`` naming the file and 1-based line."""
+def iter_corpus(path: Path) -> Iterator[dict]:
+    """Stream a corpus JSONL's documents, validated as they come: a bad line raises ``ValueError`` naming the file
+    and 1-based line, as does an empty corpus (after the last line). Memory: the ids seen, for duplicates."""
     path = Path(path)
-    docs: list[dict] = []
     first_line: dict[str, int] = {}
     for lineno, doc in _iter_jsonl(path):
         where = f"{path}, line {lineno}"
@@ -92,10 +92,14 @@ def read_corpus(path: Path) -> list[dict]:
         if doc["id"] in first_line:
             raise ValueError(f"{where}: duplicate id {doc['id']!r} (first on line {first_line[doc['id']]})")
         first_line[doc["id"]] = lineno
-        docs.append(doc)
-    if not docs:
+        yield doc
+    if not first_line:
         raise ValueError(f"{path}: corpus is empty")
-    return docs
+
+
+def read_corpus(path: Path) -> list[dict]:
+    """Load and validate a corpus JSONL (:func:`iter_corpus`)."""
+    return list(iter_corpus(path))
 
 
 def title_of(contents: str) -> str:

@@ -8,17 +8,18 @@ encoder of Search-R1's retriever, is trained) and L2-normalise, so inner product
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from env_servers.retrieval.corpus import LazyCorpus, read_corpus
+from env_servers.retrieval.corpus import LazyCorpus, iter_corpus
 
 META_FILE = "meta.json"
 DOCS_FILE = "docs.jsonl"
@@ -110,8 +111,16 @@ class DenseEncoder:
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
-    def encode(self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
-        """Embed ``texts`` in batches (longest first, so padding is small); returns ``(len(texts), dim)``."""
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 64,
+        show_progress: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Embed ``texts`` in batches (longest first, so padding is small); returns ``(len(texts), dim)``.
+        ``on_batch(n)`` is called after each batch of ``n`` texts (an outer progress bar)."""
         from tqdm.auto import tqdm
 
         torch = self._torch
@@ -136,6 +145,8 @@ class DenseEncoder:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
             out[idx] = pooled.cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(idx))
         return out
 
     def encode_packed(self, texts: Sequence[str], *, max_tokens: int = 512) -> np.ndarray:
@@ -173,6 +184,21 @@ class DenseEncoder:
 
 def _faiss_gpu_ok(faiss: Any) -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _faiss_gpus_visible(faiss: Any) -> int:
+    """GPUs faiss can use: 0 with faiss-cpu (``pip install verl-mem1[gpu]`` brings faiss-gpu)."""
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
+def _index_to_gpus(faiss: Any, index: Any, gpus: int) -> Any:
+    """``index`` on ``gpus`` GPUs: copied to one, or split across several (``shard``: each GPU holds 1/n of the vectors
+    and searches them; faiss merges the top-k), so wiki-18's 64 GB Flat index serves from e.g. four 24 GB GPUs."""
+    if gpus == 1:
+        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = True
+    return faiss.index_cpu_to_all_gpus(index, co=options, ngpu=gpus)
 
 
 def _new_faiss_index(faiss: Any, kind: str, dim: int, num_docs: int) -> Any:
@@ -221,6 +247,45 @@ def _tune_for_search(faiss: Any, index: Any) -> Any:
     return inner if isinstance(inner, faiss.IndexHNSW) else None
 
 
+class _PassageTexts(Sequence[str]):
+    """The corpus's passages as the encoder sees them (its passage prefix first), read from disk a slice at a time."""
+
+    def __init__(self, docs: Sequence[dict], prefix: str) -> None:
+        self._docs, self._prefix = docs, prefix
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self._prefix + d["contents"] for d in self._docs[i]]
+        return self._prefix + self._docs[i]["contents"]
+
+
+def _copy_corpus(corpus: Path, dest: Path) -> tuple[int, str]:
+    """Validate ``corpus`` line by line and write its documents (``id`` and ``contents`` only) to ``dest``.
+
+    Returns:
+        The number of documents and a digest of what was written (whether encoded vectors still fit it).
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    tmp = dest.with_name(dest.name + ".tmp")
+    count = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for doc in iter_corpus(corpus):
+                line = json.dumps({"id": doc["id"], "contents": doc["contents"]}, ensure_ascii=False) + "\n"
+                f.write(line)
+                digest.update(line.encode("utf-8"))
+                count += 1
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dest.with_name(dest.name + ".offsets.npy").unlink(missing_ok=True)  # LazyCorpus' line index of the old file
+    tmp.replace(dest)
+    return count, digest.hexdigest()
+
+
 def build_index(
     corpus: Path,
     out: Path,
@@ -231,26 +296,44 @@ def build_index(
     max_length: int = 256,
     device: str | None = None,
     show_progress: bool = True,
+    shard_size: int = 500_000,
+    train_size: int = 200_000,
+    keep_vectors: bool = False,
+    vectors_from: Path | None = None,
 ) -> Path:
     """Index ``corpus`` (JSONL ``{id, contents}``) into the directory ``out``; return ``out``.
 
-    ``encoder`` is ``"bm25"`` or a Hugging Face model name/path (dense, faiss ``faiss_index``).
+    Args:
+        encoder: ``"bm25"`` or a Hugging Face model name/path (dense, faiss ``faiss_index``).
+        shard_size: dense: passages encoded per shard; a rerun resumes after the last finished shard
+            (:mod:`env_servers.retrieval.dense_build`).
+        train_size: dense: vectors drawn at random to train an index that needs it (IVF, PQ, SQ).
+        keep_vectors: dense: keep ``out/vectors/`` after the index is written (another index kind then builds
+            without encoding).
+        vectors_from: dense: an exact inner-product faiss index over the same corpus in the same order (Search-R1's
+            ``e5_Flat.index``) whose vectors are used instead of encoding; ``encoder`` names the model that made
+            them (its query prefix and pooling are recorded for serving).
     """
-    if batch_size <= 0 or max_length <= 0:
-        raise ValueError("batch_size and max_length must be positive")
+    if min(batch_size, max_length, shard_size, train_size) <= 0:
+        raise ValueError("batch_size, max_length, shard_size and train_size must be positive")
+    if vectors_from is not None and encoder == "bm25":
+        raise ValueError("vectors from a faiss index need the dense encoder that made them (not bm25)")
     if encoder != "bm25":
         check_faiss_index(faiss_index)
-    docs = [{"id": d["id"], "contents": d["contents"]} for d in read_corpus(Path(corpus))]
+    if vectors_from is not None and not Path(vectors_from).is_file():
+        raise FileNotFoundError(f"faiss index file not found: {vectors_from}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / META_FILE).unlink(missing_ok=True)  # meta.json is written last: its presence marks a complete index
-    texts = [d["contents"] for d in docs]
-    meta: dict[str, Any] = {"encoder": encoder, "num_docs": len(docs), "max_length": max_length}
+    num_docs, corpus_digest = _copy_corpus(Path(corpus), out / DOCS_FILE)
+    docs = LazyCorpus(out / DOCS_FILE)
+    meta: dict[str, Any] = {"encoder": encoder, "num_docs": num_docs, "max_length": max_length}
 
     if encoder == "bm25":
         import bm25s
 
         stemmer = _stemmer()
+        texts = [d["contents"] for d in docs]
         tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=show_progress)
         bm25 = bm25s.BM25()
         bm25.index(tokens, show_progress=show_progress)
@@ -261,37 +344,56 @@ def build_index(
     else:
         import faiss
 
+        from env_servers.retrieval.dense_build import VECTORS_DIR, FlatIndexVectors, encode_in_shards, fill_index
+
         if Path(encoder).exists():  # a local model: record an absolute path so the index works from any cwd
             encoder = str(Path(encoder).resolve())
             meta["encoder"] = encoder
         pooling = default_pooling(encoder)
-        enc = DenseEncoder(encoder, max_length=max_length, device=device, pooling=pooling)
-        index = _new_faiss_index(faiss, faiss_index, enc.dim, len(docs))  # a bad factory string fails before encoding
         query_prefix, passage_prefix = _prefixes(encoder)
-        emb = enc.encode([passage_prefix + t for t in texts], batch_size=batch_size, show_progress=show_progress)
+        if vectors_from is not None:
+            vectors = FlatIndexVectors(Path(vectors_from))
+            if len(vectors) != num_docs:
+                raise ValueError(f"{vectors_from} holds {len(vectors):,} vectors but {corpus} {num_docs:,} documents")
+            index = _new_faiss_index(faiss, faiss_index, vectors.dim, num_docs)
+            meta["vectors_from"] = str(Path(vectors_from).resolve())
+        else:
+            enc = DenseEncoder(encoder, max_length=max_length, device=device, pooling=pooling)
+            index = _new_faiss_index(faiss, faiss_index, enc.dim, num_docs)  # a bad factory string fails first
+            vectors = encode_in_shards(
+                _PassageTexts(docs, passage_prefix),
+                lambda texts, advance: enc.encode(texts, batch_size=batch_size, on_batch=advance),
+                out / VECTORS_DIR,
+                shard_size=shard_size,
+                fingerprint={
+                    "encoder": encoder,
+                    "max_length": enc.max_length,
+                    "pooling": pooling,
+                    "passage_prefix": passage_prefix,
+                    "corpus_blake2b": corpus_digest,
+                },
+                show_progress=show_progress,
+            )
         on_gpu = "hnsw" not in faiss_index.lower() and _faiss_gpu_ok(faiss)  # faiss has no GPU HNSW
         if on_gpu:
             gpu_resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(gpu_resources, 0, index)
-        if not index.is_trained:  # IVF centroids, PQ/SQ codebooks
-            index.train(emb)
-        index.add(emb)
+        fill_index(index, vectors, train_size=train_size, show_progress=show_progress)
         if on_gpu:
             index = faiss.index_gpu_to_cpu(index)
         faiss.write_index(index, str(out / FAISS_FILE))
         shutil.rmtree(out / BM25_DIR, ignore_errors=True)  # a previous BM25 build into the same directory
+        if not keep_vectors:
+            shutil.rmtree(out / VECTORS_DIR, ignore_errors=True)
         meta.update(
             kind="dense",
             faiss_index=faiss_index,
-            dim=int(emb.shape[1]),
+            dim=vectors.dim,
             pooling=pooling,
             query_prefix=query_prefix,
             passage_prefix=passage_prefix,
         )
 
-    with open(out / DOCS_FILE, "w", encoding="utf-8") as f:
-        for d in docs:
-            f.write(json.dumps(d, ensure_ascii=False) + "\n")
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
 
@@ -299,7 +401,7 @@ def build_index(
 class Retriever(ABC):
     """Top-k search over an index directory's documents; ``search`` takes a whole batch in one call."""
 
-    def __init__(self, docs: list[dict], meta: dict) -> None:
+    def __init__(self, docs: Sequence[dict], meta: dict) -> None:
         self.docs = docs
         self.meta = meta
 
@@ -332,7 +434,7 @@ class Retriever(ABC):
 class BM25Retriever(Retriever):
     """bm25s scoring; queries are tokenised exactly as the documents were (stopwords, stemmer)."""
 
-    def __init__(self, docs: list[dict], meta: dict, index_dir: Path) -> None:
+    def __init__(self, docs: Sequence[dict], meta: dict, index_dir: Path) -> None:
         import bm25s
 
         super().__init__(docs, meta)
@@ -370,8 +472,16 @@ class DenseRetriever(Retriever):
     """Encodes the query batch once, then one faiss search for the whole batch."""
 
     def __init__(
-        self, docs: Sequence[dict], meta: dict, faiss_file: Path, device: str | None = None, mmap: bool = False
+        self,
+        docs: Sequence[dict],
+        meta: dict,
+        faiss_file: Path,
+        device: str | None = None,
+        mmap: bool = False,
+        faiss_gpus: int | None = None,
     ) -> None:
+        """``faiss_gpus``: GPUs the index is split across (0: searched on the CPU; default: every GPU faiss sees when
+        the encoder runs on CUDA). HNSW and memory-mapped indexes stay on the CPU."""
         import faiss
 
         super().__init__(docs, meta)
@@ -389,9 +499,21 @@ class DenseRetriever(Retriever):
         if index.d != self._encoder.dim:
             raise RuntimeError(f"faiss index holds {index.d}-d vectors but {meta['encoder']} makes {self._encoder.dim}")
         self._hnsw = _tune_for_search(faiss, index)
-        if self._hnsw is None and not mmap and _faiss_gpu_ok(faiss) and self._encoder.device != "cpu":
-            self._gpu_res = faiss.StandardGpuResources()
-            index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
+        visible = _faiss_gpus_visible(faiss)
+        if faiss_gpus is None:
+            faiss_gpus = visible if self._hnsw is None and not mmap and self._encoder.device != "cpu" else 0
+        elif faiss_gpus > 0 and (self._hnsw is not None or mmap or faiss_gpus > visible):
+            why = (
+                "an HNSW index is searched on the CPU"
+                if self._hnsw is not None
+                else "a memory-mapped index is searched on the CPU"
+                if mmap
+                else f"faiss sees {visible} GPU(s) (faiss-gpu comes with the gpu extra)"
+            )
+            raise ValueError(f"faiss_gpus={faiss_gpus}: {why}")
+        if faiss_gpus > 0:
+            index = _index_to_gpus(faiss, index, faiss_gpus)
+        self.faiss_gpus = faiss_gpus
         self._index = index
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
@@ -419,14 +541,16 @@ def read_meta(index_dir: Path) -> dict:
     return meta
 
 
-def load_retriever(index_dir: Path, device: str | None = None, mmap: bool = False) -> Retriever:
-    """Load the retriever an index directory was built for (BM25 or dense)."""
+def load_retriever(
+    index_dir: Path, device: str | None = None, mmap: bool = False, faiss_gpus: int | None = None
+) -> Retriever:
+    """Load the retriever an index directory was built for (BM25 or dense; ``faiss_gpus``: :class:`DenseRetriever`)."""
     index_dir = Path(index_dir)
     meta = read_meta(index_dir)
-    docs = read_corpus(index_dir / DOCS_FILE)
+    docs = LazyCorpus(index_dir / DOCS_FILE)  # read in place: a 21M-passage corpus is not loaded into Python objects
     if meta["kind"] == "bm25":
         return BM25Retriever(docs, meta, index_dir)
-    return DenseRetriever(docs, meta, index_dir / FAISS_FILE, device=device, mmap=mmap)
+    return DenseRetriever(docs, meta, index_dir / FAISS_FILE, device=device, mmap=mmap, faiss_gpus=faiss_gpus)
 
 
 def load_search_r1_retriever(
@@ -438,6 +562,7 @@ def load_search_r1_retriever(
     max_length: int = 256,
     device: str | None = None,
     mmap: bool = False,
+    faiss_gpus: int | None = None,
 ) -> Retriever:
     """Serve Search-R1's own artifacts as they are: its faiss index (e.g. ``e5_Flat.index``) over its corpus JSONL
     (``wiki-18.jsonl``, read in place: :class:`LazyCorpus`), queries encoded as Search-R1 encodes them: the
@@ -455,4 +580,4 @@ def load_search_r1_retriever(
         "query_prefix": _prefixes(encoder)[0],
         "source": {"faiss_index": str(faiss_file), "corpus": str(corpus)},
     }
-    return DenseRetriever(LazyCorpus(corpus), meta, faiss_file, device=device, mmap=mmap)
+    return DenseRetriever(LazyCorpus(corpus), meta, faiss_file, device=device, mmap=mmap, faiss_gpus=faiss_gpus)

@@ -22,8 +22,12 @@ REPO = Path(__file__).resolve().parents[3]
     ("argv", "expected"),
     [
         (["corpus", "hotpotqa"], ["--source", "--out", "bundled"]),
-        (["index", "build"], ["--corpus", "--out", "--encoder", "--faiss-index", "hnsw", "--batch-size", "--device"]),
-        (["serve", "retrieval"], ["--index", "--host", "--port", "/retrieve"]),
+        (
+            ["index", "build"],
+            ["--corpus", "--out", "--encoder", "--faiss-index", "hnsw", "--batch-size", "--device"]
+            + ["--shard-size", "resumes", "--keep-vectors", "--from-faiss", "--train-size"],
+        ),
+        (["serve", "retrieval"], ["--index", "--host", "--port", "/retrieve", "--faiss-gpus"]),
     ],
 )
 def test_help(argv: list[str], expected: list[str], capsys: pytest.CaptureFixture[str]) -> None:

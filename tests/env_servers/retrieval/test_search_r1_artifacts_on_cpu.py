@@ -150,3 +150,48 @@ def test_a_mismatched_index_fails_at_start_up(search_r1_files, e5_named_encoder,
     faiss.write_index(index, str(wrong))
     with pytest.raises(RuntimeError, match="7-d vectors"):
         load_search_r1_retriever(wrong, corpus, str(e5_named_encoder), device="cpu")
+
+
+def test_search_r1_flat_index_compressed_without_encoding(search_r1_files, e5_named_encoder, dev_questions, tmp_path):
+    """`mem1 index build --from-faiss e5_Flat.index`: the vectors Search-R1 encoded, re-indexed as they are (exact:
+    the same results) or compressed (IVF + SQ8: nearly the same), with E5's query prefix recorded for serving."""
+    from verl_mem1.cli import main
+
+    index_file, corpus = search_r1_files
+    theirs = load_search_r1_retriever(index_file, corpus, str(e5_named_encoder), device="cpu")
+    questions = [q["question"] for q in dev_questions[:20]]
+    want = theirs.search(questions, 5)
+    exact = build_index(corpus, tmp_path / "exact", str(e5_named_encoder), vectors_from=index_file, show_progress=False)
+    meta = json.loads((exact / "meta.json").read_text())
+    assert meta["query_prefix"] == "query: " and meta["vectors_from"] == str(index_file.resolve())
+    assert not (exact / "vectors").exists()  # nothing encoded
+    for got, row in zip(load_retriever(exact, device="cpu").search(questions, 5), want, strict=True):
+        assert [d["id"] for d, _ in got] == [d["id"] for d, _ in row]
+        assert all(abs(a - b) < 1e-5 for (_, a), (_, b) in zip(got, row, strict=True))
+
+    out = tmp_path / "sq8"
+    argv = ["index", "build", "--corpus", str(corpus), "--out", str(out), "--encoder", str(e5_named_encoder)]
+    assert main([*argv, "--from-faiss", str(index_file), "--faiss-index", "IVF2,SQ8", "--quiet"]) == 0
+    hits = load_retriever(out, device="cpu").search(questions, 5)
+    overlaps = [len({d["id"] for d, _ in h} & {d["id"] for d, _ in w}) for h, w in zip(hits, want, strict=True)]
+    recall = sum(overlaps) / (5 * len(want))
+    assert recall >= 0.8, recall
+
+
+def test_vectors_only_from_an_exact_inner_product_index_of_the_corpus(search_r1_files, e5_named_encoder, tmp_path):
+    import faiss
+
+    index_file, corpus = search_r1_files
+    vectors = faiss.read_index(str(index_file)).reconstruct_n(0, 80)
+    cases = {
+        "l2.index": (faiss.IndexFlatL2(vectors.shape[1]), vectors, "ranks by L2 distance"),
+        "short.index": (faiss.IndexFlatIP(vectors.shape[1]), vectors[:79], "holds 79 vectors but"),
+        "sq.index": (faiss.index_factory(vectors.shape[1], "SQ8", faiss.METRIC_INNER_PRODUCT), vectors, "not an exact"),
+    }
+    for name, (index, rows, message) in cases.items():
+        if not index.is_trained:
+            index.train(rows)
+        index.add(rows)
+        faiss.write_index(index, str(tmp_path / name))
+        with pytest.raises(ValueError, match=message):
+            build_index(corpus, tmp_path / "out", str(e5_named_encoder), vectors_from=tmp_path / name)
