@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -170,7 +171,7 @@ def format_table(results: list[tuple[str, RunResult]]) -> str:
     for (mode, client, batch), r in by_key.items():
         for base_mode in ("per-request", "before"):
             base = by_key.get((base_mode, client, batch))
-            if mode == "batched" and base is not None and base.throughput:
+            if mode not in ("per-request", "before") and base is not None and base.throughput:
                 lines.append(
                     f"\n{mode} / {base_mode}, {batch} queries/request ({client}): throughput "
                     f"{r.throughput / base.throughput:.2f}x, p99 {r.percentile(99) / base.percentile(99):.2f}x"
@@ -199,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-queries", type=int, default=None, help="the batched server's cap (its default)")
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout's server, measured as 'before'")
     parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="also measure this server with these `mem1 serve retrieval` flags, e.g. 'window5=--batch-window-ms 5'",
+    )
+    parser.add_argument(
         "--modes",
         nargs="+",
         choices=("batched", "per-request"),
@@ -206,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         help="server modes, each measured in turn: batched (the default server) and/or per-request",
     )
     args = parser.parse_args(argv)
+    variants = {name: shlex.split(extra) for name, _, extra in (v.partition("=") for v in args.variant)}
+    if any(not name or name in ("batched", "per-request", "before") for name in variants):
+        parser.error("--variant needs NAME=FLAGS with a NAME other than batched, per-request or before")
     if args.clients <= 0 or args.requests <= 0 or args.max_seconds <= 0:
         parser.error("--clients, --requests and --max-seconds must be positive")
 
@@ -218,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         questions = _questions()
         batched = [] if args.max_batch_queries is None else ["--max-batch-queries", str(args.max_batch_queries)]
         flags = {"batched": batched, "per-request": ["--max-batch-queries", "0"], "before": []}
-        modes = [*args.modes, *(["before"] if args.baseline else [])]
+        flags |= variants
+        modes = [*args.modes, *variants, *(["before"] if args.baseline else [])]
         ports = {mode: free_port() for mode in modes}
         procs = {}
         results = []

@@ -87,6 +87,7 @@ def _load_hf_encoder(name_or_path: str, device: str) -> tuple[Any, Any]:
 
 # encoders whose positions start at 0 for every text and that take a (batch, 1, T, T) attention mask: packable
 PACKABLE_MODEL_TYPES = ("bert",)
+PACKED_ROW_TOKENS = 128  # tokens per packed row of queries (a few questions each): see DenseEncoder.encode_packed
 
 
 class DenseEncoder:
@@ -149,37 +150,62 @@ class DenseEncoder:
                 on_batch(len(idx))
         return out
 
-    def encode_packed(self, texts: Sequence[str], *, max_tokens: int = 512) -> np.ndarray:
-        """Embed short texts (queries) without padding: packed into sequences of at most ``max_tokens`` tokens,
-        each text attending only to itself with its positions from 0, so each embedding is the one it has alone
-        (within float rounding) at the cost of the real tokens only. BERT-family encoders (E5, BGE, MiniLM) only;
-        others (decoder models, RoBERTa's shifted positions) are encoded padded, 16 at a time."""
+    def encode_packed(self, texts: Sequence[str], *, max_tokens: int = PACKED_ROW_TOKENS) -> np.ndarray:
+        """Embed short texts (queries) with almost no padding: packed end to end into rows of at most ``max_tokens``
+        tokens (a longer text gets a row of its own), all rows in one forward pass, each text attending only to
+        itself with its positions from 0, so each embedding is the one it has alone (within float rounding) at the
+        cost of the real tokens only. Short rows keep attention's cost down: it grows with the square of a row's
+        length. BERT-family encoders (E5, BGE, MiniLM) only; others (decoder models, RoBERTa's shifted positions)
+        are encoded padded, 16 at a time.
+
+        Returns:
+            ``(len(texts), dim)`` float32, L2-normalised.
+        """
         if self.model.config.model_type not in PACKABLE_MODEL_TYPES:
             return self.encode(texts, batch_size=16)
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
         torch = self._torch
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        start = 0
-        while start < len(ids):
-            stop, tokens = start, 0
-            while stop < len(ids) and (stop == start or tokens + len(ids[stop]) <= max_tokens):
-                tokens += len(ids[stop])
-                stop += 1
-            lengths = torch.tensor([len(x) for x in ids[start:stop]])
-            flat = torch.tensor([t for x in ids[start:stop] for t in x], device=self.device).unsqueeze(0)
-            positions = torch.cat([torch.arange(int(n)) for n in lengths]).unsqueeze(0).to(self.device)
-            segment = torch.repeat_interleave(torch.arange(len(lengths)), lengths).to(self.device)
-            mask = (segment[:, None] == segment[None, :])[None, None]  # (1, 1, T, T): each text sees itself
-            with torch.inference_mode():
-                hidden = self.model(input_ids=flat, position_ids=positions, attention_mask=mask).last_hidden_state[0]
-            if self.pooling == "cls":  # each text's first token
-                pooled = hidden[(torch.cumsum(lengths, 0) - lengths).to(self.device)].float()
-            else:
-                sums = torch.zeros(len(lengths), hidden.shape[-1], device=self.device).index_add_(0, segment, hidden)
-                pooled = sums.float() / lengths.to(self.device)[:, None]
-            out[start:stop] = torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()
-            start = stop
-        return out
+        rows: list[list[int]] = [[]]
+        used = 0
+        for i, text_ids in enumerate(ids):
+            if rows[-1] and used + len(text_ids) > max_tokens:
+                rows.append([])
+                used = 0
+            rows[-1].append(i)
+            used += len(text_ids)
+        width = max(sum(len(ids[i]) for i in row) for row in rows)
+        input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+        positions = torch.zeros(len(rows), width, dtype=torch.long)
+        owner = -1 - torch.arange(width).repeat(len(rows), 1)  # the text each token belongs to; padding: itself
+        first = torch.empty(len(texts), dtype=torch.long)  # where each text starts in the flattened rows
+        for r, row in enumerate(rows):
+            column = 0
+            for i in row:
+                n = len(ids[i])
+                input_ids[r, column : column + n] = torch.tensor(ids[i])
+                positions[r, column : column + n] = torch.arange(n)
+                owner[r, column : column + n] = i
+                first[i] = r * width + column
+                column += n
+        mask = (owner[:, :, None] == owner[:, None, :])[:, None]  # (rows, 1, width, width): each text sees itself
+        with torch.inference_mode():
+            hidden = self.model(
+                input_ids=input_ids.to(self.device),
+                position_ids=positions.to(self.device),
+                attention_mask=mask.to(self.device),
+            ).last_hidden_state.flatten(0, 1)  # (rows * width, hidden)
+        if self.pooling == "cls":  # each text's first token
+            pooled = hidden[first.to(self.device)].float()
+        else:
+            owner = owner.flatten().to(self.device)
+            real = owner >= 0
+            sums = torch.zeros(len(texts), hidden.shape[-1], device=self.device, dtype=hidden.dtype)
+            sums.index_add_(0, owner[real], hidden[real])
+            lengths = torch.tensor([len(x) for x in ids], dtype=torch.float32, device=self.device)
+            pooled = sums.float() / lengths[:, None]
+        return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()
 
 
 def _faiss_gpu_ok(faiss: Any) -> bool:

@@ -141,10 +141,12 @@ def test_packed_query_encoding_equals_encoding_each_alone(tiny_bert_encoder: Pat
     enc = DenseEncoder(str(tiny_bert_encoder), max_length=64, device="cpu")
     texts = [q["question"] for q in dev_questions[:23]] + ["x", "a much longer question " * 20]
     alone = np.stack([enc.encode([t])[0] for t in texts])
-    for max_tokens in (512, 40):  # one pack; many packs, the long text (64 tokens, truncated) in one of its own
+    # one row; rows of a few texts padded to the longest row, the long text (64 tokens, truncated) in one of its own
+    for max_tokens in (2048, 128, 40):
         packed = enc.encode_packed(texts, max_tokens=max_tokens)
         np.testing.assert_allclose(packed, alone, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(packed, axis=1), 1.0, atol=1e-5)
+    assert enc.encode_packed([]).shape == (0, enc.dim)
 
 
 def test_decoder_encoders_are_not_packed(tiny_encoder: Path) -> None:
