@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
 import json
 import math
 import shutil
@@ -151,8 +152,8 @@ class DenseEncoder:
         return out
 
     def encode_packed(self, texts: Sequence[str], *, max_tokens: int = PACKED_ROW_TOKENS) -> np.ndarray:
-        """Embed short texts (queries) with almost no padding: packed end to end into rows of at most ``max_tokens``
-        tokens (a longer text gets a row of its own), all rows in one forward pass, each text attending only to
+        """Embed short texts (queries) with almost no padding: packed end to end into rows of about ``max_tokens``
+        tokens (as many rows as the tokens need, balanced), all rows in one forward pass, each text attending only to
         itself with its positions from 0, so each embedding is the one it has alone (within float rounding) at the
         cost of the real tokens only. Short rows keep attention's cost down: it grows with the square of a row's
         length. BERT-family encoders (E5, BGE, MiniLM) only; others (decoder models, RoBERTa's shifted positions)
@@ -167,15 +168,16 @@ class DenseEncoder:
             return np.empty((0, self.dim), dtype=np.float32)
         torch = self._torch
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        rows: list[list[int]] = [[]]
-        used = 0
-        for i, text_ids in enumerate(ids):
-            if rows[-1] and used + len(text_ids) > max_tokens:
-                rows.append([])
-                used = 0
-            rows[-1].append(i)
-            used += len(text_ids)
-        width = max(sum(len(ids[i]) for i in row) for row in rows)
+        # As few rows as the tokens need, balanced (longest text first into the emptiest row), so that padding every
+        # row to the longest one wastes little.
+        num_rows = math.ceil(sum(map(len, ids)) / max_tokens)
+        rows: list[list[int]] = [[] for _ in range(num_rows)]
+        fill = [(0, r) for r in range(num_rows)]  # a heap of (tokens, row)
+        for i in sorted(range(len(ids)), key=lambda i: -len(ids[i])):
+            used, r = heapq.heappop(fill)
+            rows[r].append(i)
+            heapq.heappush(fill, (used + len(ids[i]), r))
+        width = max(used for used, _ in fill)
         input_ids = torch.zeros(len(rows), width, dtype=torch.long)
         positions = torch.zeros(len(rows), width, dtype=torch.long)
         owner = -1 - torch.arange(width).repeat(len(rows), 1)  # the text each token belongs to; padding: itself
