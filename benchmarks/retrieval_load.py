@@ -13,6 +13,7 @@ server batching queries across concurrent requests (the default) and the same se
 (``--max-batch-queries 0``); ``--baseline DIR`` adds the server of another checkout (``before``, e.g. the project
 before batching: ``git worktree add /tmp/before d0715b4``). It prints each one's ratio to the per-request server(s),
 and before the load checks that all return the same documents (scores within 1e-5) for the first 300 questions.
+``--variant NAME=FLAGS`` adds the server started with other flags (e.g. ``'window5=--batch-window-ms 5'``).
 
     .venv/bin/python benchmarks/retrieval_load.py --requests 2000 --clients 32 --batch-sizes 1 8
     .venv/bin/python benchmarks/retrieval_load.py --encoder minilm --modes batched per-request --baseline /tmp/before
