@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from env_servers.retrieval.index import _tune_for_search  # noqa: E402
+from env_servers.retrieval.index import tune_for_search  # noqa: E402
 
 DIM = 768
 CHUNK = 100_000
@@ -110,9 +110,7 @@ def measure(kind: str, path: Path, q: np.ndarray, truth: np.ndarray, clients: in
     before = rss_mb()
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC if kind == "Flat-mmap" else 0
     index = faiss.read_index(str(path), flags)
-    hnsw = _tune_for_search(faiss, index)  # the server's search settings: IVF probes 16 lists
-    if hnsw is not None:
-        hnsw.hnsw.efSearch = 64  # what the server sets for topk <= 64
+    tune_for_search(faiss, index)  # the server's search settings (IVF probes, HNSW candidates)
     loaded = rss_mb() - before
     faiss.omp_set_num_threads(1)  # one search per client thread, as the server's batch does on its own
 

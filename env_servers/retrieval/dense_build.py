@@ -127,8 +127,8 @@ def encode_in_shards(
     out.mkdir(parents=True, exist_ok=True)
     manifest = {**fingerprint, "num_texts": len(texts), "shard_size": shard_size}
     manifest_file = out / MANIFEST_FILE
-    if manifest_file.is_file() and json.loads(manifest_file.read_text(encoding="utf-8")) != manifest:
-        old = json.loads(manifest_file.read_text(encoding="utf-8"))
+    old = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else manifest
+    if old != manifest:
         changed = sorted(k for k in manifest.keys() | old.keys() if manifest.get(k) != old.get(k))
         print(f"{out}: vectors of a different build (differs in {', '.join(changed)}): encoding again", flush=True)
         shutil.rmtree(out)

@@ -28,6 +28,7 @@ BM25_DIR = "bm25"
 FAISS_FILE = "index.faiss"
 FAISS_INDEXES = ("flat", "hnsw", "ivf")
 HNSW_M = 32
+HNSW_EF_SEARCH = 64  # candidates an HNSW search keeps (at least topk)
 IVF_NPROBE = 16
 
 SearchResult = list[list[tuple[dict, float]]]
@@ -210,10 +211,6 @@ class DenseEncoder:
         return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()
 
 
-def _faiss_gpu_ok(faiss: Any) -> bool:
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
 def _faiss_gpus_visible(faiss: Any) -> int:
     """GPUs faiss can use: 0 with faiss-cpu (``pip install verl-mem1[gpu]`` brings faiss-gpu)."""
     return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
@@ -263,16 +260,19 @@ def check_faiss_index(kind: str) -> None:
             ) from None
 
 
-def _tune_for_search(faiss: Any, index: Any) -> Any:
-    """Search-time settings by what the index is (however it was built): IVF probes ``IVF_NPROBE`` lists; the HNSW
-    graph inside (if any) is returned, to widen its search to ``k``."""
+def tune_for_search(faiss: Any, index: Any) -> Any:
+    """Search-time settings by what the index is (however it was built): IVF probes ``IVF_NPROBE`` lists, HNSW keeps
+    ``HNSW_EF_SEARCH`` candidates. The HNSW graph inside (if any) is returned, to widen its search to a larger ``k``."""
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.nprobe = min(IVF_NPROBE, ivf.nlist)
     inner = faiss.downcast_index(index)
     if isinstance(inner, faiss.IndexPreTransform):
         inner = faiss.downcast_index(inner.index)
-    return inner if isinstance(inner, faiss.IndexHNSW) else None
+    if not isinstance(inner, faiss.IndexHNSW):
+        return None
+    inner.hnsw.efSearch = HNSW_EF_SEARCH
+    return inner
 
 
 class _PassageTexts(Sequence[str]):
@@ -402,7 +402,7 @@ def build_index(
                 },
                 show_progress=show_progress,
             )
-        on_gpu = "hnsw" not in faiss_index.lower() and _faiss_gpu_ok(faiss)  # faiss has no GPU HNSW
+        on_gpu = "hnsw" not in faiss_index.lower() and _faiss_gpus_visible(faiss) > 0  # faiss has no GPU HNSW
         if on_gpu:
             gpu_resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(gpu_resources, 0, index)
@@ -526,7 +526,7 @@ class DenseRetriever(Retriever):
             raise RuntimeError(f"faiss index has {index.ntotal} vectors but the corpus {len(docs)} documents")
         if index.d != self._encoder.dim:
             raise RuntimeError(f"faiss index holds {index.d}-d vectors but {meta['encoder']} makes {self._encoder.dim}")
-        self._hnsw = _tune_for_search(faiss, index)
+        self._hnsw = tune_for_search(faiss, index)
         visible = _faiss_gpus_visible(faiss)
         if faiss_gpus is None:
             faiss_gpus = visible if self._hnsw is None and not mmap and self._encoder.device != "cpu" else 0
@@ -550,7 +550,7 @@ class DenseRetriever(Retriever):
     def _search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         emb = self.encode_queries(queries)
         if self._hnsw is not None:
-            self._hnsw.hnsw.efSearch = max(64, k)
+            self._hnsw.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
         scores, ids = self._index.search(emb, k)
         return ids, scores
 

@@ -14,7 +14,7 @@ manager, load balancer and weight sync run end to end:
 - ``HFServerAdapter.update_weights`` (verl's "naive" checkpoint engine: after every optimizer step) sends the
   actor's full parameters to the server, which loads them into its model before the next rollout.
 
-Selected by ``actor_rollout_ref.rollout.name=mem1_hf`` (``recipes/cpu.yaml``); registered by the plug-in.
+Selected by ``actor_rollout_ref.rollout.name=mem1_hf`` (``recipes/platform/cpu.yaml``); registered by the plug-in.
 """
 
 from __future__ import annotations
