@@ -34,16 +34,21 @@ demo: install
 learn: install
 	bash benchmarks/learn_smollm2.sh
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), a test file to a worker (its module fixtures built once): many
+# tests wait on subprocesses and servers, so two workers keep two cores busy. The 15 slowest are printed every run.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
+
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q
+	$(PYTEST)
 
 # The quick tier: lint, then everything but the long end-to-end runs (@pytest.mark.e2e) and the GPU tests.
 test-fast: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q -m "not e2e and not gpu"
+	$(PYTEST) -m "not e2e and not gpu"
 
 lint:
 	$(BIN)/ruff check .

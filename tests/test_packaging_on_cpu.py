@@ -95,3 +95,14 @@ def test_setup_py_is_a_shim_over_pyproject():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-2:] == [project()["name"], project()["version"]]
+
+
+def test_make_test_runs_both_tiers_on_two_workers_and_prints_the_slowest():
+    """CI's entry point runs the README's test command; every run prints its slowest tests so their growth shows."""
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    full, fast = _make_dry_run("test"), _make_dry_run("test-fast")
+    for commands in (full, fast):
+        pytest_line = next(line for line in commands.splitlines() if "/pytest " in line)
+        assert "--durations=15" in pytest_line and "-n 2 --dist loadfile" in pytest_line, pytest_line
+        assert "ruff check" in commands and "ruff format --check" in commands
+    assert '-m "not e2e and not gpu"' in fast and "not e2e" not in full

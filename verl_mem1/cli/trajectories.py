@@ -91,12 +91,15 @@ def add_trajectories_command(subparsers: Any) -> argparse.ArgumentParser:
 def _setup(args: argparse.Namespace):
     """Episode settings, tasks, environment, tokenizer and oracle; raises on a bad option, file or server."""
     import asyncio
+    import dataclasses
 
     from transformers import AutoTokenizer
 
     from verl_mem1.cli.rollout import episode_config, make_environment, mem1_config
+    from verl_mem1.rollout import configure
     from verl_mem1.rollout.backends.oracle import OracleBackend
     from verl_mem1.rollout.backends.webshop_oracle import WebShopOracleBackend
+    from verl_mem1.rollout.environment import STARTUP_RETRIES
 
     mem1 = mem1_config(args)
     config = episode_config(args, mem1)
@@ -108,10 +111,11 @@ def _setup(args: argparse.Namespace):
     oracle = (WebShopOracleBackend if shopping else OracleBackend)(tasks, tokenizer, config)
 
     async def probe():  # one call now, or every episode would end as an environment error
+        probe_env = configure.make_environment(dataclasses.replace(mem1, env_retries=STARTUP_RETRIES), env.url)
         try:
-            await (env.goals("0:1") if shopping else env.search([tasks[0].questions[0]]))
+            await (probe_env.goals("0:1") if shopping else probe_env.search([tasks[0].questions[0]]))
         finally:
-            await env.aclose()
+            await probe_env.aclose()
 
     asyncio.run(probe())
     return config, tasks, env, tokenizer, oracle

@@ -34,6 +34,9 @@ class EnvironmentError_(RuntimeError):
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})  # answers worth asking again
 UNAPPLIED_STATUS = frozenset({429, 503})  # answers that say the request was not carried out
+# A command's first call, made before any episode (~3.5 s of waits): a wrong URL is reported now, not after the
+# minute and a half a running job's retries (mem1.env_retries) wait out a restarting server
+STARTUP_RETRIES = 3
 
 
 class _Retryable(Exception):
@@ -274,7 +277,7 @@ def fetch_webshop_tasks(url: str, spec: str = "0:") -> list[Task]:
     import asyncio
 
     async def fetch() -> list[Task]:
-        env = WebShopEnvironment(url)
+        env = WebShopEnvironment(url, retries=STARTUP_RETRIES)
         try:
             return await env.goals(spec)
         finally:

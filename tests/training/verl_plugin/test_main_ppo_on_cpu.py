@@ -17,6 +17,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 STEP_LINE = re.compile(r"step:(\d+) - (.*)$")
+# One main_ppo run (Ray, its actors, validation, two steps, a checkpoint): 135-151 s on a 2-core Xeon (Ice Lake),
+# ~1.6x that on a 2-core AMD EPYC; the limit keeps 3x over the slower. pytest's own limit for a test sits above the sum
+# of its runs' limits, so a slow run fails with its own log tail.
+RUN_TIMEOUT_S = 750
+FIXTURES_S = 150  # the session fixtures a test may be the first to build (tiny model, corpus, servers, tasks)
 
 
 def metrics_by_step(log: str) -> dict[int, dict[str, float]]:
@@ -84,9 +89,18 @@ def main_ppo(tmp_path, tiny_model_dir, env_url, tasks, *overrides: str, recipe: 
         *overrides,
     ]
     env = {**os.environ, "VERL_PLATFORM": "cpu", "RAY_DEDUP_LOGS": "0"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    log_file = tmp_path / f"main_ppo_{len(list(tmp_path.glob('main_ppo_*.log')))}.log"
+    try:
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        # subprocess.run hands back what the run wrote so far as bytes, even with text=True
+        log = "".join(
+            out.decode(errors="replace") if isinstance(out, bytes) else out or "" for out in (exc.stdout, exc.stderr)
+        )
+        log_file.write_text(log)
+        pytest.fail(f"main_ppo ran past {RUN_TIMEOUT_S} s; the end of its log ({log_file}):\n{log[-6000:]}")
     log = result.stdout + result.stderr
-    (tmp_path / f"main_ppo_{len(list(tmp_path.glob('main_ppo_*.log')))}.log").write_text(log)
+    log_file.write_text(log)
     assert result.returncode == 0, log[-6000:]
     return log
 
@@ -107,6 +121,7 @@ def check_steps(steps: dict[int, dict[str, float]], expected: list[int]) -> None
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(2 * RUN_TIMEOUT_S + FIXTURES_S)
 def test_v1_trainer_grpo_two_steps_then_resume_on_cpu(tmp_path, tiny_model_dir, retrieval_url, qa_tasks):
     steps = metrics_by_step(main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING))
     check_steps(steps, [1, 2])
@@ -125,6 +140,7 @@ def test_v1_trainer_grpo_two_steps_then_resume_on_cpu(tmp_path, tiny_model_dir, 
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(RUN_TIMEOUT_S + FIXTURES_S)
 def test_legacy_trainer_gae_on_webshop_on_cpu(tmp_path, tiny_model_dir, webshop_url, webshop_tasks):
     overrides = ("algorithm.adv_estimator=gae", "trainer.use_v1=false")
     log = main_ppo(tmp_path, tiny_model_dir, webshop_url, webshop_tasks, *overrides, recipe="webshop")
