@@ -21,11 +21,12 @@ LLM_PROMPT = "The capital of France is"
 
 
 def recompute_logprobs(model, context: list[int], generated: list[int], temperature: float) -> list[float]:
-    """Log-probs of ``generated`` after ``context`` from one unpadded, uncached forward pass."""
+    """Log-probs of ``generated`` after ``context`` from one unpadded, uncached forward pass (the LM head only at the
+    positions that predict them: a 151k-token vocabulary over a whole context dominates the cost otherwise)."""
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([list(context) + list(generated)])).logits[0].float()
-    logp = torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
-    return [float(logp[len(context) - 1 + j, t]) for j, t in enumerate(generated)]
+        out = model(input_ids=torch.tensor([list(context) + list(generated)]), logits_to_keep=len(generated) + 1)
+    logp = torch.log_softmax(out.logits[0, :-1].float() / (temperature if temperature > 0 else 1.0), dim=-1)
+    return [float(logp[j, t]) for j, t in enumerate(generated)]
 
 
 class ScriptedBackend:
@@ -39,9 +40,9 @@ class ScriptedBackend:
         self.contexts.append(list(prompt_ids))
         ids = self.tokenizer.encode(self.texts.pop(0), add_special_tokens=False)
         with torch.no_grad():
-            logits = self.model(input_ids=torch.tensor([prompt_ids + ids])).logits[0]
+            logits = self.model(input_ids=torch.tensor([prompt_ids + ids]), logits_to_keep=len(ids) + 1).logits[0, :-1]
         logp = torch.log_softmax(logits / sampling.temperature, dim=-1)
-        lps = [float(logp[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(ids)]
+        lps = [float(logp[j, t]) for j, t in enumerate(ids)]
         return Generation(ids, lps, "stop")
 
 
