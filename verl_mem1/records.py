@@ -175,6 +175,11 @@ class EpisodeRecord:
         return cls(**data)
 
     @property
+    def invalid_turns(self) -> int:
+        """Turns whose action was invalid (unparseable, or refused by the environment)."""
+        return sum(t.action["kind"] == "invalid" for t in self.turns)
+
+    @property
     def peak_tokens(self) -> int:
         """Max over turns of the context length plus the tokens generated that turn."""
         return max((len(t.context_ids) + len(t.generated_ids) for t in self.turns), default=len(self.prompt_ids))

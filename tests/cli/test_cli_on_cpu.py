@@ -68,12 +68,16 @@ def test_rollout_end_to_end(tiny_model_dir, retrieval_url, tmp_path, capsys):
             "--context", "window:1",
             "--max-turns", "3",
             "--max-new-tokens", "8",
+            "--invalid-penalty", "0.25",
             "--out", str(out),
         ]
     )  # fmt: skip
     assert code == 0
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["context_policy"] == "window:1" and len(record["turns"]) == 3
+    # the random model answers nothing right: its reward is the EM (0) less the penalty for each invalid turn
+    invalid = sum(turn["action"]["kind"] == "invalid" for turn in record["turns"])
+    assert invalid > 0 and record["reward"] == -0.25 * invalid
     assert record["ground_truth"] == [["Neil Gaiman"], ["Oklahoma"]]
     turn = record["turns"][1]
     for key in ("context_ids", "generated_ids", "logprobs", "action", "observation_ids", "timings"):

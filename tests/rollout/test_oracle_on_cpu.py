@@ -171,6 +171,7 @@ def test_oracle_refuses_what_it_cannot_play(tokenizer):
     with pytest.raises(ValueError, match="no answers"):
         OracleBackend(tasks, tokenizer, EpisodeConfig(tags="webshop"))
     twin = Task("twin", tasks[0].questions, [["other"], ["answers"]], tasks[0].prompt_messages)
+    twin.extra_info = dict(tasks[0].extra_info)  # composed alike: the same prompt once the budget is stated
     with pytest.raises(ValueError, match="same prompt but different answers"):
         OracleBackend([tasks[0], twin], tokenizer, EpisodeConfig())
     oracle = OracleBackend(tasks, tokenizer, EpisodeConfig())

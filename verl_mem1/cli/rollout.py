@@ -197,6 +197,7 @@ def setup_run(args: argparse.Namespace, command: str):
 def _cmd_rollout(args: argparse.Namespace) -> int:
     import asyncio
 
+    from verl_mem1.rollout.configure import answer_reward
     from verl_mem1.rollout.runner import run_episodes
 
     run = setup_run(args, "rollout")
@@ -215,7 +216,14 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
 
             try:
                 return await run_episodes(
-                    tasks, backend, env, tokenizer, config, concurrency=args.concurrency, on_episode=write
+                    tasks,
+                    backend,
+                    env,
+                    tokenizer,
+                    config,
+                    concurrency=args.concurrency,
+                    reward_fn=answer_reward(mem1_config(args)),  # WebShop episodes take the shop's instead
+                    on_episode=write,
                 )
             finally:
                 await env.aclose()

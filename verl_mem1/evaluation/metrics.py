@@ -39,7 +39,7 @@ def episode_metrics(record: EpisodeRecord, *, reduce: str = "sum") -> dict[str, 
     answers = bool(record.ground_truth)
     score = score_answer(record.final_answer, record.ground_truth, reduce=reduce) if answers else None
     turns = len(record.turns)
-    invalid = sum(t.action["kind"] == "invalid" for t in record.turns)
+    invalid = record.invalid_turns
     return {
         "id": record.id,
         "num_objectives": len(record.ground_truth) if answers else len(record.questions),

@@ -70,9 +70,26 @@ class EpisodeConfig:
         )
 
 
+def prompt_messages_for(task: Task, tags: str, max_turns: int | None = None) -> list[dict[str, str]]:
+    """The chat messages an episode of ``task`` opens with, stating the turn budget the episode runs with.
+
+    A prompt the task carries is used as it is, unless the project composed it (``mem1 compose`` and ``mem1
+    webshop-tasks`` record the ``extra_info.tags`` and ``max_turns`` it was written for; a None is dropped on loading)
+    for another budget or tag set: then it is built again from the questions, so teacher trajectories, RL and
+    evaluation of one task read the same prompt whichever command set the budget. ``max_turns`` None: the
+    environment's default for the task.
+    """
+    max_turns = max_turns or default_max_turns(task.num_objectives, tags)
+    info = task.extra_info
+    stale = "tags" in info and (info.get("max_turns") != max_turns or info["tags"] != tags)
+    if task.prompt_messages and not stale:
+        return task.prompt_messages
+    return build_prompt_messages(task.questions, get_tag_set(tags), max_turns=max_turns)
+
+
 def prompt_ids_for(task: Task, tokenizer, tags: str, max_turns: int | None = None) -> list[int]:
-    """Chat-template the task's prompt (built from its questions when the task carries none)."""
-    messages = task.prompt_messages or build_prompt_messages(task.questions, get_tag_set(tags), max_turns=max_turns)
+    """Chat-template the prompt ``prompt_messages_for`` gives (the generation prompt appended)."""
+    messages = prompt_messages_for(task, tags, max_turns)
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]
@@ -126,10 +143,15 @@ async def run_episode(
         record.reward = env_reward
     elif reward_fn is not None:
         record.reward = float(reward_fn(record.final_answer, record.ground_truth))
-    if record.reward is not None and config.invalid_action_penalty:
-        invalid = sum(t.action["kind"] == "invalid" for t in record.turns)
-        record.reward -= config.invalid_action_penalty * invalid
+    if record.reward is not None:
+        record.reward = penalised(record.reward, record, config.invalid_action_penalty)
     return record
+
+
+def penalised(reward: float, record: EpisodeRecord, invalid_action_penalty: float) -> float:
+    """``reward`` minus ``invalid_action_penalty`` per invalid turn: the one place the penalty is applied, whoever
+    scored the episode (the loop's ``reward_fn``, the environment, or verl's agent loop after the episode)."""
+    return reward - invalid_action_penalty * record.invalid_turns
 
 
 async def _play_turns(

@@ -241,10 +241,9 @@ class Mem1Trainer:
         )
 
     def reward(self, answer: str | None, ground_truth: list[list[str]]) -> float:
-        from verl_mem1.tasks.rewards import score_answer
+        from verl_mem1.rollout.configure import answer_reward
 
-        score = score_answer(answer, ground_truth, reduce=self.mem1.reward_reduce)
-        return score.em if self.mem1.reward_metric == "em" else score.f1
+        return answer_reward(self.mem1)(answer, ground_truth)
 
     def rollout(self, tasks: Sequence[Task], *, validation: bool = False) -> list[EpisodeRecord]:
         """Play the tasks with the current policy (eval mode, no grad); records come back in task order."""

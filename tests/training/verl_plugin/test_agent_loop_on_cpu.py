@@ -97,6 +97,29 @@ def test_per_turn_layout_returns_one_sample_per_turn(trainer_config, server, tin
     assert loop.episode_config(loop.task_from_row(row_kwargs(rows[0])), {}).max_new_tokens == loop.response_length
 
 
+def test_the_invalid_action_penalty_applies_to_qa_rewards_in_the_agent_loop(
+    trainer_config, server, tiny_backend, episodes, rows
+):
+    """The loop scores a QA episode after it ends (verl's reward function on its text); the penalty must still land."""
+    import copy
+
+    records, _ = episodes
+    record = copy.deepcopy(records[0])
+    record.final_answer = "; ".join(aliases[0] for aliases in record.ground_truth)  # every objective right
+    for turn in record.turns[:2]:
+        turn.action = {"kind": "invalid", "text": "", "reason": "no action tag"}
+    invalid = record.invalid_turns
+    assert invalid >= 2 and len(record.ground_truth) == 2
+    row = row_kwargs(rows[0])
+    for penalty in (0.0, 0.25):
+        loop = make_loop(trainer_config, server, tiny_backend.tokenizer, invalid_action_penalty=penalty)
+        reward, info = asyncio.run(loop.score(record, row))
+        assert info["answer_score"] == 2.0  # EM summed over the two objectives
+        assert reward == info["score"] == 2.0 - penalty * invalid and info["invalid_turns"] == invalid
+        output = loop.to_outputs(record, reward, info)
+        assert output.reward_score == reward
+
+
 def test_agent_loop_plays_webshop_rows_and_takes_the_shops_reward(
     trainer_config, server, tiny_backend, webshop_url, tmp_path
 ):

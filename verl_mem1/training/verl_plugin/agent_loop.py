@@ -38,7 +38,7 @@ from verl_mem1.config import FIELDS, Mem1Config
 from verl_mem1.records import EpisodeRecord, Task, task_from_mapping
 from verl_mem1.rollout.backends.verl_server import VerlServerBackend
 from verl_mem1.rollout.configure import episode_config, make_environment
-from verl_mem1.rollout.episode import EpisodeConfig, prompt_ids_for, run_episode
+from verl_mem1.rollout.episode import EpisodeConfig, penalised, prompt_ids_for, run_episode
 from verl_mem1.tasks.rewards import RECORDED_ANSWER_KEY
 from verl_mem1.training.layout import pack_episode, packed_token_count, per_turn_samples, per_turn_token_count, truncate
 from verl_mem1.training.verl_plugin.engine import ATTENTION_KEY, POSITION_KEY, SEGMENT_KEY
@@ -170,9 +170,15 @@ class MEM1AgentLoop(AgentLoopBase):
         """``(reward, extra info)`` from the configured reward function, or ``(None, {})`` for ``reward: verl``."""
         if self.mem1.reward == "verl":
             return None, {}
-        if self.mem1.env == "webshop":  # the shop scored the purchase (0 without one), minus any invalid penalty
+        if self.mem1.env == "webshop":  # the loop took the shop's reward (0 without a purchase), penalised
             reward = float(record.reward or 0.0)
             return reward, {"score": reward, "webshop_success": float(reward >= 1.0)}
+        score, info = await self.answer_score(record, row)
+        reward = penalised(score, record, self.mem1.invalid_action_penalty)
+        return reward, {**info, "score": reward, "answer_score": score, "invalid_turns": record.invalid_turns}
+
+    async def answer_score(self, record: EpisodeRecord, row: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        """The configured reward function's score of the episode's answer, and what else it returned."""
         reward_model = row.get("reward_model") or {}
         result = _reward_fn(self.config)(
             data_source=row.get("data_source"),
