@@ -286,3 +286,36 @@ def test_engine_takes_verls_padding_sample_as_a_plain_one(tiny_backend, training
     pad["loss_mask"] = pad["response_mask"] = torch.ones_like(pad["response_mask"])  # now it would be trained on
     with pytest.raises(ValueError, match="MEM1 segment ids .* for a sequence of 128 tokens"):
         run_engine(engine, list_of_dict_to_tensordict([field, pad]), remove_padding=True, entropy=False)
+
+
+def test_no_optimizer_step_when_every_gradient_is_zero():
+    """verl's own optimizer_step (clipping, then AdamW) runs; with all-zero gradients the MEM1 engine leaves the
+    weights where they are, where the stock engine lets Adam's momentum and weight decay move them."""
+    from types import SimpleNamespace
+
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+    def engine(cls):
+        torch.manual_seed(0)
+        module = torch.nn.Linear(4, 3)
+        e = object.__new__(cls)
+        e.module, e.optimizer_config, e._qat_enabled = module, SimpleNamespace(clip_grad=1.0), False
+        e.optimizer = torch.optim.AdamW(module.parameters(), lr=0.1, weight_decay=0.01)
+        return e
+
+    def step(e, scale: float) -> float:
+        e.optimizer.zero_grad()
+        (scale * e.module(torch.ones(2, 4)).sum()).backward()
+        return e.optimizer_step()
+
+    moved = {}
+    for cls in (MEM1FSDPEngineWithLMHead, FSDPEngineWithLMHead):
+        e = engine(cls)
+        assert step(e, 1.0) > 0  # a real step first: Adam now has momentum
+        before = [p.detach().clone() for p in e.module.parameters()]
+        assert step(e, 0.0) == 0.0  # a batch whose advantages are all zero: every gradient is exactly 0
+        moved[cls] = max(float((p - b).abs().max()) for p, b in zip(e.module.parameters(), before, strict=True))
+        assert "step" not in vars(e.optimizer)  # the optimizer's own step is back
+        assert step(e, 1.0) > 0 and e.optimizer.state[e.module.weight]["step"] >= 2
+    assert moved[MEM1FSDPEngineWithLMHead] == 0.0
+    assert moved[FSDPEngineWithLMHead] > 1e-3  # the stock step would have moved them

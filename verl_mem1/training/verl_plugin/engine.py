@@ -12,6 +12,8 @@ and itself, or the training log-probs differ from the rollout's. The subclasses 
 - ``prepare_model_outputs``: verl reads the output at position ``i - 1`` for token ``i``. That is the token's
   predictor except for the first token of a segment with no context copy, whose predictor is the last prompt
   position; those few outputs (log-prob, entropy, Σπ², value) are recomputed from the right row.
+- ``optimizer_step``: no optimizer step where every gradient is exactly zero (a GRPO mini-batch whose groups all
+  scored alike, with no entropy or KL term): Adam would still move the weights on its momentum and weight decay.
 
 Batches without MEM1 fields take verl's code path unchanged. The engines are registered in verl's
 ``EngineRegistry`` under the platform vendors' keys, which ``EngineRegistry.get_engine_cls`` prefers to the
@@ -235,6 +237,22 @@ def _replace(nested: torch.Tensor, dst: torch.Tensor, values: torch.Tensor) -> t
 # ----------------------------------------------------------------------------------------------- engines
 
 
+def any_nonzero_gradient(module: torch.nn.Module) -> bool:
+    """Whether any gradient this rank holds (its FSDP shards: a DTensor's local part) has a non-zero entry."""
+    for param in module.parameters():
+        grad = param.grad
+        if grad is None:
+            continue
+        local = grad.to_local() if hasattr(grad, "to_local") else grad
+        if bool(local.count_nonzero()):
+            return True
+    return False
+
+
+def _skipped_step(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
 class MEM1EngineMixin:
     """The MEM1 additions shared by the policy (LM head) and critic (value head) FSDP engines."""
 
@@ -270,6 +288,21 @@ class MEM1EngineMixin:
             raise NotImplementedError("MEM1 packed samples do not support top-k distillation")
         if micro_batch["position_ids"].dim() == 3:
             raise NotImplementedError("MEM1 packed samples do not support multi-dimensional (mRoPE) position ids")
+
+    def optimizer_step(self):
+        """verl's step (gradient clipping, whose norm is reduced across ranks, then the optimizer), with the optimizer's
+        update left out on a rank whose gradients are all exactly zero. Returns verl's grad norm (0.0 then)."""
+        if any_nonzero_gradient(self.module):
+            return super().optimizer_step()
+        optimizer = self.optimizer
+        optimizer.step = _skipped_step  # also what GradScaler.step calls; the instance attribute shadows the method
+        try:
+            grad_norm = super().optimizer_step()
+        finally:
+            del optimizer.step
+        optimizer.zero_grad()
+        logger.info("every gradient was zero: optimizer step skipped")
+        return grad_norm
 
     def forward_step(self, micro_batch: Any, loss_function: Any, forward_only: bool):
         columns = mem1_columns(micro_batch, micro_batch.batch_size[0])
