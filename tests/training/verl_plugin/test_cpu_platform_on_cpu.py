@@ -135,3 +135,26 @@ print(json.dumps({{
         "verl_signature": ["local_path", "torch_dtype", "model_config", "trust_remote_code"],
         "verl_hard_codes_flash": True,  # when verl stops, the adaptation can go
     }
+
+
+def test_forward_only_engines_offload_unpinned_on_cpu():
+    """verl builds the reference policy's FSDP2 engine with CPUOffloadPolicy(pin_memory=True) (pinning needs an
+    accelerator); the MEM1 engines build it unpinned on the CPU platform, and only while they build."""
+    result = _run(
+        """
+import json, verl
+from verl.plugin.platform import get_platform
+get_platform()
+from verl.workers.engine.fsdp import transformer_impl
+from verl_mem1.training.verl_plugin.cpu_platform import on_cpu_platform, unpinned_cpu_offload
+original = transformer_impl.CPUOffloadPolicy
+with unpinned_cpu_offload():
+    inside = transformer_impl.CPUOffloadPolicy(pin_memory=True).pin_memory
+restored = transformer_impl.CPUOffloadPolicy is original
+print(json.dumps({"on_cpu": on_cpu_platform(), "inside": inside, "restored": restored,
+                  "verl_pins": original(pin_memory=True).pin_memory}))
+"""
+    )
+    assert result == {"on_cpu": True, "inside": False, "restored": True, "verl_pins": True}
+    assert _run("import json, verl\nfrom verl_mem1.training.verl_plugin.cpu_platform import on_cpu_platform\n"
+                "print(json.dumps({'on_cpu': on_cpu_platform()}))", platform=None) == {"on_cpu": False}  # fmt: skip

@@ -108,6 +108,8 @@ def main_ppo(tmp_path, tiny_model_dir, env_url, tasks, *overrides: str, recipe: 
 # The random tiny model earns no reward, so GRPO's advantages are zero; an entropy bonus and a larger step make every
 # update move the weights, so that step 2's log-prob check also proves the rollout received them.
 LEARNING = ("actor_rollout_ref.actor.entropy_coeff=0.01", "actor_rollout_ref.actor.optim.lr=1e-3")
+# KL to the reference policy: verl's forward-only FSDP2 engine with CPU offload (unpinned by the CPU platform)
+KL = ("actor_rollout_ref.actor.use_kl_loss=true", "actor_rollout_ref.actor.kl_loss_coef=0.1")
 
 
 def check_steps(steps: dict[int, dict[str, float]], expected: list[int]) -> None:
@@ -123,16 +125,18 @@ def check_steps(steps: dict[int, dict[str, float]], expected: list[int]) -> None
 @pytest.mark.e2e
 @pytest.mark.timeout(2 * RUN_TIMEOUT_S + FIXTURES_S)
 def test_v1_trainer_grpo_two_steps_then_resume_on_cpu(tmp_path, tiny_model_dir, retrieval_url, qa_tasks):
-    steps = metrics_by_step(main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING))
+    steps = metrics_by_step(main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING, *KL))
     check_steps(steps, [1, 2])
     assert all(metrics["actor/grad_norm"] > 0 for metrics in steps.values())
+    assert steps[1]["timing_s/ref"] > 0 and steps[1]["actor/kl_loss"] == 0.0  # the reference scored step 1's tokens
+    assert steps[2]["actor/kl_loss"] > 0  # step 2's policy moved away from it
     assert steps[2]["timing_s/update_weights"] > 0  # the rollout got the trained weights (verl's naive sync)
     checkpoint = tmp_path / "checkpoints" / "global_step_2" / "actor"
     assert (checkpoint / "model_world_size_1_rank_0.pt").is_file()
     assert (checkpoint / "optim_world_size_1_rank_0.pt").is_file()
     assert (tmp_path / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
 
-    log = main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING, "trainer.total_training_steps=3")
+    log = main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING, *KL, "trainer.total_training_steps=3")
     assert "global_step_2" in log  # verl's resume_mode=auto loads the step-2 checkpoint
     resumed = metrics_by_step(log)
     check_steps(resumed, [3])  # from global_step_2, one more step

@@ -11,14 +11,16 @@ collective backend, the Ray resource its workers reserve. This platform answers 
   sets ``CUDA_VISIBLE_DEVICES`` for each worker as usual; CPU torch ignores it;
 - the device module is ``torch.cpu`` plus no-ops for what it lacks (caches, memory statistics, IPC), so verl's calls
   to ``get_torch_device().empty_cache()`` and the like do nothing instead of failing;
-- two adaptations of verl itself, made when the platform is selected, each watched by
+- three adaptations of verl itself, made when the platform is selected, each watched by
   ``tests/training/verl_plugin/test_cpu_platform_on_cpu.py`` for verl changing the code they adapt:
   its workers join the process group with ``"cpu:gloo,{device}:{backend}"``, which torch rejects when the device is
   ``cpu`` (a duplicate device), so ``"gloo"`` becomes the default ``backend`` argument of
   ``verl.utils.distributed.initialize_global_process_group_ray`` (verl's workers leave it unset); and verl loads the
   critic's value model with ``attn_implementation="flash_attention_2"`` hard-coded, which needs flash-attn and CUDA, so
   ``verl.utils.model.load_valuehead_model`` (imported by verl's engine at call time) loads it with the attention the
-  model config asks for (``override_config.attn_implementation``, sdpa in ``recipes/platform/cpu.yaml``).
+  model config asks for (``override_config.attn_implementation``, sdpa in ``recipes/platform/cpu.yaml``); and verl
+  wraps forward-only FSDP2 engines (the reference policy, for KL) in ``CPUOffloadPolicy(pin_memory=True)``, and pinning
+  memory needs an accelerator, so the MEM1 engines build theirs inside ``unpinned_cpu_offload``.
 
 Selected only by ``VERL_PLATFORM=cpu`` (verl's own override); auto-detection never picks it.
 """
@@ -121,6 +123,38 @@ def load_value_models_without_flash_attention() -> None:
     load_valuehead_model._mem1_cpu = True
     load_valuehead_model.__wrapped__ = verl_model.load_valuehead_model  # verl's, for the test that watches it
     verl_model.load_valuehead_model = load_valuehead_model
+
+
+@contextlib.contextmanager
+def unpinned_cpu_offload():
+    """While it is open, verl's FSDP2 engines build their CPU offload policy unpinned (see the module docstring).
+
+    Opened by the MEM1 engines around ``_build_fsdp_module`` on this platform (verl's engine module asks for the
+    platform while it is imported, so the platform cannot change it then)."""
+    import inspect
+
+    from verl.workers.engine.fsdp import transformer_impl
+
+    if "CPUOffloadPolicy(pin_memory=True)" not in inspect.getsource(transformer_impl.FSDPEngine._build_fsdp_module):
+        raise RuntimeError("verl's FSDPEngine._build_fsdp_module no longer builds CPUOffloadPolicy(pin_memory=True); "
+                           "update the CPU platform")  # fmt: skip
+    policy = transformer_impl.CPUOffloadPolicy
+
+    def unpinned_offload_policy(pin_memory: bool = True):
+        return policy(pin_memory=False)
+
+    transformer_impl.CPUOffloadPolicy = unpinned_offload_policy
+    try:
+        yield
+    finally:
+        transformer_impl.CPUOffloadPolicy = policy
+
+
+def on_cpu_platform() -> bool:
+    """Whether verl runs on this platform (``VERL_PLATFORM=cpu``)."""
+    from verl.plugin.platform import get_platform
+
+    return isinstance(get_platform(), PlatformCPU)
 
 
 @PlatformRegistry.register(platform=PLATFORM_NAME)

@@ -12,6 +12,8 @@ and itself, or the training log-probs differ from the rollout's. The subclasses 
 - ``prepare_model_outputs``: verl reads the output at position ``i - 1`` for token ``i``. That is the token's
   predictor except for the first token of a segment with no context copy, whose predictor is the last prompt
   position; those few outputs (log-prob, entropy, Σπ², value) are recomputed from the right row.
+- ``_build_fsdp_module``: on the plug-in's CPU platform, verl's forward-only (reference) engine offloads unpinned
+  (``cpu_platform.unpinned_cpu_offload``); verl's build is unchanged elsewhere.
 - ``optimizer_step``: no optimizer step where every gradient is exactly zero (a GRPO mini-batch whose groups all
   scored alike, with no entropy or KL term): Adam would still move the weights on its momentum and weight decay.
 
@@ -22,6 +24,7 @@ device-only keys of the stock engines; importing the plug-in (``model.external_l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -288,6 +291,12 @@ class MEM1EngineMixin:
             raise NotImplementedError("MEM1 packed samples do not support top-k distillation")
         if micro_batch["position_ids"].dim() == 3:
             raise NotImplementedError("MEM1 packed samples do not support multi-dimensional (mRoPE) position ids")
+
+    def _build_fsdp_module(self, module):
+        from verl_mem1.training.verl_plugin.cpu_platform import on_cpu_platform, unpinned_cpu_offload
+
+        with unpinned_cpu_offload() if on_cpu_platform() else contextlib.nullcontext():
+            return super()._build_fsdp_module(module)
 
     def optimizer_step(self):
         """verl's step (gradient clipping, whose norm is reduced across ranks, then the optimizer), with the optimizer's
