@@ -301,6 +301,7 @@ def test_no_optimizer_step_when_every_gradient_is_zero():
         e = object.__new__(cls)
         e.module, e.optimizer_config, e._qat_enabled = module, SimpleNamespace(clip_grad=1.0), False
         e.optimizer = torch.optim.AdamW(module.parameters(), lr=0.1, weight_decay=0.01)
+        e.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(e.optimizer, lambda _: 1.0)  # wraps optimizer.step
         return e
 
     def step(e, scale: float) -> float:
@@ -313,9 +314,10 @@ def test_no_optimizer_step_when_every_gradient_is_zero():
         e = engine(cls)
         assert step(e, 1.0) > 0  # a real step first: Adam now has momentum
         before = [p.detach().clone() for p in e.module.parameters()]
+        wrapped_step = vars(e.optimizer)["step"]
         assert step(e, 0.0) == 0.0  # a batch whose advantages are all zero: every gradient is exactly 0
         moved[cls] = max(float((p - b).abs().max()) for p, b in zip(e.module.parameters(), before, strict=True))
-        assert "step" not in vars(e.optimizer)  # the optimizer's own step is back
+        assert vars(e.optimizer)["step"] is wrapped_step  # the scheduler's wrapper is back
         assert step(e, 1.0) > 0 and e.optimizer.state[e.module.weight]["step"] >= 2
     assert moved[MEM1FSDPEngineWithLMHead] == 0.0
     assert moved[FSDPEngineWithLMHead] > 1e-3  # the stock step would have moved them

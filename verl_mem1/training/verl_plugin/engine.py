@@ -304,11 +304,15 @@ class MEM1EngineMixin:
         if any_nonzero_gradient(self.module):
             return super().optimizer_step()
         optimizer = self.optimizer
-        optimizer.step = _skipped_step  # also what GradScaler.step calls; the instance attribute shadows the method
+        own = vars(optimizer).get("step")  # an LR scheduler wraps the step in an instance attribute
+        optimizer.step = _skipped_step  # also what GradScaler.step calls
         try:
             grad_norm = super().optimizer_step()
         finally:
-            del optimizer.step
+            if own is None:
+                del optimizer.step
+            else:
+                optimizer.step = own
         optimizer.zero_grad()
         logger.info("every gradient was zero: optimizer step skipped")
         return grad_norm
