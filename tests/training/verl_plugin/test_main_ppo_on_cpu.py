@@ -128,8 +128,10 @@ def test_v1_trainer_grpo_two_steps_then_resume_on_cpu(tmp_path, tiny_model_dir, 
     steps = metrics_by_step(main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING, *KL))
     check_steps(steps, [1, 2])
     assert all(metrics["actor/grad_norm"] > 0 for metrics in steps.values())
-    assert steps[1]["timing_s/ref"] > 0 and steps[1]["actor/kl_loss"] == 0.0  # the reference scored step 1's tokens
-    assert steps[2]["actor/kl_loss"] > 0  # step 2's policy moved away from it
+    # the reference scored step 1's tokens with the weights the policy had then (the same fp32 forward: no exact-zero
+    # promise across two engines), and step 2's policy has moved away from it
+    assert steps[1]["timing_s/ref"] > 0 and abs(steps[1]["actor/kl_loss"]) <= 1e-6
+    assert steps[2]["actor/kl_loss"] > 1e-6
     assert steps[2]["timing_s/update_weights"] > 0  # the rollout got the trained weights (verl's naive sync)
     checkpoint = tmp_path / "checkpoints" / "global_step_2" / "actor"
     assert (checkpoint / "model_world_size_1_rank_0.pt").is_file()
