@@ -112,6 +112,37 @@ def test_no_question_repeats_within_or_across_tasks(sizes, objectives, seed, mix
     assert all(len(row["extra_info"]["questions"]) == objectives for row in rows)
 
 
+@settings(max_examples=30, deadline=None)
+@given(size=st.integers(2, 40), objectives=st.integers(1, 4), passes=st.integers(2, 4), seed=st.integers(0, 2**32))
+def test_passes_use_each_question_once_per_pass_and_never_twice_in_a_task(size, objectives, passes, seed):
+    pool = _pool("s", size)
+    if size < objectives:
+        with pytest.raises(ValueError):
+            compose_tasks([pool], objectives=objectives, count=None, seed=seed, passes=passes)
+        return
+    rows = compose_tasks([pool], objectives=objectives, count=None, seed=seed, passes=passes)
+    assert len(rows) == passes * (size // objectives)
+    for row in rows:
+        assert len(set(row["extra_info"]["question_ids"])) == objectives
+    uses = Counter(i for row in rows for i in row["extra_info"]["question_ids"])
+    assert max(uses.values()) <= passes
+    assert len({row["id"] for row in rows}) == len(rows)
+
+
+def test_one_pass_is_the_plain_composition_and_more_passes_meet_new_partners(hotpot):
+    plain = compose_tasks([hotpot], objectives=2, count=None, seed=3)
+    assert compose_tasks([hotpot], objectives=2, count=None, seed=3, passes=1) == plain
+    twice = compose_tasks([hotpot], objectives=2, count=None, seed=3, passes=2)
+    assert len(twice) == 2 * len(plain) == len(hotpot)
+    assert twice[: len(plain)] == plain  # the first pass is the plain composition
+    pairs = [frozenset(row["extra_info"]["question_ids"]) for row in twice]
+    assert len(set(pairs)) > 0.95 * len(pairs)  # a reshuffle rarely repeats a pair
+    with pytest.raises(ValueError, match="passes must be a positive int"):
+        compose_tasks([hotpot], objectives=2, count=None, seed=3, passes=0)
+    with pytest.raises(ValueError, match="mix_sources"):
+        compose_tasks([hotpot, hotpot[:10]], objectives=2, count=None, seed=3, passes=2, mix_sources=True)
+
+
 def test_count_none_uses_as_many_as_possible(hotpot, bamboogle):
     apart = compose_tasks([hotpot, bamboogle], objectives=4, count=None, seed=0)
     assert len(apart) == 300 // 4 + 125 // 4

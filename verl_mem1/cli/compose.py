@@ -52,6 +52,7 @@ def _cmd_compose(args: argparse.Namespace) -> int:
             tags=args.tags,
             max_turns=args.max_turns,
             agent_name=args.agent_name,
+            passes=args.passes,
         )
         rows = compose_tasks(pools, count=args.count, split="train", **common)
         test_rows = []
@@ -104,6 +105,13 @@ def add_compose_command(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         metavar="K",
         help="number of (train) tasks; default: as many as the questions allow, each question used once",
+    )
+    parser.add_argument(
+        "--passes",
+        type=_positive_int,
+        default=1,
+        metavar="P",
+        help="use each question in up to P tasks, reshuffled every pass (more tasks from a small pool; default 1)",
     )
     parser.add_argument("--seed", type=int, required=True, help="composition seed (which questions go together)")
     parser.add_argument("--out", required=True, metavar="PATH", help="output parquet for the (train) tasks")

@@ -155,18 +155,27 @@ def compose_tasks(
     max_turns: int | None = None,
     split: str = "train",
     agent_name: str | None = None,
+    passes: int = 1,
 ) -> list[dict[str, Any]]:
     """Compose ``count`` tasks of ``objectives`` questions each (as many as possible when ``count`` is None).
 
-    Each question is used at most once. By default every task draws from one pool (one source) and tasks of
-    different pools alternate; ``count`` is shared as evenly as the pools allow. With ``mix_sources`` the pools
-    are interleaved before chunking, so each task mixes sources (question order within a task is shuffled).
+    Each question is used at most once, or at most ``passes`` times: every pass shuffles the pool afresh (and
+    drops its last ``len(pool) % objectives`` questions), so a question meets other partners in each pass and never
+    appears twice in one task. More passes make more tasks from a small pool (e.g. 300 held-out 2-objective tasks
+    from 300 questions); their scores are then not independent across tasks that share a question. By default
+    every task draws from one pool (one source) and tasks of different pools alternate; ``count`` is shared as
+    evenly as the pools allow. With ``mix_sources`` the pools are interleaved before chunking, so each task mixes
+    sources (question order within a task is shuffled).
     ``agent_name`` adds verl's per-row ``agent_name`` column (which agent loop runs the task).
     """
     if isinstance(objectives, bool) or not isinstance(objectives, int) or objectives < 1:
         raise ValueError(f"objectives must be a positive int, got {objectives!r}")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ValueError(f"count must be a positive int or None, got {count!r}")
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise ValueError(f"passes must be a positive int, got {passes!r}")
+    if passes > 1 and mix_sources:
+        raise ValueError("passes > 1 needs tasks from one source each (mix_sources could repeat a question in a task)")
     tag_set = get_tag_set(tags)
     if not pools:
         raise ValueError("no sources given")
@@ -180,9 +189,14 @@ def compose_tasks(
     rng = random.Random(seed)
     shuffled = []
     for pool in pools:
-        pool = list(pool)
-        rng.shuffle(pool)
-        shuffled.append(pool)
+        stream: list[QAItem] = []
+        for _ in range(passes):
+            order = list(pool)
+            rng.shuffle(order)
+            stream += order[: len(order) - len(order) % objectives] if passes > 1 else order
+        shuffled.append(stream)
+    if passes > 1:
+        sizes = [len(stream) for stream in shuffled]
 
     groups: list[list[QAItem]]
     if mix_sources:
