@@ -30,6 +30,7 @@ SUBCOMMANDS = [
     ["eval"],
     ["report"],
     ["curve"],
+    ["compare"],
     ["train"],
     ["parity"],
 ]

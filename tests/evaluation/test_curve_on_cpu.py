@@ -97,3 +97,38 @@ def test_mem1_curve_redraws_and_reports(tmp_path, capsys):
     assert main(["curve", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| 0 | 2 | 0.500 ± 0.500 |" in out and (tmp_path / "learning_curve.png").is_file()
+
+
+def _write_eval(folder, scores):
+    """A `mem1 eval` folder's metrics.json with one row per task: {id: (em, f1)}."""
+    import json
+
+    folder.mkdir(parents=True)
+    rows = [{"id": task, "em": em, "f1": f1} for task, (em, f1) in scores.items()]
+    (folder / "metrics.json").write_text(json.dumps({"summary": {}, "episodes": rows}))
+    return folder
+
+
+def test_compare_evaluations_pairs_tasks_and_counts_gains_and_losses(tmp_path):
+    from verl_mem1.evaluation.curve import compare_evaluations
+
+    before = _write_eval(tmp_path / "sft", {"a": (0.0, 0.2), "b": (1.0, 1.0), "c": (0.0, 0.0), "d": (2.0, 2.0)})
+    after = _write_eval(tmp_path / "rl", {"d": (2.0, 2.0), "c": (1.0, 0.5), "b": (0.0, 0.4), "a": (1.0, 1.0)})
+    em, f1 = compare_evaluations(before, after).splitlines()[2:]
+    diffs = [1.0, -1.0, 1.0, 0.0]  # a, b, c, d: paired by id, not by row order
+    se = statistics.stdev(diffs) / 2
+    assert em == f"| em | 4 | 0.750 | 1.000 | +0.250 ± {se:.3f} | +{0.25 / se:.1f} | 2 | 1 |"
+    assert f1.startswith("| f1 | 4 | 0.800 | 0.975 | +0.175 ±") and f1.endswith("| 2 | 1 |")
+
+
+def test_compare_evaluations_refuses_different_task_sets(tmp_path):
+    from verl_mem1.cli import main
+    from verl_mem1.evaluation.curve import compare_evaluations
+
+    before = _write_eval(tmp_path / "a", {"t1": (1.0, 1.0), "t2": (0.0, 0.0)})
+    after = _write_eval(tmp_path / "b", {"t1": (1.0, 1.0), "t3": (0.0, 0.0)})
+    with pytest.raises(ValueError, match="did not play the same tasks"):
+        compare_evaluations(before, after)
+    assert main(["compare", str(before), str(tmp_path / "missing")]) == 2
+    assert main(["compare", str(before), str(before), "--out", str(tmp_path / "c.md")]) == 0
+    assert "| em | 2 | 0.500 | 0.500 | +0.000 ± 0.000 | - | 0 | 0 |" in (tmp_path / "c.md").read_text()

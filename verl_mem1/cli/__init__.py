@@ -1,9 +1,9 @@
 """The ``mem1`` command: one entry point, one module per subcommand.
 
 Each module (``rollout``, ``compose``, ``webshop_tasks``, ``evaluate``, ``train``, ``sft``, ``parity``, ``report``,
-``demo``, ``tiny_model``, ``model``; ``serve`` for the environment servers' ``corpus``, ``index`` and ``serve``)
-registers its arguments with an ``add_*_command(subparsers)`` and handles them with a ``_cmd_*`` function that
-imports the heavy dependencies (torch, transformers, faiss, fastapi, ...) only when it runs, so ``mem1 --help``
+``compare``, ``demo``, ``tiny_model``, ``model``; ``serve`` for the environment servers' ``corpus``, ``index`` and
+``serve``) registers its arguments with an ``add_*_command(subparsers)`` and handles them with a ``_cmd_*`` function
+that imports the heavy dependencies (torch, transformers, faiss, fastapi, ...) only when it runs, so ``mem1 --help``
 stays fast. The library code they call lives in the rest of ``verl_mem1``, which does not import this package.
 """
 
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from verl_mem1.cli.compare import add_compare_command
     from verl_mem1.cli.compose import add_compose_command
     from verl_mem1.cli.curve import add_curve_command
     from verl_mem1.cli.demo import add_demo_command
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_webshop_tasks_command(sub)
     add_eval_command(sub)
     add_curve_command(sub)
+    add_compare_command(sub)
     add_train_command(sub)
     add_sft_command(sub)
     add_trajectories_command(sub)

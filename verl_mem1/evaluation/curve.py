@@ -60,6 +60,40 @@ def paired_difference(before: Mapping[str, float], after: Mapping[str, float]) -
     return sum(diffs) / len(diffs), standard_error(diffs), len(diffs)
 
 
+def eval_scores(eval_dir: str | Path, key: str = "em") -> dict[str, float]:
+    """Each task's ``key`` score in a ``mem1 eval`` folder's ``metrics.json``."""
+    path = Path(eval_dir) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{eval_dir} is not a `mem1 eval` folder: {path} is missing")
+    rows = json.loads(path.read_text(encoding="utf-8"))["episodes"]
+    return {str(row["id"]): float(row[key] or 0.0) for row in rows}
+
+
+def compare_evaluations(before_dir: str | Path, after_dir: str | Path, keys: Sequence[str] = ("em", "f1")) -> str:
+    """Markdown: two ``mem1 eval`` folders of the same tasks compared task by task: each score's means, the paired
+    change ± its standard error (and in SE units), and how many tasks it gained and lost.
+
+    Raises ``ValueError`` when the folders share no task, or when one holds a task the other lacks (a paired
+    comparison of different task sets would hide which model was asked what)."""
+    before_em, after_em = eval_scores(before_dir), eval_scores(after_dir)
+    if set(before_em) != set(after_em):
+        only = sorted(set(before_em) ^ set(after_em))
+        raise ValueError(f"the two evaluations did not play the same tasks ({len(only)} differ, e.g. {only[0]!r})")
+    lines = ["| score | tasks | before | after | change (paired) ± SE | SE units | gained | lost |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for key in keys:
+        before, after = eval_scores(before_dir, key), eval_scores(after_dir, key)
+        mean, se, n = paired_difference(before, after)
+        gained = sum(after[i] > before[i] for i in before)
+        lost = sum(after[i] < before[i] for i in before)
+        units = f"{mean / se:+.1f}" if se > 0 else "-"
+        lines.append(
+            f"| {key} | {n} | {sum(before.values()) / n:.3f} | {sum(after.values()) / n:.3f} | {mean:+.3f} ± {se:.3f} "
+            f"| {units} | {gained} | {lost} |"
+        )
+    return "\n".join(lines)
+
+
 def validation_scores(run_dir: str | Path, step: int, key: str = "em") -> dict[str, float]:
     """Each held-out task's ``key`` score at ``step``, from the trainer's ``validation/step_N.jsonl``."""
     from verl_mem1.jsonl import iter_json_objects
