@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from verl_mem1.rollout.backends.base import Generation, SamplingConfig
-from verl_mem1.rollout.backends.hf_local import HFLocalBackend, _truncate
+from verl_mem1.rollout.backends.hf_local import HFLocalBackend, PrefixCache, _truncate, use_grouped_decode
 
 
 def _prompts(tokenizer, n: int) -> list[list[int]]:
@@ -108,3 +108,67 @@ def test_errors_are_clear(tiny_backend, tiny_model_dir):
         SamplingConfig(top_p=0)
     with pytest.raises(ValueError, match="log-probs"):
         Generation([1, 2], [0.0], "stop")
+
+
+def _long_prompts(tokenizer, n: int) -> list[list[int]]:
+    """A shared 60-token head (a task prompt), then n different tails of different lengths."""
+    head = tokenizer.encode("You are a research agent with a memory. " * 6)
+    return [head + tokenizer.encode(" Question %d: who hosted it?" % i * (i + 1)) for i in range(n)]
+
+
+def test_prefix_cache_reuses_shared_heads_and_changes_no_token_or_log_prob(tiny_model_dir):
+    cached = HFLocalBackend(tiny_model_dir, seed=0)
+    plain = HFLocalBackend(model=cached.model, tokenizer=cached.tokenizer, seed=0)  # a model passed in: no cache
+    assert plain.prefix_cache.max_tokens == 0 and cached.prefix_cache.max_tokens > 0
+    prompts = _long_prompts(cached.tokenizer, 4)
+    greedy = SamplingConfig(max_new_tokens=8, temperature=0.0)
+    first = cached.generate_batch([(p, greedy) for p in prompts])
+    head = len(_long_prompts(cached.tokenizer, 1)[0]) - len(cached.tokenizer.encode(" Question 0: who hosted it?"))
+    assert cached.prefix_cache.hit_tokens >= 3 * (head - 1)  # rows 2-4 reuse row 1's head
+    # the next turn: each context extended by its generation and an observation (the full-context policy)
+    turn = [p + g.token_ids + cached.tokenizer.encode(" <info>Paris</info>") for p, g in zip(prompts, first)]
+    before = cached.prefix_cache.hit_tokens
+    again = cached.generate_batch([(t, greedy) for t in turn])
+    assert cached.prefix_cache.hit_tokens - before >= sum(len(p) for p in prompts)
+    reference = plain.generate_batch([(t, greedy) for t in turn])
+    for a, b in zip(again, reference, strict=True):
+        assert a.token_ids == b.token_ids
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) <= 1e-5
+
+
+def test_prefix_cache_group_of_one_prompt_computes_it_once(tiny_model_dir):
+    backend = HFLocalBackend(tiny_model_dir, seed=0)
+    prompt = _long_prompts(backend.tokenizer, 1)[0]
+    backend.generate_batch([(prompt, SamplingConfig(max_new_tokens=2))] * 6)  # a GRPO group
+    assert backend.prefix_cache.computed_tokens == len(prompt) + 5  # then one token per repeat, for its logits
+
+
+def test_prefix_cache_keeps_recent_contexts_within_its_token_budget():
+    cache = PrefixCache(max_tokens=100)
+    layers = [(torch.zeros(1, 1, 40, 2), torch.zeros(1, 1, 40, 2))]
+    for start in (0, 100, 200):
+        cache.add(list(range(start, start + 40)), layers)
+    assert cache._tokens == 80 and list(cache._entries)[0][0] == 100  # the oldest went first
+    assert cache.lookup(list(range(100, 140)) + [7]) == (40, layers)
+    assert cache.lookup(list(range(0, 40)))[0] == 0  # evicted
+    assert cache.lookup(list(range(200, 210)))[0] == 0  # a common prefix under MIN_PREFIX_TOKENS is recomputed
+    cache.add(list(range(1000)), layers)  # larger than the whole budget: not kept
+    assert cache._tokens == 80
+    cache.clear()
+    assert cache._tokens == 0 and cache.lookup(list(range(100, 141)))[0] == 0
+
+
+def test_grouped_decode_attention_equals_sdpa(tiny_model_dir):
+    from verl_mem1.rollout.backends.hf_local import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # grouped-query attention
+    prompts = _prompts(tokenizer, 5)  # left-padded rows
+    greedy = SamplingConfig(max_new_tokens=12, temperature=0.0)
+    sdpa = HFLocalBackend(model=model, tokenizer=tokenizer).generate_batch([(p, greedy) for p in prompts])
+    assert use_grouped_decode(model) and model.config._attn_implementation == "mem1_grouped_decode"
+    assert not use_grouped_decode(model)  # only an SDPA model is switched
+    grouped = HFLocalBackend(model=model, tokenizer=tokenizer).generate_batch([(p, greedy) for p in prompts])
+    for a, b in zip(grouped, sdpa, strict=True):
+        assert a.token_ids == b.token_ids
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) <= 1e-5

@@ -71,3 +71,21 @@ def test_update_weights_replaces_the_model_on_cpu(server, tiny_model_dir):
     finally:
         asyncio.run(server.update_weights(original, global_steps=0))
     assert _greedy(server, prompt).token_ids == before.token_ids
+
+
+def test_a_weight_update_drops_the_cached_prompt_kv_on_cpu(server, recompute_logprobs):
+    """A prompt long enough for the prefix cache: after an update its log-probs are the new weights', not a mix
+    with KV the old weights computed."""
+    prompt = list(range(10, 50))
+    _greedy(server, prompt)  # cached under the current weights
+    original = {k: v.clone() for k, v in server.backend.model.state_dict().items()}
+    shifted = {k: v + 0.5 * torch.randn_like(v) if v.is_floating_point() else v for k, v in original.items()}
+    try:
+        asyncio.run(server.update_weights(shifted, global_steps=1))
+        hits = server.backend.prefix_cache.hit_tokens
+        out = _greedy(server, prompt)
+        assert server.backend.prefix_cache.hit_tokens == hits  # nothing left to reuse
+        expected = recompute_logprobs(server.backend.model, prompt, out.token_ids, 0.0)
+        assert torch.allclose(torch.tensor(out.log_probs), torch.as_tensor(expected, dtype=torch.float32), atol=1e-4)
+    finally:
+        asyncio.run(server.update_weights(original, global_steps=0))

@@ -4,8 +4,11 @@ Concurrent ``generate`` calls are queued; a worker takes whatever is waiting (up
 left-pads it and decodes the batch with a KV cache in a thread, so the event loop keeps serving
 environment calls meanwhile. Each row keeps its own sampling settings, stop strings and length budget.
 
-A model the backend loads itself decodes with :func:`grouped_decode_attention` (SDPA without transformers' per-step
-copy of a grouped-query cache: ~4x faster decode steps for SmolLM2 at 32 rows x 800 cached tokens on 2 CPU cores).
+Each row's context is prefilled on its own (no padding computed) and reuses the KV of the longest prefix of a recent
+context (:class:`PrefixCache`): a MEM1 context starts with the task's prompt at every turn, and a GRPO group's
+episodes share it, so most of a prompt is computed once. A model the backend loads itself decodes with
+:func:`grouped_decode_attention` (SDPA without transformers' per-step copy of a grouped-query cache: ~4x faster
+decode steps for SmolLM2 at 32 rows x 800 cached tokens on 2 CPU cores). Numbers: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +93,59 @@ class _Request:
     future: asyncio.Future
 
 
+DEFAULT_PREFIX_CACHE_TOKENS = 32768  # tokens of context KV kept for reuse (SmolLM2-135M: 46 KB a token, 1.5 GB)
+MIN_PREFIX_TOKENS = 16  # a shorter common prefix is recomputed
+
+
+class PrefixCache:
+    """The KV cache of recent contexts, for reuse by any later context that starts with the same tokens.
+
+    Least recently used entries go first once ``max_tokens`` would be exceeded. Entries are per-layer ``(key,
+    value)`` tensors of one row, ``(1, kv_heads, length, head_dim)``, never modified after they are stored. Cached KV
+    is only valid for the weights that computed it: :meth:`clear` after a weight update.
+    """
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self._entries: OrderedDict[tuple[int, ...], tuple[torch.Tensor, list]] = OrderedDict()
+        self._tokens = 0
+        self.hit_tokens = 0  # prompt tokens served from the cache (for tests and metrics)
+        self.computed_tokens = 0  # prompt tokens computed
+
+    def lookup(self, ids: list[int]) -> tuple[int, list]:
+        """``(n, layers)``: the longest cached prefix of ``ids`` (at most ``len(ids) - 1`` tokens, so the last one is
+        computed and gives the next-token logits) and the entry holding it; ``(0, [])`` for none worth reusing."""
+        query = torch.tensor(ids)
+        best, best_key = 0, None
+        for key, (stored, _) in self._entries.items():
+            n = min(len(stored), len(query))
+            if n <= best:
+                continue
+            differ = (stored[:n] != query[:n]).nonzero()
+            common = int(differ[0]) if len(differ) else n
+            if common > best:
+                best, best_key = common, key
+        best = min(best, len(ids) - 1)
+        if best < MIN_PREFIX_TOKENS or best_key is None:
+            return 0, []
+        self._entries.move_to_end(best_key)
+        return best, self._entries[best_key][1]
+
+    def add(self, ids: list[int], layers: list) -> None:
+        key = tuple(ids)
+        if self.max_tokens <= 0 or len(key) > self.max_tokens or key in self._entries:
+            return
+        while self._tokens + len(key) > self.max_tokens:
+            evicted, _ = self._entries.popitem(last=False)
+            self._tokens -= len(evicted)
+        self._entries[key] = (torch.tensor(ids), layers)
+        self._tokens += len(key)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._tokens = 0
+
+
 def load_model_and_tokenizer(name_or_path: str | Path, *, device: str = "cpu", dtype: str = "float32"):
     """Load through the real ``from_pretrained`` code: a hub name when online, a local path offline."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -114,7 +171,13 @@ class HFLocalBackend:
         max_batch_size: int = 16,
         batch_wait_s: float = 0.005,
         seed: int = 0,
+        prefix_cache_tokens: int | None = None,
     ) -> None:
+        """``prefix_cache_tokens``: context KV kept for reuse (:class:`PrefixCache`); default
+        :data:`DEFAULT_PREFIX_CACHE_TOKENS` for a model the backend loads, 0 (off) for a model passed in, whose
+        weights its owner may change in place (call :meth:`clear_prefix_cache` after changing them)."""
+        if prefix_cache_tokens is None:
+            prefix_cache_tokens = DEFAULT_PREFIX_CACHE_TOKENS if model is None else 0
         if model is None:
             if model_name_or_path is None:
                 raise ValueError("give a model name or path, or a loaded model and tokenizer")
@@ -136,7 +199,13 @@ class HFLocalBackend:
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task | None = None
         self._model_lock = threading.Lock()
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self.batch_sizes: list[int] = []  # observed batch sizes, for tests and metrics
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every cached context (after the model's weights changed)."""
+        with self._model_lock:
+            self.prefix_cache.clear()
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingConfig) -> Generation:
         if not prompt_ids:
@@ -178,39 +247,69 @@ class HFLocalBackend:
         return self._generate_batch(requests)
 
     @torch.no_grad()
-    def _generate_batch(self, requests: list[tuple[list[int], SamplingConfig]]) -> list[Generation]:
+    def _prefill_row(self, ids: list[int]) -> tuple[list, torch.Tensor]:
+        """One context's per-layer KV ``(1, kv_heads, len, head_dim)`` and its next-token logits ``(vocab,)``,
+        starting from the longest cached prefix; the context's KV is cached in turn."""
         from transformers import DynamicCache
 
+        reused, layers = self.prefix_cache.lookup(ids)
+        cache = DynamicCache()
+        for index, (key, value) in enumerate(layers):
+            cache.update(key[:, :, :reused], value[:, :, :reused], index)
+        out = self.model(
+            input_ids=torch.tensor([ids[reused:]], device=self.device),
+            attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=self.device),
+            position_ids=torch.arange(reused, len(ids), device=self.device)[None],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        row = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        self.prefix_cache.hit_tokens += reused
+        self.prefix_cache.computed_tokens += len(ids) - reused
+        self.prefix_cache.add(ids, row)
+        return row, out.logits[0, -1, :].float().cpu()
+
+    def _prefill(self, prompts: list[list[int]]):
+        """Every context prefilled on its own, then left-padded into one batch cache.
+
+        Returns:
+            ``(cache, attention (n, width), positions (n, width), next-token logits (n, vocab))``.
+        """
+        from transformers import DynamicCache
+
+        rows = [self._prefill_row(ids) for ids in prompts]
+        width = max(len(ids) for ids in prompts)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, ids in enumerate(prompts):
+            attention[i, width - len(ids) :] = 1
+        cache = DynamicCache()
+        for index, (key0, _) in enumerate(rows[0][0]):
+            shape = (len(prompts), key0.shape[1], width, key0.shape[3])
+            keys, values = key0.new_zeros(shape), key0.new_zeros(shape)
+            for i, (layers, _) in enumerate(rows):
+                key, value = layers[index]
+                keys[i, :, width - key.shape[2] :] = key[0]
+                values[i, :, width - value.shape[2] :] = value[0]
+            cache.update(keys, values, index)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        return cache, attention, positions, torch.stack([logits for _, logits in rows])
+
+    @torch.no_grad()
+    def _generate_batch(self, requests: list[tuple[list[int], SamplingConfig]]) -> list[Generation]:
         with self._model_lock:
             n = len(requests)
             lengths = [len(p) for p, _ in requests]
             width = max(lengths)
-            input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-            attention = torch.zeros((n, width), dtype=torch.long)
-            for i, (prompt, _) in enumerate(requests):
-                input_ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-                attention[i, width - len(prompt) :] = 1
-            positions = (attention.cumsum(-1) - 1).clamp(min=0)
             limit = self.max_positions or width + max(s.max_new_tokens for _, s in requests)
             budgets = [min(s.max_new_tokens, limit - length) for length, (_, s) in zip(lengths, requests, strict=True)]
 
             outputs: list[list[int]] = [[] for _ in range(n)]
             logprobs: list[list[float]] = [[] for _ in range(n)]
             finish: list[str | None] = [None] * n
-            cache = DynamicCache()
+            cache, attention, step_positions, logits = self._prefill([list(p) for p, _ in requests])
             rows = list(range(n))  # the request behind each row of the running batch
-            step_ids, step_positions = input_ids, positions
             for _step in range(max(budgets)):
-                out = self.model(
-                    input_ids=step_ids.to(self.device),
-                    attention_mask=attention.to(self.device),
-                    position_ids=step_positions.to(self.device),
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                cache = out.past_key_values
-                logits = out.logits[:, -1, :].float().cpu()
                 tokens, token_logprobs = self._sample(logits, [requests[i][1] for i in rows])
                 running = []
                 for row, i in enumerate(rows):
@@ -232,9 +331,18 @@ class HFLocalBackend:
                     cache.batch_select_indices(keep.to(self.device))
                     attention, step_positions, tokens = attention[keep], step_positions[keep], tokens[keep]
                     rows = [rows[row] for row in running]
-                step_ids = tokens[:, None]
                 attention = torch.cat([attention, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
                 step_positions = step_positions[:, -1:] + 1
+                out = self.model(
+                    input_ids=tokens[:, None].to(self.device),
+                    attention_mask=attention.to(self.device),
+                    position_ids=step_positions.to(self.device),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                cache = out.past_key_values
+                logits = out.logits[:, -1, :].float().cpu()
             return [
                 Generation(token_ids=o, logprobs=lp, finish_reason=f or "length")
                 for o, lp, f in zip(outputs, logprobs, finish, strict=True)

@@ -123,6 +123,7 @@ class HFRolloutServer:
             raise ValueError(f"the update left rollout weights unset: {absent[:5]}")
         with self.backend._model_lock:  # checked first: a refused update leaves the model as it was
             model.load_state_dict(state_dict, strict=False)
+            self.backend.prefix_cache.clear()  # KV computed by the old weights
         self.global_steps = global_steps
         self.weight_updates += 1
         return len(state_dict)
