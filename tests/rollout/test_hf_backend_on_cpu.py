@@ -113,7 +113,7 @@ def test_errors_are_clear(tiny_backend, tiny_model_dir):
 def _long_prompts(tokenizer, n: int) -> list[list[int]]:
     """A shared 60-token head (a task prompt), then n different tails of different lengths."""
     head = tokenizer.encode("You are a research agent with a memory. " * 6)
-    return [head + tokenizer.encode(" Question %d: who hosted it?" % i * (i + 1)) for i in range(n)]
+    return [head + tokenizer.encode(f" Question {i}: who hosted it?" * (i + 1)) for i in range(n)]
 
 
 def test_prefix_cache_reuses_shared_heads_and_changes_no_token_or_log_prob(tiny_model_dir):
@@ -126,7 +126,8 @@ def test_prefix_cache_reuses_shared_heads_and_changes_no_token_or_log_prob(tiny_
     head = len(_long_prompts(cached.tokenizer, 1)[0]) - len(cached.tokenizer.encode(" Question 0: who hosted it?"))
     assert cached.prefix_cache.hit_tokens >= 3 * (head - 1)  # rows 2-4 reuse row 1's head
     # the next turn: each context extended by its generation and an observation (the full-context policy)
-    turn = [p + g.token_ids + cached.tokenizer.encode(" <info>Paris</info>") for p, g in zip(prompts, first)]
+    observation = cached.tokenizer.encode(" <info>Paris</info>")
+    turn = [p + g.token_ids + observation for p, g in zip(prompts, first, strict=True)]
     before = cached.prefix_cache.hit_tokens
     again = cached.generate_batch([(t, greedy) for t in turn])
     assert cached.prefix_cache.hit_tokens - before >= sum(len(p) for p in prompts)
