@@ -49,7 +49,9 @@ def test_write_learning_curve_round_trips_and_plots(tmp_path):
     ]
     paths = write_learning_curve(rows, tmp_path, title="test run")
     assert [p.name for p in paths] == ["learning_curve.json", "learning_curve.csv", "learning_curve.png"]
-    assert read_learning_curve(tmp_path) == rows, "the JSON keeps every metric, the extra one included"
+    written = read_learning_curve(tmp_path)
+    assert [{k: v for k, v in r.items() if k != "reward/moving_mean"} for r in written] == rows, "every metric kept"
+    assert [r.get("reward/moving_mean") for r in written] == [None, 0.25, 0.375]
     with paths[1].open() as fh:
         table = list(csv.DictReader(fh))
     assert list(table[0]) == [name for name, _ in COLUMNS]
@@ -90,7 +92,7 @@ def test_mem1_curve_redraws_and_reports(tmp_path, capsys):
     from verl_mem1.cli import main
 
     assert main(["curve", str(tmp_path)]) == 2
-    assert "no learning_curve.json" in capsys.readouterr().err
+    assert "has neither learning_curve.json" in capsys.readouterr().err
     write_learning_curve([{"training/global_step": 0.0, "val/em": 0.25}], tmp_path, title="t")
     (tmp_path / "learning_curve.png").unlink()
     _write_validation(tmp_path, 0, {"a": 0.0, "b": 1.0})
@@ -132,3 +134,32 @@ def test_compare_evaluations_refuses_different_task_sets(tmp_path):
     assert main(["compare", str(before), str(tmp_path / "missing")]) == 2
     assert main(["compare", str(before), str(before), "--out", str(tmp_path / "c.md")]) == 0
     assert "| em | 2 | 0.500 | 0.500 | +0.000 ± 0.000 | - | 0 | 0 |" in (tmp_path / "c.md").read_text()
+
+
+def test_a_verl_runs_file_log_becomes_the_curve(tmp_path, capsys):
+    """verl's file logger (one {"step", "data"} per line, numpy-free JSON): renamed where verl names a column
+    otherwise, a step's lines merged, the moving mean over MOVING_WINDOW steps."""
+    import json
+
+    from verl_mem1.cli import main
+    from verl_mem1.evaluation.curve import MOVING_WINDOW, read_verl_metrics
+
+    scores = [0.1, 0.3, 0.2, 0.6, 0.4, 0.9, 0.5]
+    lines = [
+        {"step": i + 1, "data": {"critic/score/mean": v, "timing_s/gen": 30.0, "timing_s/ref": 4.0, "flag": True}}
+        for i, v in enumerate(scores)
+    ]
+    lines.append({"step": 7, "data": {"timing_s/testing": 12.0}})
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    rows = read_verl_metrics(tmp_path)
+    assert [r["training/global_step"] for r in rows] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    assert rows[0]["reward/mean"] == 0.1 and rows[0]["timing_s/rollout"] == 30.0 and rows[0]["timing_s/ref"] == 4.0
+    assert rows[6]["timing_s/validation"] == 12.0 and "flag" not in rows[0]
+    assert main(["curve", str(tmp_path)]) == 0
+    written = read_learning_curve(tmp_path)
+    assert written[-1]["reward/moving_mean"] == pytest.approx(sum(scores[-MOVING_WINDOW:]) / MOVING_WINDOW)
+    assert (tmp_path / "learning_curve.png").stat().st_size > 20_000
+    (tmp_path / "learning_curve.json").unlink()
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "data": {}}\nnot json\n')
+    assert main(["curve", str(tmp_path)]) == 2
+    assert "metrics.jsonl:2: not a verl file-logger line" in capsys.readouterr().err

@@ -17,9 +17,11 @@ def add_curve_command(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "curve",
         help="a training run's learning curve and held-out scores (paired against the first evaluation)",
-        description="Redraw learning_curve.{csv,png} of a `mem1 train` run folder (trainer.default_local_dir) and "
-        "print its held-out EM/F1 at every evaluation with standard errors, and each evaluation's change against "
-        "the first, paired task by task (the same held-out tasks every time).",
+        description="Redraw learning_curve.{csv,png} of a `mem1 train` run folder (trainer.default_local_dir), or "
+        "draw it from the metrics.jsonl of a verl trainer run (trainer.logger=[console,file] with "
+        "VERL_FILE_LOGGER_PATH=RUN_DIR/metrics.jsonl, as `make learn` runs it), and print its held-out EM/F1 at "
+        "every evaluation with standard errors, and each evaluation's change against the first, paired task by task "
+        "(the same held-out tasks every time).",
     )
     parser.add_argument("run_dir", help="the run folder (trainer.default_local_dir)")
     parser.set_defaults(func=_cmd_curve)
@@ -27,15 +29,22 @@ def add_curve_command(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_curve(args: argparse.Namespace) -> int:
-    from verl_mem1.evaluation.curve import read_learning_curve, summarize_run, write_learning_curve
+    from verl_mem1.evaluation.curve import read_learning_curve, read_verl_metrics, summarize_run, write_learning_curve
 
     run_dir = Path(args.run_dir)
-    rows = read_learning_curve(run_dir)
+    rows, title = read_learning_curve(run_dir), ""
+    if rows:
+        title = json.loads((run_dir / "learning_curve.json").read_text(encoding="utf-8")).get("title", "")
+    else:
+        try:
+            rows, title = read_verl_metrics(run_dir), f"verl trainer: {run_dir.name}"
+        except ValueError as exc:
+            print(f"mem1 curve: error: {exc}", file=sys.stderr)
+            return 2
     if not rows:
-        print(f"mem1 curve: error: {run_dir} has no learning_curve.json (is it a `mem1 train` run folder?)",
-              file=sys.stderr)  # fmt: skip
+        print(f"mem1 curve: error: {run_dir} has neither learning_curve.json (a `mem1 train` run) nor metrics.jsonl "
+              "(a verl run with the file logger)", file=sys.stderr)  # fmt: skip
         return 2
-    title = json.loads((run_dir / "learning_curve.json").read_text(encoding="utf-8")).get("title", "")
     paths = write_learning_curve(rows, run_dir, title=title)
     try:
         print(summarize_run(run_dir))

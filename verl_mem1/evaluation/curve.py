@@ -16,10 +16,19 @@ from pathlib import Path
 from typing import Any
 
 CURVE_FILE = "learning_curve"
+VERL_METRICS_FILE = "metrics.jsonl"  # verl's file logger (trainer.logger=[...,file], VERL_FILE_LOGGER_PATH)
+MOVING_WINDOW = 5
+# verl's metric names for what the curve's columns call otherwise
+VERL_NAMES = {
+    "critic/score/mean": "reward/mean",
+    "timing_s/gen": "timing_s/rollout",
+    "timing_s/testing": "timing_s/validation",
+}
 # (column, what it is) in the CSV, in order; a run without a metric leaves its cells empty
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("training/global_step", "optimizer step (0: before training)"),
     ("reward/mean", "train reward, mean over the step's episodes"),
+    ("reward/moving_mean", "train reward, mean of the last MOVING_WINDOW steps"),
     ("val/em", "held-out exact match (greedy)"),
     ("val/em_se", "its standard error over held-out tasks"),
     ("val/f1", "held-out token F1"),
@@ -29,6 +38,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("mem1/peak_tokens", "train peak context tokens, mean per episode"),
     ("val/peak_tokens", "held-out peak context tokens"),
     ("timing_s/rollout", "rollout seconds"),
+    ("timing_s/old_log_prob", "old-policy log-prob seconds (verl)"),
     ("timing_s/ref", "reference-policy log-prob seconds"),
     ("timing_s/update_actor", "policy update seconds"),
     ("timing_s/validation", "held-out evaluation seconds"),
@@ -142,11 +152,46 @@ def read_learning_curve(run_dir: str | Path) -> list[dict[str, float]]:
     return json.loads(path.read_text(encoding="utf-8"))["steps"]
 
 
+def with_moving_mean(rows: Sequence[Mapping[str, Any]], window: int = MOVING_WINDOW) -> list[dict[str, Any]]:
+    """The rows with ``reward/moving_mean``: the mean train reward of each step and the ``window - 1`` before it
+    (the per-step mean over a few tasks is noisy; its trend is what a rising curve means)."""
+    out, recent = [], []
+    for row in rows:
+        row = dict(row)
+        if row.get("reward/mean") is not None:
+            recent = [*recent, float(row["reward/mean"])][-window:]
+            row["reward/moving_mean"] = sum(recent) / len(recent)
+        out.append(row)
+    return out
+
+
+def read_verl_metrics(run_dir: str | Path) -> list[dict[str, float]]:
+    """The rows of a verl trainer run's ``metrics.jsonl`` (verl's file logger: one ``{"step", "data"}`` per line),
+    renamed to the curve's columns where verl names them otherwise (:data:`VERL_NAMES`), one row per step."""
+    path = Path(run_dir) / VERL_METRICS_FILE
+    if not path.is_file():
+        return []
+    steps: dict[int, dict[str, float]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            step, data = int(entry["step"]), dict(entry["data"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{number}: not a verl file-logger line ({exc})") from None
+        row = steps.setdefault(step, {"training/global_step": float(step)})
+        for key, value in data.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                row[VERL_NAMES.get(key, key)] = float(value)
+    return [steps[k] for k in sorted(steps)]
+
+
 def write_learning_curve(rows: Sequence[Mapping[str, Any]], run_dir: str | Path, *, title: str = "") -> list[Path]:
     """Write ``learning_curve.json`` (every metric), ``.csv`` (:data:`COLUMNS`) and ``.png`` into ``run_dir``."""
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [dict(r) for r in rows]
+    rows = with_moving_mean(rows)
     paths = [out / f"{CURVE_FILE}.json", out / f"{CURVE_FILE}.csv", out / f"{CURVE_FILE}.png"]
     paths[0].write_text(json.dumps({"title": title, "steps": rows}, indent=1, sort_keys=True), encoding="utf-8")
     with paths[1].open("w", newline="", encoding="utf-8") as fh:
@@ -172,7 +217,8 @@ def plot_learning_curve(rows: Sequence[Mapping[str, Any]], out_png: str | Path, 
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
     (score, invalid), (memory, seconds) = axes
-    score.plot(*_series(rows, "reward/mean"), marker=".", label="train reward")
+    score.plot(*_series(rows, "reward/mean"), marker=".", alpha=0.5, label="train reward")
+    score.plot(*_series(rows, "reward/moving_mean"), label=f"train reward, last {MOVING_WINDOW} steps")
     for key, marker in (("val/em", "o"), ("val/f1", "s")):
         xs, ys = _series(rows, key)
         _, se = _series(rows, f"{key}_se")
@@ -197,6 +243,8 @@ def plot_learning_curve(rows: Sequence[Mapping[str, Any]], out_png: str | Path, 
     memory.set_ylim(bottom=0)
     for key, label in (
         ("timing_s/rollout", "rollout"),
+        ("timing_s/old_log_prob", "old log-probs"),
+        ("timing_s/ref", "reference"),
         ("timing_s/update_actor", "update"),
         ("timing_s/validation", "held-out eval"),
     ):
