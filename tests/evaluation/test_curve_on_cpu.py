@@ -163,3 +163,36 @@ def test_a_verl_runs_file_log_becomes_the_curve(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "data": {}}\nnot json\n')
     assert main(["curve", str(tmp_path)]) == 2
     assert "metrics.jsonl:2: not a verl file-logger line" in capsys.readouterr().err
+
+
+def test_clustered_standard_error_counts_tasks_that_share_a_question():
+    from verl_mem1.evaluation.curve import clustered_standard_error
+
+    diffs = {"t1": 1.0, "t2": 1.0, "t3": -2.0}
+    alone = {"t1": ["a", "b"], "t2": ["c", "f"], "t3": ["d", "e"]}
+    assert clustered_standard_error(diffs, alone) == pytest.approx(standard_error(list(diffs.values())))
+    assert clustered_standard_error(diffs, {}) == pytest.approx(standard_error(list(diffs.values())))
+    # t1 and t2 share question b: variance (sum e^2 + 2 e1 e2) / T^2 * T / (T - 1) = (6 + 2) / 9 * 3 / 2, by hand
+    shared = {"t1": ["a", "b"], "t2": ["b", "c"], "t3": ["d", "e"]}
+    assert clustered_standard_error(diffs, shared) == pytest.approx(math.sqrt(8 / 9 * 3 / 2))
+    # opposite residuals on a shared question cancel: the SE shrinks below the plain one
+    opposite = {"t1": 1.0, "t2": -1.0, "t3": 0.0}
+    assert clustered_standard_error(opposite, shared) < standard_error(list(opposite.values()))
+
+
+def test_compare_uses_the_clustered_se_when_the_eval_folders_say_which_questions_were_asked(tmp_path):
+    import json
+
+    from verl_mem1.evaluation.curve import compare_evaluations
+
+    before = _write_eval(tmp_path / "sft", {"a": (0.0, 0.0), "b": (0.0, 0.0), "c": (1.0, 1.0)})
+    after = _write_eval(tmp_path / "rl", {"a": (1.0, 1.0), "b": (1.0, 1.0), "c": (1.0, 1.0)})
+    plain = compare_evaluations(before, after).splitlines()[2]
+    asked = {"a": ["q1", "q2"], "b": ["q2", "q3"], "c": ["q4", "q5"]}
+    rows = [{"id": task, "questions": questions} for task, questions in asked.items()]
+    (before / "episodes.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    table = compare_evaluations(before, after)
+    clustered = table.splitlines()[2]
+    se = lambda row: float(row.split("±")[1].split("|")[0])  # noqa: E731
+    assert se(clustered) > se(plain)  # a and b gained together on their shared question: less evidence than 2 tasks
+    assert "2 tasks share a question with another task" in table

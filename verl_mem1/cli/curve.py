@@ -32,15 +32,13 @@ def _cmd_curve(args: argparse.Namespace) -> int:
     from verl_mem1.evaluation.curve import read_learning_curve, read_verl_metrics, summarize_run, write_learning_curve
 
     run_dir = Path(args.run_dir)
-    rows, title = read_learning_curve(run_dir), ""
-    if rows:
+    try:  # a verl run's log first: learning_curve.json is then what an earlier `mem1 curve` drew from it
+        rows, title = read_verl_metrics(run_dir), f"verl trainer: {run_dir.name}"
+    except ValueError as exc:
+        print(f"mem1 curve: error: {exc}", file=sys.stderr)
+        return 2
+    if not rows and (rows := read_learning_curve(run_dir)):
         title = json.loads((run_dir / "learning_curve.json").read_text(encoding="utf-8")).get("title", "")
-    else:
-        try:
-            rows, title = read_verl_metrics(run_dir), f"verl trainer: {run_dir.name}"
-        except ValueError as exc:
-            print(f"mem1 curve: error: {exc}", file=sys.stderr)
-            return 2
     if not rows:
         print(f"mem1 curve: error: {run_dir} has neither learning_curve.json (a `mem1 train` run) nor metrics.jsonl "
               "(a verl run with the file logger)", file=sys.stderr)  # fmt: skip

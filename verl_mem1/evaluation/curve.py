@@ -79,9 +79,44 @@ def eval_scores(eval_dir: str | Path, key: str = "em") -> dict[str, float]:
     return {str(row["id"]): float(row[key] or 0.0) for row in rows}
 
 
+def clustered_standard_error(diffs: Mapping[str, float], questions: Mapping[str, Sequence[str]]) -> float:
+    """Standard error of the mean of per-task ``diffs`` when tasks may share questions (``mem1 compose --passes``).
+
+    Two tasks that ask the same question are not independent, so their covariance counts: the variance of the mean
+    is ``(sum_t e_t^2 + sum over task pairs sharing a question of e_t e_t') / T^2`` (residuals ``e_t``; multi-way
+    clustering by question), times ``T / (T - 1)``. Without shared questions it is :func:`standard_error`'s value.
+    A task missing from ``questions`` shares nothing."""
+    ids = list(diffs)
+    n = len(ids)
+    if n < 2:
+        return 0.0
+    mean = sum(diffs.values()) / n
+    residual = {t: float(diffs[t]) - mean for t in ids}
+    by_question: dict[str, float] = {}
+    extra = 0.0  # a task's own square is summed once per question it asks: keep one
+    for t in ids:
+        asked = set(questions.get(t, ())) or {f"task:{t}"}
+        for q in asked:
+            by_question[q] = by_question.get(q, 0.0) + residual[t]
+        extra += (len(asked) - 1) * residual[t] ** 2
+    variance = (sum(v * v for v in by_question.values()) - extra) / n**2 * n / (n - 1)
+    return math.sqrt(max(variance, 0.0))
+
+
+def eval_questions(eval_dir: str | Path) -> dict[str, list[str]]:
+    """Each task's questions in a ``mem1 eval`` folder's ``episodes.jsonl`` (empty when the file is absent)."""
+    from verl_mem1.jsonl import iter_json_objects
+
+    path = Path(eval_dir) / "episodes.jsonl"
+    if not path.is_file():
+        return {}
+    return {str(row["id"]): list(row.get("questions") or []) for _, row in iter_json_objects(path)}
+
+
 def compare_evaluations(before_dir: str | Path, after_dir: str | Path, keys: Sequence[str] = ("em", "f1")) -> str:
     """Markdown: two ``mem1 eval`` folders of the same tasks compared task by task: each score's means, the paired
-    change ± its standard error (and in SE units), and how many tasks it gained and lost.
+    change ± its standard error (and in SE units), and how many tasks it gained and lost. The SE counts tasks that
+    share a question as correlated (:func:`clustered_standard_error`, questions from ``episodes.jsonl``).
 
     Raises ``ValueError`` when the folders share no task, or when one holds a task the other lacks (a paired
     comparison of different task sets would hide which model was asked what)."""
@@ -89,11 +124,13 @@ def compare_evaluations(before_dir: str | Path, after_dir: str | Path, keys: Seq
     if set(before_em) != set(after_em):
         only = sorted(set(before_em) ^ set(after_em))
         raise ValueError(f"the two evaluations did not play the same tasks ({len(only)} differ, e.g. {only[0]!r})")
+    questions = eval_questions(before_dir)
     lines = ["| score | tasks | before | after | change (paired) ± SE | SE units | gained | lost |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for key in keys:
         before, after = eval_scores(before_dir, key), eval_scores(after_dir, key)
-        mean, se, n = paired_difference(before, after)
+        mean, _, n = paired_difference(before, after)
+        se = clustered_standard_error({t: after[t] - before[t] for t in before}, questions)
         gained = sum(after[i] > before[i] for i in before)
         lost = sum(after[i] < before[i] for i in before)
         units = f"{mean / se:+.1f}" if se > 0 else "-"
@@ -101,6 +138,13 @@ def compare_evaluations(before_dir: str | Path, after_dir: str | Path, keys: Seq
             f"| {key} | {n} | {sum(before.values()) / n:.3f} | {sum(after.values()) / n:.3f} | {mean:+.3f} ± {se:.3f} "
             f"| {units} | {gained} | {lost} |"
         )
+    counts: dict[str, int] = {}
+    for asked in questions.values():
+        for q in set(asked):
+            counts[q] = counts.get(q, 0) + 1
+    shared = sum(any(counts[q] > 1 for q in set(asked)) for asked in questions.values())
+    if shared:
+        lines.append(f"\n{shared} tasks share a question with another task: the SE counts their covariance.")
     return "\n".join(lines)
 
 
