@@ -144,6 +144,9 @@ def _capacity_error(names: list[str], sizes: list[int], objectives: int, count: 
     )
 
 
+PASS_RESHUFFLES = 100  # a pass that would repeat an earlier pass's question group is reshuffled, this many times
+
+
 def compose_tasks(
     pools: list[list[QAItem]],
     *,
@@ -160,9 +163,10 @@ def compose_tasks(
     """Compose ``count`` tasks of ``objectives`` questions each (as many as possible when ``count`` is None).
 
     Each question is used at most once, or at most ``passes`` times: every pass shuffles the pool afresh (and
-    drops its last ``len(pool) % objectives`` questions), so a question meets other partners in each pass and never
-    appears twice in one task. More passes make more tasks from a small pool (e.g. 300 held-out 2-objective tasks
-    from 300 questions); their scores are then not independent across tasks that share a question. By default
+    drops its last ``len(pool) % objectives`` questions; a shuffle that repeats an earlier pass's group is redrawn),
+    so a question meets other partners in each pass and never appears twice in one task. More passes make more
+    tasks from a small pool (e.g. 300 held-out 2-objective tasks from 300 questions); their scores are then not
+    independent across tasks that share a question (``mem1 compare`` counts that in its standard error). By default
     every task draws from one pool (one source) and tasks of different pools alternate; ``count`` is shared as
     evenly as the pools allow. With ``mix_sources`` the pools are interleaved before chunking, so each task mixes
     sources (question order within a task is shuffled).
@@ -190,10 +194,20 @@ def compose_tasks(
     shuffled = []
     for pool in pools:
         stream: list[QAItem] = []
+        seen: set[frozenset[str]] = set()  # the question groups of earlier passes: a later pass must not repeat one
         for _ in range(passes):
-            order = list(pool)
-            rng.shuffle(order)
-            stream += order[: len(order) - len(order) % objectives] if passes > 1 else order
+            for _attempt in range(PASS_RESHUFFLES):
+                order = list(pool)
+                rng.shuffle(order)
+                if passes > 1:
+                    order = order[: len(order) - len(order) % objectives]
+                groups = {
+                    frozenset(item.id for item in order[i : i + objectives]) for i in range(0, len(order), objectives)
+                }
+                if objectives == 1 or not groups & seen:
+                    break
+            seen |= groups
+            stream += order
         shuffled.append(stream)
     if passes > 1:
         sizes = [len(stream) for stream in shuffled]
