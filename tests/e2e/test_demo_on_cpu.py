@@ -20,19 +20,25 @@ def test_demo_fine_tunes_and_compares_models_and_policies(tmp_path, tiny_model_d
         max_new_tokens=8, webshop_goals="0:2", progress=False,
     )  # fmt: skip
     assert set(results) == {"zero-shot", "sft"}
-    assert all(set(grid) == {(n, p) for n in (1, 2) for p in ("mem1", "full")} for grid in results.values())
-    kept = (tmp_path / "oracle.jsonl").read_text().splitlines()
-    assert kept and all(json.loads(row)["reward"] == 1.0 for row in kept), "only right teacher episodes"
+    assert set(results["sft"]) == {(n, p) for n in (1, 2) for p in ("mem1", "full")}
+    assert set(results["zero-shot"]) == {(2, "mem1")}  # the training point only
+    kept = [json.loads(row) for row in (tmp_path / "oracle.jsonl").read_text().splitlines()]
+    assert kept and all(row["reward"] == 1.0 for row in kept), "only right teacher episodes (EM averaged: both answers)"
+    assert {1, 2} <= {len(row["questions"]) for row in kept} <= {1, 2, 3}  # 1- to 3-objective teacher episodes
+    assert len(list((tmp_path / "tasks").glob("hotpotqa-train-*obj-16-seed*.parquet"))) == 3  # tasks of each count
+    assert all(len(row["turns"]) == len(row["questions"]) + 1 for row in kept)  # a search per question, the answer
     assert (tmp_path / "sft" / "global_step_2" / "actor" / "config.json").is_file()
     out = capsys.readouterr().out
-    assert "| model | objectives | context | EM | F1 |" in out and "| sft | 2 | full |" in out
-    assert "| turn | mem1 | full |" in out
+    assert "| model | objectives | context | tasks | EM ± SE | EM vs zero-shot (paired ± SE) |" in out
+    assert "| sft | 2 | full | 2 |" in out and "| turn | mem1 | full |" in out
     demo_md = (tmp_path / "demo.md").read_text()
-    assert "| zero-shot | 1 | mem1 |" in demo_md
+    assert "| zero-shot | 2 | mem1 | 2 |" in demo_md
+    sft_row = next(line for line in demo_md.splitlines() if line.startswith("| sft | 2 | mem1 |"))
+    assert sft_row.split("|")[6].strip() != "-"  # the paired gain where both models played the same tasks
+    points = load_points(sorted((tmp_path / "eval" / "sft").iterdir()))
+    peak = {(p["policy"], p["objectives"]): p["peak_tokens"] for p in points}
+    assert peak[("full", 2)] > peak[("mem1", 2)], "full context grows past mem1's"
     for label in ("zero-shot", "sft"):
-        points = load_points(sorted((tmp_path / "eval" / label).iterdir()))
-        peak = {(p["policy"], p["objectives"]): p["peak_tokens"] for p in points}
-        assert peak[("full", 2)] > peak[("mem1", 2)], "full context grows past mem1's"
         assert (tmp_path / "report" / label / "report.png").stat().st_size > 10_000
     shop = {p: load_points([tmp_path / "webshop" / p])[0] for p in ("mem1", "full")}
     assert shop["full"]["peak_tokens"] > shop["mem1"]["peak_tokens"]

@@ -24,14 +24,21 @@ def add_demo_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model", default="smollm2", help="smollm2 (default), tiny (random weights, seconds) or a Hugging Face folder"
     )
-    parser.add_argument("--teacher-tasks", type=int, default=96, help="training questions the oracle plays (96)")
-    parser.add_argument("--sft-steps", type=int, default=16, help="fine-tuning steps of 4 episodes (default 16)")
+    parser.add_argument(
+        "--teacher-tasks",
+        type=int,
+        default=100,
+        help="training tasks the oracle plays per objective count (1, 2 and 3; default 100)",
+    )
+    parser.add_argument("--sft-steps", type=int, default=12, help="fine-tuning steps of 4 episodes (default 12)")
     parser.add_argument("--sft-lr", type=float, default=1e-4, help="fine-tuning learning rate (default 1e-4)")
     parser.add_argument(
-        "--objectives", type=int, nargs="+", default=list(demo.EVAL_OBJECTIVES), help="objective counts (1 2)"
+        "--objectives", type=int, nargs="+", default=list(demo.EVAL_OBJECTIVES), help="objective counts (1 2 4)"
     )
-    parser.add_argument("--tasks-per-point", type=int, default=8, help="held-out tasks per objective count (8)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per turn at most (default 64)")
+    parser.add_argument("--tasks-per-point", type=int, default=16, help="held-out tasks per objective count (16)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="tokens per turn at most (default 40 + 16 x objectives)"
+    )
     parser.add_argument("--webshop-goals", default="", help="also play WebShop goals START:STOP (default: skip)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
