@@ -45,7 +45,7 @@ def grouped_decode_attention(
     transformers' SDPA path on CPU repeats every K/V head for its query heads (``repeat_kv``) at every step; with a
     long cache that copy, not the matmuls, is most of a decode step. Here the query heads that share a K/V head are
     stacked against it instead: the same scores, softmax (fp32) and weighted sum, without the copy. Anything else
-    (prefill, dropout, sliding windows, soft-capping) goes to transformers' SDPA function unchanged.
+    (prefill, half precision, dropout, sliding windows, soft-capping) goes to transformers' SDPA function unchanged.
 
     Args:
         query: ``(batch, heads, q_len, head_dim)``; key, value: ``(batch, kv_heads, kv_len, head_dim)``.
@@ -58,7 +58,7 @@ def grouped_decode_attention(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     special = dropout or kwargs.get("sliding_window") or kwargs.get("softcap") or kwargs.get("s_aux") is not None
-    if query.shape[2] != 1 or special:
+    if query.shape[2] != 1 or special or query.dtype != torch.float32:  # half precision: SDPA keeps fp32 scores
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
@@ -93,7 +93,7 @@ class _Request:
     future: asyncio.Future
 
 
-DEFAULT_PREFIX_CACHE_TOKENS = 32768  # tokens of context KV kept for reuse (SmolLM2-135M: 46 KB a token, 1.5 GB)
+DEFAULT_PREFIX_CACHE_BYTES = 2 << 30  # context KV kept for reuse (SmolLM2-135M fp32: 46 KB a token, ~46k tokens)
 MIN_PREFIX_TOKENS = 16  # a shorter common prefix is recomputed
 
 
@@ -146,6 +146,16 @@ class PrefixCache:
         self._tokens = 0
 
 
+def kv_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes of KV cache one token takes in ``model`` (every layer's key and value)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    element = next(model.parameters()).element_size()
+    return max(1, config.num_hidden_layers * 2 * kv_heads * head_dim * element)
+
+
 def load_model_and_tokenizer(name_or_path: str | Path, *, device: str = "cpu", dtype: str = "float32"):
     """Load through the real ``from_pretrained`` code: a hub name when online, a local path offline."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -173,11 +183,10 @@ class HFLocalBackend:
         seed: int = 0,
         prefix_cache_tokens: int | None = None,
     ) -> None:
-        """``prefix_cache_tokens``: context KV kept for reuse (:class:`PrefixCache`); default
-        :data:`DEFAULT_PREFIX_CACHE_TOKENS` for a model the backend loads, 0 (off) for a model passed in, whose
+        """``prefix_cache_tokens``: context KV kept for reuse (:class:`PrefixCache`); default: what
+        :data:`DEFAULT_PREFIX_CACHE_BYTES` holds for a model the backend loads, 0 (off) for a model passed in, whose
         weights its owner may change in place (call :meth:`clear_prefix_cache` after changing them)."""
-        if prefix_cache_tokens is None:
-            prefix_cache_tokens = DEFAULT_PREFIX_CACHE_TOKENS if model is None else 0
+        loaded = model is None
         if model is None:
             if model_name_or_path is None:
                 raise ValueError("give a model name or path, or a loaded model and tokenizer")
@@ -199,6 +208,8 @@ class HFLocalBackend:
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task | None = None
         self._model_lock = threading.Lock()
+        if prefix_cache_tokens is None:
+            prefix_cache_tokens = DEFAULT_PREFIX_CACHE_BYTES // kv_bytes_per_token(model) if loaded else 0
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self.batch_sizes: list[int] = []  # observed batch sizes, for tests and metrics
 

@@ -131,14 +131,16 @@ class HFRolloutServer:
     async def stats(self) -> dict[str, Any]:
         return {"weight_updates": self.weight_updates, "global_steps": self.global_steps}
 
-    # verl's replica control calls: nothing to free or pause in a CPU process
+    # verl's replica control calls: the prefix cache is the only KV to free; nothing to pause in a CPU process
     async def wake_up(self) -> None: ...
 
     async def sleep(self) -> None: ...
 
-    async def clear_kv_cache(self) -> None: ...
+    async def clear_kv_cache(self) -> None:
+        self.backend.clear_prefix_cache()
 
-    async def release_kv_cache(self) -> None: ...
+    async def release_kv_cache(self) -> None:
+        self.backend.clear_prefix_cache()
 
     async def resume_kv_cache(self) -> None: ...
 
