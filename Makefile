@@ -29,8 +29,10 @@ $(VENV)/.installed-gpu: $(VENV)/.installed
 demo: install
 	$(BIN)/mem1 demo --out outputs/demo
 
-# SmolLM2 learns on 2 CPU cores (~2.5 h): SFT on oracle trajectories, GRPO (recipes/smol_qa.yaml) with the learning
-# curve, then MEM1 vs full context at 1-8 objectives; results under outputs/learn (benchmarks/README.md, "Learning")
+# SmolLM2 learns on 2 CPU cores: SFT on 2-objective oracle episodes, GRPO on verl's own trainer (python -m
+# verl_mem1.train --config-name qa +experiment=smol_qa), the SFT and RL checkpoints paired on 300 held-out tasks, then
+# MEM1 vs full context at 1-8 objectives; results under outputs/learn (benchmarks/README.md, "Learning on verl's
+# trainer"). RL_STEPS=N, RL_ARGS="key=value ...", SFT_STEPS=N size it (benchmarks/learn_smollm2.sh).
 learn: install
 	bash benchmarks/learn_smollm2.sh
 

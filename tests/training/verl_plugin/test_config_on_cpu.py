@@ -98,3 +98,40 @@ def test_webshop_recipe_is_qa_with_the_shop_as_environment():
         Mem1Config.from_trainer_config(compose("webshop"), reward="verl")
     with pytest.raises(ValueError, match="does not fit"):
         Mem1Config.from_trainer_config(compose("webshop"), tags="paper")
+
+
+def test_smol_qa_experiment_is_the_cpu_platform_plus_a_recipe_that_can_learn():
+    """``make learn``'s RL run: the qa recipe, the CPU platform, and each choice the diagnosis of the run that did not
+    learn asked for; verl's own checks accept it."""
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    from verl_mem1.config import Mem1Config
+
+    cpu = OmegaConf.to_container(compose("qa", ["+platform=cpu"]), resolve=True)
+    cfg = compose("qa", ["+experiment=smol_qa"])
+    OmegaConf.resolve(cfg)
+    smol = OmegaConf.to_container(cfg)
+    assert smol["trainer"]["device"] == "cpu" and smol["actor_rollout_ref"]["rollout"]["name"] == "mem1_hf"
+    assert smol["ray_kwargs"] == cpu["ray_kwargs"]  # the platform comes with the experiment
+    actor = cfg.actor_rollout_ref.actor
+    assert actor.ppo_mini_batch_size == cfg.data.train_batch_size and actor.ppo_epochs == 1  # one step a batch
+    assert actor.use_kl_loss and actor.kl_loss_coef > 0 and need_reference_policy(cfg)  # KL to the SFT policy
+    assert "hf_model" in actor.checkpoint.save_contents  # a Hugging Face folder `mem1 eval` loads
+    assert cfg.reward.custom_reward_function.reward_kwargs.metric == "em"  # the reported metric
+    mem1 = Mem1Config.from_trainer_config(cfg)
+    assert mem1.invalid_action_penalty > 0 and mem1.max_turns == 4  # learn_smollm2.sh composes with --max-turns 4
+    assert cfg.actor_rollout_ref.rollout.n >= 4 and cfg.actor_rollout_ref.rollout.temperature == 1.0
+    with pytest.warns(UserWarning, match="Disabled critic"):
+        use_critic = need_critic(cfg)
+    validate_config(config=cfg, use_reference_policy=True, use_critic=use_critic)
+
+
+def test_make_learn_runs_verls_trainer_on_the_smol_qa_experiment():
+    from tests.training.verl_plugin.common import ROOT
+
+    script = (ROOT / "benchmarks" / "learn_smollm2.sh").read_text()
+    assert "-m verl_mem1.train" in script and "+experiment=smol_qa" in script and "VERL_PLATFORM=cpu" in script
+    assert "$MEM1 train" not in script  # not the single-machine trainer
+    assert "--max-turns 4" in script and "$MEM1 compare" in script
