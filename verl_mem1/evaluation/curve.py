@@ -120,15 +120,14 @@ def compare_evaluations(before_dir: str | Path, after_dir: str | Path, keys: Seq
 
     Raises ``ValueError`` when the folders share no task, or when one holds a task the other lacks (a paired
     comparison of different task sets would hide which model was asked what)."""
-    before_em, after_em = eval_scores(before_dir), eval_scores(after_dir)
-    if set(before_em) != set(after_em):
-        only = sorted(set(before_em) ^ set(after_em))
-        raise ValueError(f"the two evaluations did not play the same tasks ({len(only)} differ, e.g. {only[0]!r})")
     questions = eval_questions(before_dir)
     lines = ["| score | tasks | before | after | change (paired) ± SE | SE units | gained | lost |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for key in keys:
         before, after = eval_scores(before_dir, key), eval_scores(after_dir, key)
+        if set(before) != set(after):
+            only = sorted(set(before) ^ set(after))
+            raise ValueError(f"the two evaluations did not play the same tasks ({len(only)} differ, e.g. {only[0]!r})")
         mean, _, n = paired_difference(before, after)
         se = clustered_standard_error({t: after[t] - before[t] for t in before}, questions)
         gained = sum(after[i] > before[i] for i in before)
