@@ -158,3 +158,40 @@ print(json.dumps({"on_cpu": on_cpu_platform(), "inside": inside, "restored": res
     assert result == {"on_cpu": True, "inside": False, "restored": True, "verl_pins": True}
     assert _run("import json, verl\nfrom verl_mem1.training.verl_plugin.cpu_platform import on_cpu_platform\n"
                 "print(json.dumps({'on_cpu': on_cpu_platform()}))", platform=None) == {"on_cpu": False}  # fmt: skip
+
+
+def test_ray_workers_compute_on_every_core_on_cpu():
+    """Ray starts each worker with OMP_NUM_THREADS=1; once verl selects the CPU platform there, torch uses the cores
+    (the RL probe's actor update ran on one of two cores before), or MEM1_CPU_THREADS when it is set."""
+    result = _run(
+        """
+import json, os, ray
+ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"VERL_PLATFORM": "cpu"}})
+
+@ray.remote(num_cpus=1)
+class Worker:
+    def threads(self):
+        import torch
+        before = torch.get_num_threads()
+        from verl.plugin.platform import get_platform
+        get_platform()
+        return os.environ["OMP_NUM_THREADS"], before, torch.get_num_threads(), len(os.sched_getaffinity(0))
+
+default = ray.get(Worker.remote().threads.remote())
+pinned = ray.get(Worker.options(runtime_env={"env_vars": {"MEM1_CPU_THREADS": "3"}}).remote().threads.remote())
+print(json.dumps({"default": default, "pinned": pinned}))
+"""
+    )
+    omp, before, after, cores = result["default"]
+    assert (omp, before) == ("1", 1)  # Ray's default, which the platform corrects
+    assert after == cores
+    assert result["pinned"][2] == 3
+
+
+def test_bad_thread_count_names_the_variable_on_cpu():
+    from verl_mem1.training.verl_plugin.cpu_platform import compute_threads
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEM1_CPU_THREADS", "two")
+        with pytest.raises(ValueError, match="MEM1_CPU_THREADS"):
+            compute_threads()

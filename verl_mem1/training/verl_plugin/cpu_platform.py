@@ -20,7 +20,10 @@ collective backend, the Ray resource its workers reserve. This platform answers 
   ``verl.utils.model.load_valuehead_model`` (imported by verl's engine at call time) loads it with the attention the
   model config asks for (``override_config.attn_implementation``, sdpa in ``recipes/platform/cpu.yaml``); and verl
   wraps forward-only FSDP2 engines (the reference policy, for KL) in ``CPUOffloadPolicy(pin_memory=True)``, and pinning
-  memory needs an accelerator, so the MEM1 engines build theirs inside ``unpinned_cpu_offload``.
+  memory needs an accelerator, so the MEM1 engines build theirs inside ``unpinned_cpu_offload``;
+- Ray starts every worker with ``OMP_NUM_THREADS=1`` (its rule for an actor reserving one CPU), so torch would train
+  and generate on one core of the machine: the platform gives torch the usable cores (``MEM1_CPU_THREADS`` sets the
+  number, e.g. cores / ranks when several FSDP ranks share one machine).
 
 Selected only by ``VERL_PLATFORM=cpu`` (verl's own override); auto-detection never picks it.
 """
@@ -28,6 +31,7 @@ Selected only by ``VERL_PLATFORM=cpu`` (verl's own override); auto-detection nev
 from __future__ import annotations
 
 import contextlib
+import os
 import types
 from typing import Any
 
@@ -87,6 +91,21 @@ class _CPUDeviceModule(types.ModuleType):
 
 
 CPU_DEVICE_MODULE = _CPUDeviceModule()
+
+
+def compute_threads() -> int:
+    """Threads for torch on this platform: ``MEM1_CPU_THREADS`` if set, else the cores this process may run on."""
+    configured = os.environ.get("MEM1_CPU_THREADS", "").strip()
+    if configured:
+        if not configured.isdigit() or int(configured) < 1:
+            raise ValueError(f"MEM1_CPU_THREADS must be a positive integer, got {configured!r}")
+        return int(configured)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def use_the_cores() -> None:
+    """Undo Ray's one-thread default for torch in this process (see the module docstring)."""
+    torch.set_num_threads(compute_threads())
 
 
 def use_gloo_process_group() -> None:
@@ -163,6 +182,7 @@ class PlatformCPU(PlatformBase):
 
     def __init__(self) -> None:
         super().__init__()
+        use_the_cores()
         use_gloo_process_group()
         load_value_models_without_flash_attention()
 
