@@ -119,6 +119,8 @@ def test_smol_qa_experiment_is_the_cpu_platform_plus_a_recipe_that_can_learn():
     assert actor.ppo_mini_batch_size == cfg.data.train_batch_size and actor.ppo_epochs == 1  # one step a batch
     assert actor.use_kl_loss and actor.kl_loss_coef > 0 and need_reference_policy(cfg)  # KL to the SFT policy
     assert "hf_model" in actor.checkpoint.save_contents  # a Hugging Face folder `mem1 eval` loads
+    # the rollout's exact log-probs stand for the old policy's: no recomputing forward pass
+    assert cfg.algorithm.rollout_correction.bypass_mode and cfg.actor_rollout_ref.rollout.calculate_log_probs
     assert cfg.reward.custom_reward_function.reward_kwargs.metric == "em"  # the reported metric
     mem1 = Mem1Config.from_trainer_config(cfg)
     assert mem1.invalid_action_penalty > 0 and mem1.max_turns == 4  # learn_smollm2.sh composes with --max-turns 4
@@ -135,3 +137,35 @@ def test_make_learn_runs_verls_trainer_on_the_smol_qa_experiment():
     assert "-m verl_mem1.train" in script and "+experiment=smol_qa" in script and "VERL_PLATFORM=cpu" in script
     assert "$MEM1 train" not in script  # not the single-machine trainer
     assert "--max-turns 4" in script and "$MEM1 compare" in script
+
+
+@pytest.mark.parametrize("recipe", ["qa", "webshop"])
+def test_cpu_platform_engines_compute_in_fp32_on_cpu(recipe):
+    """verl's FSDP engines cast parameters and autocast to ``mixed_precision.param_dtype``, bf16 when it is unset (its
+    default): emulated on CPUs without AMX at several times fp32's cost (the RL probe's update ran in bf16 kernels),
+    and not the rollout's exact fp32 log-probs. The CPU platform sets fp32 for the actor, reference and critic."""
+    import inspect
+
+    import torch
+    from omegaconf import OmegaConf
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.utils.torch_dtypes import PrecisionType
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
+
+    build = inspect.getsource(FSDPEngine._build_fsdp_module)
+    # what verl does with the setting (watched: the CPU platform relies on it)
+    assert 'mixed_precision_config.get("param_dtype", "bf16")' in build
+    assert "self._autocast_dtype = param_dtype" in build
+    cfg = compose(recipe, ["+platform=cpu"])
+    OmegaConf.resolve(cfg)
+    engines = {
+        "actor": cfg.actor_rollout_ref.actor.fsdp_config,
+        "ref": cfg.actor_rollout_ref.ref.fsdp_config,
+        "critic": cfg.critic.fsdp,
+    }
+    for name, engine in engines.items():
+        mixed = omega_conf_to_dataclass(engine).mixed_precision
+        assert mixed is not None, name
+        for key in ("param_dtype", "reduce_dtype", "buffer_dtype"):
+            assert PrecisionType.to_dtype(mixed.get(key, "bf16")) == torch.float32, (name, key)
+    assert cfg.actor_rollout_ref.ref.fsdp_config.param_offload  # verl's default for the reference, kept
