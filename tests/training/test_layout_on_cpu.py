@@ -174,3 +174,18 @@ def test_truncated_sample_scores_exactly_its_prefix(training_model):
         full = packed_logprobs(training_model, sample, backend="segmented")
         part = packed_logprobs(training_model, cut, backend="segmented")
     assert part.numel() == cut.num_generated > 0 and (part - full[: part.numel()]).abs().max() < 1e-5
+
+
+def test_ending_on_a_trained_token_drops_only_the_untrained_tail():
+    from verl_mem1.training.layout import end_on_trained_token, truncate
+
+    sample = pack_episode(_record())
+    mask = sample.loss_mask.tolist()
+    last = max(i for i, m in enumerate(mask) if m) + 1
+    assert end_on_trained_token(sample).length == last
+    for length in range(sample.prompt_len, sample.length + 1):
+        cut = end_on_trained_token(truncate(sample, length))
+        kept = mask[:length]
+        trained = [i for i, m in enumerate(kept) if m]
+        assert cut.length == (trained[-1] + 1 if trained else sample.prompt_len), length
+        assert torch.equal(cut.input_ids, sample.input_ids[: cut.length])

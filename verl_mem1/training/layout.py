@@ -100,6 +100,18 @@ class PackedSample:
         return PackedSample(**values)
 
 
+def end_on_trained_token(sample: PackedSample) -> PackedSample:
+    """``sample`` without the untrained tokens that end it: a context copy whose turn a cut (:func:`truncate`) left out.
+
+    verl puts an episode's score on its last response token and GAE skips untrained positions, so a score placed on a
+    context-copy token would vanish from the advantages. The dropped tokens are context for nothing kept: every kept
+    token stays exact. A sample with no trained token keeps its prompt only.
+    """
+    trained = sample.loss_mask.nonzero()
+    end = int(trained[-1]) + 1 if trained.numel() else sample.prompt_len
+    return truncate(sample, max(end, sample.prompt_len))
+
+
 def predictor_positions(segment_ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """The predictor rule: the position whose logits predict the token at each position of one episode's row.
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 
 from tests.training.verl_plugin.common import (
     TEMPERATURE,
@@ -166,3 +167,34 @@ def test_an_episode_the_environment_failed_raises_instead_of_becoming_a_sample(t
     loop = make_loop(trainer_config, server, tiny_backend.tokenizer, retriever_url=dead, env_retries=0)
     with pytest.raises(EnvironmentFailure, match="retrieval server unreachable"):
         asyncio.run(loop.run(verl_sampling_params(trainer_config), **row_kwargs(rows[0])))
+
+
+def test_a_cut_inside_a_context_copy_keeps_the_score_where_gae_sees_it(trainer_config, server, tiny_backend, episodes):
+    """verl puts the score on the last response token and its GAE skips untrained ones: a packed episode cut inside
+    the second turn's context copy would lose its reward under GAE (checked with verl's own function). The loop ends
+    the sample on the first turn's last generated token instead."""
+    from verl.trainer.ppo.core_algos import compute_gae_advantage_return
+
+    from verl_mem1.training.layout import pack_episode, truncate
+
+    def gae(response_mask: list[int]):
+        mask = torch.tensor([response_mask], dtype=torch.float32)
+        rewards = torch.zeros_like(mask)
+        rewards[0, -1] = 1.0  # where verl places the episode's score
+        _, returns = compute_gae_advantage_return(rewards, torch.zeros_like(mask), mask, gamma=1.0, lam=1.0)
+        return returns[mask.bool()]  # (the advantages are these, whitened over the batch)
+
+    record = episodes[0][0]
+    full = pack_episode(record)
+    p, mask = full.prompt_len, full.loss_mask.tolist()
+    first_end = p + mask[p:].index(0, mask[p:].index(1))  # the first turn's last generated token + 1
+    cut = first_end + 3  # three tokens into the second turn's context copy
+    assert mask[first_end:cut] == [0, 0, 0]
+    assert not gae(truncate(full, cut).loss_mask.tolist()[p:]).any()  # a plain cut: the reward vanishes
+
+    loop = make_loop(trainer_config, server, tiny_backend.tokenizer)
+    loop.response_length = cut - p
+    out = loop.to_outputs(record, 1.0, {"score": 1.0})
+    assert len(out.prompt_ids) + len(out.response_ids) == first_end and out.response_mask[-1] == 1
+    assert out.extra_fields["mem1_truncated_tokens"] == full.length - first_end
+    assert (gae(out.response_mask) == 1.0).all()  # every trained token's return is the score

@@ -40,7 +40,14 @@ from verl_mem1.rollout.backends.verl_server import VerlServerBackend
 from verl_mem1.rollout.configure import episode_config, make_environment
 from verl_mem1.rollout.episode import EpisodeConfig, penalised, prompt_ids_for, run_episode
 from verl_mem1.tasks.rewards import RECORDED_ANSWER_KEY
-from verl_mem1.training.layout import pack_episode, packed_token_count, per_turn_samples, per_turn_token_count, truncate
+from verl_mem1.training.layout import (
+    end_on_trained_token,
+    pack_episode,
+    packed_token_count,
+    per_turn_samples,
+    per_turn_token_count,
+    truncate,
+)
 from verl_mem1.training.verl_plugin.engine import ATTENTION_KEY, POSITION_KEY, SEGMENT_KEY
 
 logger = logging.getLogger(__name__)
@@ -258,7 +265,9 @@ class MEM1AgentLoop(AgentLoopBase):
 
     def _packed_output(self, record: EpisodeRecord, reward: float | None, extra: dict[str, Any]) -> AgentLoopOutput:
         full = pack_episode(record)
-        sample = truncate(full, full.prompt_len + self.response_length)  # exact; the reward saw the whole episode
+        # exact; the reward saw the whole episode. Ending on a generated token keeps the score (verl places it on the
+        # last response token) where GAE sees it
+        sample = end_on_trained_token(truncate(full, full.prompt_len + self.response_length))
         extra["mem1_truncated_tokens"] = full.length - sample.length
         p = sample.prompt_len
         ids, pos, seg = sample.input_ids.tolist(), sample.position_ids.tolist(), sample.segment_ids.tolist()
