@@ -74,8 +74,9 @@ def vllm_replica_params(sampling_params: dict[str, Any]) -> tuple[int, dict[str,
 class FakeVllmReplica:
     """A rollout replica: verl's vLLM param handling, decoding with ``HFLocalBackend`` (vLLM's semantics)."""
 
-    def __init__(self, backend):
+    def __init__(self, backend, max_model_len: int | None = None):
         self.backend = backend
+        self.max_model_len = max_model_len  # verl's server caps max_tokens at max_model_len - len(prompt_ids)
         self.request_ids: list[str] = []
 
     async def generate(self, prompt_ids, sampling_params, request_id, image_data=None, video_data=None, **kwargs):
@@ -83,6 +84,8 @@ class FakeVllmReplica:
 
         self.request_ids.append(request_id)
         max_tokens, params = vllm_replica_params(sampling_params)
+        if self.max_model_len is not None:
+            max_tokens = max(1, min(max_tokens, self.max_model_len - len(prompt_ids)))
         assert params["repetition_penalty"] == 1.0 and not params["ignore_eos"]
         top_k = params.get("top_k", -1)
         sampling = SamplingConfig(
@@ -97,7 +100,7 @@ class FakeVllmReplica:
         # backend always does: the adapter must ask for it.
         assert params.get("include_stop_str_in_output") is True
         log_probs = gen.logprobs if params["logprobs"] is not None else None
-        stop_reason = "completed"
+        stop_reason = "completed"  # verl's vLLM server: for vLLM's "stop" and "length" alike
         return TokenOutput(token_ids=gen.token_ids, log_probs=log_probs, stop_reason=stop_reason, extra_fields={})
 
 

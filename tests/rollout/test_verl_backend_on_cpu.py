@@ -180,9 +180,23 @@ def test_finish_reasons(backend, prompt_ids):
         pytest.fail("no usable stop string in the tiny model's greedy outputs")
     k, stop = found
     stopped = SamplingConfig(max_new_tokens=6, temperature=0.0, stop=(stop,))
-    gen = run(VerlServerBackend(client, eos_token_ids=backend.eos_ids), prompt, stopped)
-    assert gen.token_ids == full.token_ids[: k + 1] and len(gen.token_ids) < 6 and gen.finish_reason == "stop"
+    for tokenizer in (None, backend.tokenizer):  # with the tokenizer, the stop string is found in the decoded tail
+        gen = run(VerlServerBackend(client, eos_token_ids=backend.eos_ids, tokenizer=tokenizer), prompt, stopped)
+        assert gen.token_ids == full.token_ids[: k + 1] and len(gen.token_ids) < 6 and gen.finish_reason == "stop"
     assert client.calls[-1][2]["stop"] == [stop]
+
+
+def test_a_generation_the_replica_capped_is_a_length_stop(backend, prompt_ids):
+    """verl's vLLM server caps max_tokens at the context left and reports vLLM's "length" as "completed": a generation
+    cut short by the cap, with stop strings set that it never wrote, is a length stop, not a stop-string one."""
+    client = FakeServerClient(FakeVllmReplica(backend, max_model_len=len(prompt_ids) + 3))
+    never = SamplingConfig(max_new_tokens=6, temperature=0.0, stop=("</answer>", "</query>"))
+    capped = run(
+        VerlServerBackend(client, eos_token_ids=backend.eos_ids, tokenizer=backend.tokenizer), prompt_ids, never
+    )
+    assert len(capped.token_ids) == 3 and client.outputs[-1].stop_reason == "completed"
+    assert capped.finish_reason == "length"
+    assert run(VerlServerBackend(client, eos_token_ids=backend.eos_ids), prompt_ids, never).finish_reason == "stop"
 
 
 def test_request_id_is_sticky_across_turns(backend, prompt_ids):

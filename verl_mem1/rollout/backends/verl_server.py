@@ -15,9 +15,19 @@ from verl_mem1.rollout.backends.base import Generation, SamplingConfig
 class VerlServerBackend:
     """Wrap a verl ``LLMServerClient`` (``agent_loop.server_manager``)."""
 
-    def __init__(self, server_manager: Any, *, eos_token_ids: set[int] | None = None, request_id: str | None = None):
+    def __init__(
+        self,
+        server_manager: Any,
+        *,
+        eos_token_ids: set[int] | None = None,
+        request_id: str | None = None,
+        tokenizer: Any = None,
+    ):
         self.server_manager = server_manager
         self.eos_token_ids = eos_token_ids or set()
+        # decodes a generation's last tokens to tell a stop string from a length cap: verl's vLLM server reports both
+        # as "completed", and caps max_tokens at the context left, so a short generation need not have stopped
+        self.tokenizer = tokenizer
         self.request_id = request_id or uuid.uuid4().hex  # sticky: one episode stays on one replica (prefix cache)
         # the policy versions (verl's global step of the weights) the episode's generations came from: verl reports
         # how off-policy each trajectory is from their range (min_global_steps / max_global_steps)
@@ -47,13 +57,19 @@ class VerlServerBackend:
         token_ids = [int(t) for t in output.token_ids]
         if output.log_probs is None:
             raise RuntimeError("verl rollout server returned no log-probs; set rollout.calculate_log_probs=True")
-        if token_ids and token_ids[-1] in self.eos_token_ids:
-            finish = "eos"
-        elif output.stop_reason == "length" or len(token_ids) >= sampling.max_new_tokens:
-            finish = "length"  # the replica also caps max_tokens at the context left
-        else:
-            finish = "stop"
+        finish = self._finish_reason(token_ids, output.stop_reason, sampling)
         return Generation(token_ids=token_ids, logprobs=[float(x) for x in output.log_probs], finish_reason=finish)
+
+    def _finish_reason(self, token_ids: list[int], stop_reason: str | None, sampling: SamplingConfig) -> str:
+        if token_ids and token_ids[-1] in self.eos_token_ids:
+            return "eos"
+        if stop_reason == "length" or len(token_ids) >= sampling.max_new_tokens or not sampling.stop:
+            return "length"  # nothing else ends a generation without EOS or a stop string
+        if self.tokenizer is None:
+            return "stop"  # cannot tell a stop string from the replica's context cap without decoding
+        # a stop string ends inside the last token, and each token is at least one character
+        tail = self.tokenizer.decode(token_ids[-max(len(s) for s in sampling.stop) :])
+        return "stop" if any(s in tail for s in sampling.stop) else "length"
 
     def _record_version(self, extra_fields: dict[str, Any]) -> None:
         low, high = extra_fields.get("min_global_steps"), extra_fields.get("max_global_steps")

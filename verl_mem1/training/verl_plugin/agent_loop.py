@@ -171,7 +171,9 @@ class MEM1AgentLoop(AgentLoopBase):
 
     def backend(self) -> VerlServerBackend:
         """One episode's client of verl's rollout servers."""
-        return VerlServerBackend(self.server_manager, eos_token_ids=self.eos_token_ids, request_id=uuid.uuid4().hex)
+        return VerlServerBackend(
+            self.server_manager, eos_token_ids=self.eos_token_ids, request_id=uuid.uuid4().hex, tokenizer=self.tokenizer
+        )
 
     async def score(self, record: EpisodeRecord, row: dict[str, Any]) -> tuple[float | None, dict[str, Any]]:
         """``(reward, extra info)`` from the configured reward function, or ``(None, {})`` for ``reward: verl``."""
