@@ -102,3 +102,22 @@ def test_the_recipes_put_the_plugin_on_every_ray_worker_and_refill_failed_groups
         # what main_ppo passes to ray.init: verl's defaults merged with the recipe's runtime_env
         runtime_env = OmegaConf.merge(get_ppo_ray_runtime_env(cfg), cfg.ray_kwargs.ray_init.runtime_env)
         assert runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == "verl_mem1.training.verl_plugin"
+
+
+def test_multi_node_runs_need_shared_absolute_paths_and_a_reachable_server(tasks, retrieval_url, tmp_path):
+    """Each finding fails on one node too late or never (issue 23, finding 9); one node accepts them all."""
+    from verl_mem1.training.verl_plugin.preflight import check_multi_node
+
+    shared = f"trainer.default_local_dir={tmp_path / 'checkpoints'}"
+    check_multi_node(qa(tasks, retrieval_url, "trainer.default_local_dir=checkpoints"))  # one node: fine
+    with pytest.raises(PreflightError, match="trainer.default_local_dir=checkpoints is relative"):
+        check_multi_node(qa(tasks, retrieval_url, "trainer.nnodes=2", "trainer.default_local_dir=checkpoints"))
+    with pytest.raises(PreflightError, match="data.val_files=data/test.parquet is relative"):
+        check_multi_node(qa(tasks, retrieval_url, "trainer.nnodes=2", shared, "data.val_files=data/test.parquet"))
+    with pytest.raises(PreflightError, match="mem1.retriever_url=http://127.0.0.1:8000 is a loopback address"):
+        check_multi_node(qa(tasks, "http://127.0.0.1:8000", "trainer.nnodes=2", shared))
+    with pytest.raises(PreflightError, match="mem1.retriever_url=http://localhost:8000/retrieve is a loopback"):
+        check_multi_node(qa(tasks, "http://localhost:8000/retrieve", "trainer.nnodes=2", shared))
+    check_multi_node(
+        qa(tasks, "http://10.0.0.5:8000", "trainer.nnodes=2", shared, "data.train_files=hdfs://x/t.parquet")
+    )

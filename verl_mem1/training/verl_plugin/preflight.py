@@ -178,9 +178,55 @@ def check_environment_server(cfg: DictConfig) -> None:
         raise PreflightError(f"the {mem1.env} server at {url} answered /health with {response.status_code}")
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"})
+
+
+def _paths(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def check_multi_node(cfg: DictConfig) -> None:
+    """With ``trainer.nnodes > 1`` the workers run on other machines: each resolves a relative path in its own Ray
+    working directory (checkpoint shards scattered and lost, data absent: ``data/`` is git-ignored, so ``ray job
+    submit --working-dir .`` ships none), and a loopback environment URL names each worker's own machine, where no
+    server runs (verl then refills the failed groups forever: a stall, not an error)."""
+    if int(_select(cfg, "trainer.nnodes", 1) or 1) <= 1:
+        return
+    keys = {"trainer.default_local_dir": _paths(_select(cfg, "trainer.default_local_dir"))}
+    keys["data.train_files"] = _paths(_select(cfg, "data.train_files"))
+    keys["data.val_files"] = _paths(_select(cfg, "data.val_files"))
+    for key, paths in keys.items():
+        for path in paths:
+            if "://" not in path and not os.path.isabs(path):
+                raise PreflightError(
+                    f"{key}={path} is relative, and trainer.nnodes > 1: each node resolves it in its own Ray working "
+                    "directory; give an absolute path on storage every node shares"
+                )
+    if "mem1" not in cfg:
+        return
+    from urllib.parse import urlsplit
+
+    from verl_mem1.config import Mem1Config
+
+    mem1 = Mem1Config.from_trainer_config(cfg)
+    host = urlsplit(mem1.url()).hostname or ""
+    if host in LOOPBACK_HOSTS:
+        key = "webshop_url" if mem1.env == "webshop" else "retriever_url"
+        raise PreflightError(
+            f"mem1.{key}={mem1.url()} is a loopback address, and trainer.nnodes > 1: agent-loop workers on the other "
+            "nodes cannot reach it (verl would refill their failed groups forever); serve it on an address every "
+            f"node reaches and set mem1.{key} to it"
+        )
+
+
 def check_trainer_config(cfg: DictConfig) -> None:
     """Every start-up check, cheapest first."""
     check_rollout_engine(cfg)
+    check_multi_node(cfg)
     check_platform(cfg)
     check_transfer_queue(cfg)
     check_data(cfg)
