@@ -7,13 +7,39 @@ import httpx
 import pytest
 from omegaconf import OmegaConf
 
-from verl_mem1.cli.serve_on_ray import server_name, start_configured_servers, strip_on_ray_flags
+from verl_mem1.cli.serve_on_ray import server_gpus, server_name, start_configured_servers, strip_on_ray_flags
 
 
 def test_on_ray_flags_are_stripped_in_both_spellings():
     argv = ["retrieval", "--index", "idx", "--on-ray", "--ray-name", "r1", "--ray-cpus=2", "--port", "9"]
     assert strip_on_ray_flags(argv) == ["retrieval", "--index", "idx", "--port", "9"]
     assert server_name(["retrieval", "--index", "a"]) != server_name(["retrieval", "--index", "b"])
+
+
+def test_a_server_on_cuda_reserves_its_gpus():
+    """Issue 23, finding 10: an actor reserving no GPU sees none (or all of them) outside Ray's accounting."""
+    assert server_gpus(["retrieval", "--index", "idx"]) == 0
+    assert server_gpus(["retrieval", "--index", "idx", "--device", "cpu"]) == 0
+    assert server_gpus(["retrieval", "--index", "idx", "--device", "cuda"]) == 1
+    assert server_gpus(["llm", "--model", "m", "--device=cuda:1"]) == 1
+    assert server_gpus(["retrieval", "--index", "idx", "--device", "cuda", "--faiss-gpus", "2"]) == 2
+    assert server_gpus(["retrieval", "--index", "idx", "--faiss-gpus=0", "--device", "cuda"]) == 1
+
+
+def test_a_cuda_server_holds_its_gpu_in_rays_accounting(bm25_index):
+    """On a cluster with one (logical) GPU, the server started with ``--device cuda`` holds it while it runs (a BM25
+    index ignores the device, so the server itself runs on the CPU here)."""
+    import ray
+
+    from verl_mem1.cli.serve_on_ray import serve_on_ray
+
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        url = serve_on_ray(["retrieval", "--index", str(bm25_index), "--device", "cuda"], name="cuda-retriever")
+        assert httpx.get(url + "/health", timeout=10).status_code == 200
+        assert ray.available_resources().get("GPU", 0) == 0 and ray.cluster_resources()["GPU"] == 1
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture

@@ -65,6 +65,27 @@ def server_name(argv: Sequence[str]) -> str:
     return f"mem1-{argv[0]}-{hashlib.sha1(shlex.join(argv).encode()).hexdigest()[:8]}"
 
 
+def _flag(argv: Sequence[str], name: str) -> str | None:
+    """The value of ``--name X`` / ``--name=X`` in ``argv`` (the last one wins, as argparse does)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def server_gpus(argv: Sequence[str]) -> int:
+    """GPUs the server's actor reserves: ``--faiss-gpus N`` if given, else one for ``--device cuda[:i]``, else none.
+
+    An actor that reserves no GPU runs outside Ray's accounting, beside vLLM and FSDP on the same devices."""
+    faiss = _flag(argv, "--faiss-gpus")
+    if faiss is not None and int(faiss) > 0:
+        return int(faiss)
+    return 1 if (_flag(argv, "--device") or "").startswith("cuda") else 0
+
+
 def serve_on_ray(
     argv: Sequence[str], *, name: str | None = None, num_cpus: float = 1.0, address: str | None = "auto"
 ) -> str:
@@ -82,7 +103,11 @@ def serve_on_ray(
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     actor_cls = ray.remote(ServerActor)
     actor = actor_cls.options(
-        name=name or server_name(argv), lifetime="detached", get_if_exists=True, num_cpus=num_cpus
+        name=name or server_name(argv),
+        lifetime="detached",
+        get_if_exists=True,
+        num_cpus=num_cpus,
+        num_gpus=server_gpus(argv),  # Ray then sets the actor's CUDA_VISIBLE_DEVICES to the GPUs it holds
     ).remote(list(argv))
     return ray.get(actor.url.remote())
 
