@@ -116,8 +116,10 @@ def check_steps(steps: dict[int, dict[str, float]], expected: list[int]) -> None
     assert sorted(steps) == expected
     for step in expected:
         metrics = steps[step]
-        # every generated token scored by verl's actor as the rollout sampled it (fp32): the MEM1 invariant
-        assert metrics["training/rollout_probs_diff_max"] <= 1e-4, (step, metrics["training/rollout_probs_diff_max"])
+        # every generated token scored by verl's actor as the rollout sampled it, both fp32: the MEM1 invariant. A
+        # probability difference (verl's metric): ~2e-11 in fp32; 4e-7 when verl's engines ran bf16 (near-uniform
+        # probabilities of the random model keep the bf16 difference small)
+        assert metrics["training/rollout_probs_diff_max"] <= 1e-8, (step, metrics["training/rollout_probs_diff_max"])
         assert metrics["response_length/mean"] > 0
         assert metrics["num_turns/mean"] >= 1
 
