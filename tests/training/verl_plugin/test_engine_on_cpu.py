@@ -321,3 +321,20 @@ def test_no_optimizer_step_when_every_gradient_is_zero():
         assert step(e, 1.0) > 0 and e.optimizer.state[e.module.weight]["step"] >= 2
     assert moved[MEM1FSDPEngineWithLMHead] == 0.0
     assert moved[FSDPEngineWithLMHead] > 1e-3  # the stock step would have moved them
+
+
+def test_the_backend_follows_the_device_verl_computes_on(training_model, monkeypatch):
+    """Issue 23, finding 6: verl keeps a forward-only engine's parameters on the host (CPU offload) and moves each
+    micro-batch to the accelerator; the backend is chosen for that device, not the parameters' (which made the
+    reference policy always run the slow ``segmented`` backend on GPUs)."""
+    import verl.utils.device as verl_device
+
+    from verl_mem1.config import attention_backend
+
+    assert next(training_model.parameters()).device.type == "cpu"  # as an offloaded engine's are
+    for device in ("cuda", "cpu"):
+        monkeypatch.setattr(verl_device, "get_device_name", lambda device=device: device)
+        engine = make_engine(MEM1FSDPEngineWithLMHead, training_model, None)
+        with torch.no_grad():  # forward-only, as the reference computes
+            assert engine._mem1_backend() == attention_backend("auto", device)
+    assert attention_backend("auto", "cuda") != "segmented"

@@ -263,7 +263,11 @@ class MEM1EngineMixin:
 
     def _mem1_backend(self, configured: str | None = None) -> str:
         if self.mem1_backend is None:
-            device = next(self.module.parameters()).device.type
+            from verl.utils import device as verl_device
+
+            # the device verl moves each micro-batch to, not the parameters': a CPU-offloaded engine (the reference
+            # policy) keeps them on the host while it computes on the accelerator
+            device = verl_device.get_device_name()
             self.mem1_backend = attention_backend(configured or "auto", device)  # $MEM1_ATTENTION_BACKEND wins
             logger.info("MEM1 packed attention backend: %s", self.mem1_backend)
         from verl_mem1.training.forward import resolve_backend
