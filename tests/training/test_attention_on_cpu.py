@@ -286,3 +286,29 @@ def test_compiled_flex_on_cpu_matches_dense(training_model):
             compile_flex=True,
         ).logits[0]
     assert (compiled - dense).abs().max().item() < 1e-4
+
+
+def test_a_plain_call_reaches_the_base_attention_under_its_own_name(tiny_model_dir):
+    """Issue 23, finding 7: transformers' flash-attention entry passes ``config._attn_implementation`` on (to pick
+    the kernel); after the switch to ``mem1_packed`` it would ask for a Hub kernel of that name. A registered base
+    attention records what it sees, as flash-attention's entry reads it."""
+    from transformers import AttentionInterface, AutoModelForCausalLM
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    seen: list[str] = []
+
+    def probe(module, *args, **kwargs):
+        seen.append(module.config._attn_implementation)
+        return sdpa_attention_forward(module, *args, **kwargs)
+
+    AttentionInterface.register("mem1_test_probe", probe)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    model.set_attn_implementation("mem1_test_probe")
+    ids = torch.arange(3, 11)[None]
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        enable_packed_attention(model)
+        after = model(input_ids=ids).logits  # a plain (non-MEM1) call after the switch
+    assert set(seen) == {"mem1_test_probe"} and len(seen) == 2 * model.config.num_hidden_layers
+    assert model.config._attn_implementation == MEM1_ATTENTION  # restored after each call
+    assert torch.equal(before, after)

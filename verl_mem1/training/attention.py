@@ -453,10 +453,17 @@ def packed_attention_forward(
             fn = sys.modules[type(module).__module__].eager_attention_forward
         else:
             fn = ALL_ATTENTION_FUNCTIONS[base]
-        return fn(
-            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, sliding_window=sliding_window,
-            **kwargs,
-        )  # fmt: skip
+        # the base function sees its own name as the config's implementation: transformers' flash-attention entry
+        # passes config._attn_implementation on, and would otherwise look for a Hub kernel named "mem1_packed"
+        config = module.config
+        config._attn_implementation_internal = base
+        try:
+            return fn(
+                module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                sliding_window=sliding_window, **kwargs,
+            )  # fmt: skip
+        finally:
+            config._attn_implementation_internal = MEM1_ATTENTION
     if sliding_window is not None:
         raise NotImplementedError("the MEM1 packed layout does not support sliding-window attention layers")
     if backend == "dense":
