@@ -312,3 +312,36 @@ def test_a_plain_call_reaches_the_base_attention_under_its_own_name(tiny_model_d
     assert set(seen) == {"mem1_test_probe"} and len(seen) == 2 * model.config.num_hidden_layers
     assert model.config._attn_implementation == MEM1_ATTENTION  # restored after each call
     assert torch.equal(before, after)
+
+
+def test_varlen_attn_keywords_fit_each_torch_signature():
+    """Issue 23, finding 4: the flash backend's PyTorch fallback passed ``enable_gqa``, which torch 2.11's
+    ``varlen_attn`` lacks (TypeError on the GPU machine). The keywords follow the installed signature; torch 2.10's
+    and 2.11's are rebuilt here from their parameter lists."""
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    from verl_mem1.training.attention import varlen_attn_kwargs
+
+    def torch_2_10(
+        query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, is_causal=False, return_aux=None, scale=None
+    ):
+        pass
+
+    def torch_2_11(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                   window_size=(-1, -1)):  # fmt: skip
+        pass
+
+    args = (None,) * 7
+    for fn in (varlen_attn, torch_2_10, torch_2_11):
+        signature = inspect.signature(fn)
+        for heads in ((8, 8), (8, 2)):
+            kwargs, repeat = varlen_attn_kwargs(signature, *heads)
+            signature.bind(*args, scale=0.1, **kwargs)  # a TypeError here is the GPU machine's failure
+            gqa = heads[0] != heads[1]
+            assert repeat == (gqa and "enable_gqa" not in signature.parameters), (fn, heads)
+            assert kwargs.get("window_size", (-1, 0)) == (-1, 0) and kwargs.get("is_causal", True)
+    assert varlen_attn_kwargs(inspect.signature(torch_2_11), 8, 2) == ({"window_size": (-1, 0)}, True)
+    with pytest.raises(TypeError, match="neither window_size nor is_causal"):
+        varlen_attn_kwargs(inspect.signature(lambda q, k, v: None), 8, 8)

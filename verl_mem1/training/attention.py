@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import sys
 import warnings
 import weakref
@@ -376,19 +377,38 @@ def flash_varlen(
         raise ValueError("PyTorch's varlen_attn has no dropout; install flash-attn or set attention dropout to 0")
     from torch.nn.attention.varlen import varlen_attn
 
+    kwargs, repeat_kv = varlen_attn_kwargs(inspect.signature(varlen_attn), q.shape[1], k.shape[1])
+    if repeat_kv:
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
     out = varlen_attn(
-        q,
-        k,
-        v,
-        cu_q.to(torch.int32),
-        cu_k.to(torch.int32),
-        layout.max_seqlen_q,
-        layout.max_seqlen_k,
-        scale=scaling,
-        window_size=(-1, 0),  # causal
-        enable_gqa=q.shape[1] != k.shape[1],
-    )
+        q, k, v, cu_q.to(torch.int32), cu_k.to(torch.int32), layout.max_seqlen_q, layout.max_seqlen_k, scale=scaling,
+        **kwargs,
+    )  # fmt: skip
     return out.unsqueeze(0)
+
+
+def varlen_attn_kwargs(signature: inspect.Signature, query_heads: int, kv_heads: int) -> tuple[dict, bool]:
+    """Causal (bottom-right) and GQA keywords for the installed ``varlen_attn``, and whether K/V must be repeated.
+
+    Its signature moved between releases: torch 2.10 takes ``is_causal``, 2.11 ``window_size`` (``(-1, 0)``: causal),
+    and ``enable_gqa`` came after 2.11; without it, K/V are repeated to the query heads (head h reads K/V head
+    ``h // (query_heads // kv_heads)``, as GQA does).
+
+    Returns:
+        (keywords, repeat_kv).
+    """
+    names = signature.parameters
+    if "window_size" in names:
+        kwargs: dict = {"window_size": (-1, 0)}
+    elif "is_causal" in names:
+        kwargs = {"is_causal": True}
+    else:
+        raise TypeError(f"torch's varlen_attn{signature} takes neither window_size nor is_causal")
+    grouped = query_heads != kv_heads
+    if grouped and "enable_gqa" in names:
+        kwargs["enable_gqa"] = True
+        return kwargs, False
+    return kwargs, grouped
 
 
 def flash_varlen_implementation() -> str | None:
