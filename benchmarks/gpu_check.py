@@ -63,6 +63,38 @@ def episode(objectives: int, *, seed: int = 0, generated: int = 120, obs: int = 
     return synthetic_record(objectives, seed=seed, instructions=200, per_question=30, generated=generated, obs=obs)
 
 
+# the oldest Linux driver each CUDA major release runs on (NVIDIA's minor-version compatibility): torch 2.11 from PyPI
+# is a CUDA 13.0 build, which many H100 nodes (drivers 535-570) cannot run
+MIN_DRIVER = {11: 450, 12: 525, 13: 580}
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver's version from ``nvidia-smi`` (None without one)."""
+    import shutil
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    result = subprocess.run(
+        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
+    )
+    lines = result.stdout.strip().splitlines()
+    return lines[0].strip() if result.returncode == 0 and lines else None
+
+
+def driver_problem(cuda_build: str | None, driver: str | None) -> str | None:
+    """Why torch's CUDA build cannot run on this driver, or None (no CUDA build, no driver, or compatible)."""
+    if not cuda_build or not driver:
+        return None
+    major, needed = int(cuda_build.split(".")[0]), MIN_DRIVER.get(int(cuda_build.split(".")[0]))
+    if needed is not None and int(driver.split(".")[0]) < needed:
+        return (
+            f"torch {cuda_build} (a CUDA {major} build) needs NVIDIA driver >= {needed}, this machine has {driver}: "
+            f"install a torch built for the driver's CUDA (e.g. pip install torch --index-url "
+            f"https://download.pytorch.org/whl/cu126) or use verl's image"
+        )
+    return None
+
+
 def step_environment(args) -> dict:
     import importlib.util
 
@@ -75,6 +107,8 @@ def step_environment(args) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "cuda": torch.version.cuda,
+        "driver": driver_version(),
+        "driver_problem": driver_problem(torch.version.cuda, driver_version()),
         "cuda_available": cuda,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "flash_attn": importlib.util.find_spec("flash_attn") is not None,
@@ -248,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry:
         import torch
 
+        problem = driver_problem(torch.version.cuda, driver_version())  # first: it explains the rest
+        if problem:
+            parser.error(problem)
         if not torch.cuda.is_available():
             parser.error("no CUDA device: run with --dry, or on the GPU machine")
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False

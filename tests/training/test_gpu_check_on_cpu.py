@@ -25,6 +25,7 @@ def test_dry_run_reports_every_step_on_cpu(tmp_path):
     steps = json.loads(out.read_text())["steps"]
     assert list(steps) == ["environment", "gpu_tests", "parity_fp32", "real_shapes_bf16", "flash_varlen", "packing"]
     assert steps["environment"]["status"] == "passed"
+    assert {"cuda", "driver", "driver_problem"} <= set(steps["environment"])  # reported first
     assert steps["gpu_tests"]["status"] == "passed" and "collected" in steps["gpu_tests"]["summary"]
     assert steps["parity_fp32"]["status"] == "passed"
     assert max(steps["parity_fp32"]["max_abs_diff"].values()) <= 1e-4
@@ -38,3 +39,20 @@ def test_a_real_run_without_cuda_is_refused_on_cpu(tmp_path):
         [sys.executable, str(SCRIPT), "--out", str(tmp_path / "x.json")], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 2 and "no CUDA device" in result.stderr
+
+
+def test_a_cuda_build_newer_than_the_driver_is_named_first_on_cpu():
+    """Issue 23, finding 2: torch 2.11 from PyPI is a CUDA 13.0 build (driver >= 580); on a 535-570 node the check
+    says so before anything else, with the fix."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+    problem = gpu_check.driver_problem("13.0", "550.54.15")
+    assert problem and "needs NVIDIA driver >= 580" in problem and "550.54.15" in problem
+    assert gpu_check.driver_problem("13.0", "580.65.06") is None
+    assert gpu_check.driver_problem("12.8", "550.54.15") is None
+    assert gpu_check.driver_problem("12.4", "470.1") is not None
+    assert gpu_check.driver_problem(None, "550.1") is None and gpu_check.driver_problem("13.0", None) is None
