@@ -119,6 +119,7 @@ def test_smol_qa_experiment_is_the_cpu_platform_plus_a_recipe_that_can_learn():
     assert actor.ppo_mini_batch_size == cfg.data.train_batch_size and actor.ppo_epochs == 1  # one step a batch
     assert actor.use_kl_loss and actor.kl_loss_coef > 0 and need_reference_policy(cfg)  # KL to the SFT policy
     assert "hf_model" in actor.checkpoint.save_contents  # a Hugging Face folder `mem1 eval` loads
+    assert cfg.actor_rollout_ref.model.enable_gradient_checkpointing  # fits 24 GB (OOM at step 3 without it)
     # the rollout's exact log-probs stand for the old policy's: no recomputing forward pass
     assert cfg.algorithm.rollout_correction.bypass_mode and cfg.actor_rollout_ref.rollout.calculate_log_probs
     assert cfg.reward.custom_reward_function.reward_kwargs.metric == "em"  # the reported metric
