@@ -27,6 +27,7 @@ def test_dry_run_reports_every_step_on_cpu(tmp_path):
     assert steps["environment"]["status"] == "passed"
     assert {"cuda", "driver", "driver_problem"} <= set(steps["environment"])  # reported first
     assert steps["gpu_tests"]["status"] == "passed" and "collected" in steps["gpu_tests"]["summary"]
+    assert steps["gpu_tests"]["left_out"] == [] and "deselected" not in steps["gpu_tests"]["summary"]
     assert steps["parity_fp32"]["status"] == "passed"
     assert max(steps["parity_fp32"]["max_abs_diff"].values()) <= 1e-4
     for name in ("real_shapes_bf16", "flash_varlen", "packing"):
@@ -56,3 +57,20 @@ def test_a_cuda_build_newer_than_the_driver_is_named_first_on_cpu():
     assert gpu_check.driver_problem("12.8", "550.54.15") is None
     assert gpu_check.driver_problem("12.4", "470.1") is not None
     assert gpu_check.driver_problem(None, "550.1") is None and gpu_check.driver_problem("13.0", None) is None
+
+
+def test_the_gpu_test_list_names_every_gpu_test_file_on_cpu():
+    """Issue 23, finding 8: the GPU step collects only the files with CUDA tests (collecting ``tests`` imports verl,
+    Ray and the rest, which the GPU machine need not have); a new GPU test file must join the list."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+    marked = {
+        str(path.relative_to(REPO))
+        for path in (REPO / "tests").rglob("test_*.py")
+        if "pytest.mark.gpu" in path.read_text() and path.name != Path(__file__).name
+    }
+    assert marked == set(gpu_check.GPU_TEST_FILES)
