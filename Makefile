@@ -18,12 +18,20 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test,webshop]"
 	touch $@
 
-# The GPU stack as verl 0.9.1's `vllm` extra pins it (torch, vLLM, transformers, flash-attn; checked by
-# tests/test_packaging_on_cpu.py): this replaces the CPU torch build.
+# The GPU stack as verl 0.9.1's `vllm` extra pins it (torch, vLLM, transformers; checked by
+# tests/test_packaging_on_cpu.py): this replaces the CPU torch build. torch 2.11.0 from PyPI is a CUDA 13.0 build
+# (NVIDIA driver >= 580; `make gpu-check` names a mismatch). Then flash-attn, built against that torch without build
+# isolation (pip's isolated build has no torch), and one faiss: faiss-cpu (a base dependency) and faiss-gpu-cu12 both
+# install the `faiss` package, and faiss-cpu's module would be the one imported.
+FLASH_ATTN_VERSION ?= 2.8.3
 install-gpu: $(VENV)/.installed-gpu
 
 $(VENV)/.installed-gpu: $(VENV)/.installed
 	$(BIN)/pip install -e ".[gpu]"
+	$(BIN)/pip install --no-build-isolation "flash-attn==$(FLASH_ATTN_VERSION)"
+	$(BIN)/pip uninstall -y faiss-cpu
+	$(BIN)/pip install --force-reinstall --no-deps faiss-gpu-cu12
+	$(BIN)/python -c "import faiss; assert hasattr(faiss, 'StandardGpuResources'), 'the faiss imported is not faiss-gpu'"
 	touch $@
 
 demo: install

@@ -38,7 +38,10 @@ def test_gpu_extra_pins_what_verls_vllm_extra_pins():
         assert str(ours[name].specifier) == str(verl_vllm[name].specifier), name
     extras = (verl_extra(e) for e in metadata("verl").get_all("Provides-Extra"))
     flash = next(r for r in extras if "flash-attn" in r)
-    assert str(ours["flash-attn"].specifier) == str(flash["flash-attn"].specifier)
+    # flash-attn is installed by make install-gpu after torch (its build imports torch): pinned there as verl pins it
+    assert "flash-attn" not in ours
+    pinned = re.search(r"^FLASH_ATTN_VERSION \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert pinned and str(flash["flash-attn"].specifier) == f"=={pinned.group(1)}"
     # and the pinned transformers is one the base install accepts
     base = {Requirement(r).name.lower(): Requirement(r) for r in project()["dependencies"]}
     assert base["transformers"].specifier.contains(str(ours["transformers"].specifier).lstrip("="))
@@ -58,6 +61,21 @@ def test_base_install_carries_verls_v1_trainer_dependencies():
 def _make_dry_run(*args: str) -> str:
     """The commands ``make -B -n`` would run (every target out of date): what a target depends on, as make sees it."""
     return subprocess.run(["make", "-B", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
+def test_make_install_gpu_builds_flash_attn_after_torch_and_leaves_one_faiss():
+    """Issue 23, findings 1 and 3: `pip install -e ".[gpu]"` with flash-attn in it failed (its source build imports
+    torch; pip's isolated build has none), and faiss-cpu's module shadowed faiss-gpu's. The order, as make runs it."""
+    steps = [
+        line.strip() for line in _make_dry_run("install-gpu").splitlines() if "pip " in line or "import faiss" in line
+    ]
+    gpu_steps = steps[[i for i, s in enumerate(steps) if '.[gpu]"' in s][0] :]
+    assert 'pip install -e ".[gpu]"' in gpu_steps[0]
+    assert "--no-build-isolation" in gpu_steps[1] and '"flash-attn==' in gpu_steps[1]
+    assert "uninstall -y faiss-cpu" in gpu_steps[2]
+    assert "--force-reinstall --no-deps faiss-gpu-cu12" in gpu_steps[3]
+    assert "StandardGpuResources" in gpu_steps[4]
+    assert not any("flash-attn" in s for s in steps if "--no-build-isolation" not in s)
 
 
 def test_make_install_gpu_uses_the_pinned_extra_and_training_targets_need_it():
