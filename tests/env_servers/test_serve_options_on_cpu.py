@@ -46,3 +46,61 @@ def test_run_server_hands_the_options_to_uvicorn(monkeypatch: pytest.MonkeyPatch
     app = object()
     run_server(app, parser.parse_args(["--no-access-log"]))
     assert calls == [(app, {"host": "127.0.0.1", "port": 1234, "log_level": "info", "access_log": False})]
+
+
+def test_a_server_with_an_api_key_refuses_requests_without_it(bm25_retriever, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23, finding 13: a server bound beyond loopback on a cluster served anyone. With ``--api-key`` (or
+    $MEM1_API_KEY) every request but /health needs the bearer token (401 with the reason); the project's client sends
+    it from $MEM1_API_KEY; the server keeps serving after refusals."""
+    import asyncio
+
+    import httpx
+
+    from env_servers.background import BackgroundServer
+    from env_servers.retrieval.server import create_app
+    from env_servers.serve_options import API_KEY_ENV, protect
+    from verl_mem1.rollout.environment import EnvironmentError_, RetrievalEnvironment
+
+    parser = argparse.ArgumentParser(prog="server")
+    add_server_options(parser, 1234)
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    app = protect(create_app(bm25_retriever), parser.parse_args(["--api-key", "s3cret"]))
+    body = {"queries": ["Which city hosted Tinted Windows' first performance?"], "topk": 2}
+    with BackgroundServer(app) as server:
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 200  # open: start-up checks probe it
+        missing = httpx.post(server.url + "/retrieve", json=body, timeout=10)
+        assert missing.status_code == 401 and "missing 'Authorization: Bearer" in missing.json()["detail"]
+        wrong = httpx.post(server.url + "/retrieve", json=body, headers={"Authorization": "Bearer nope"}, timeout=10)
+        assert wrong.status_code == 401 and "wrong bearer token" in wrong.json()["detail"]
+        right = httpx.post(server.url + "/retrieve", json=body, headers={"Authorization": "Bearer s3cret"}, timeout=10)
+        assert right.status_code == 200 and len(right.json()["result"][0]) == 2
+
+        async def search(key: str | None):
+            if key is None:
+                monkeypatch.delenv(API_KEY_ENV, raising=False)
+            else:
+                monkeypatch.setenv(API_KEY_ENV, key)
+            env = RetrievalEnvironment(server.url, topk=2, retries=1, retry_wait_s=0.01)
+            try:
+                return await env.search(body["queries"])
+            finally:
+                await env.aclose()
+
+        assert len(asyncio.run(search("s3cret"))[0]) == 2  # the client sends $MEM1_API_KEY
+        with pytest.raises(EnvironmentError_, match="answered 401"):  # a 4xx is not retried: the reason comes back
+            asyncio.run(search(None))
+
+
+def test_binding_beyond_loopback_without_a_key_warns(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    from env_servers.serve_options import API_KEY_ENV, bind_warning, protect
+
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert bind_warning("127.0.0.1", None) is None and bind_warning("0.0.0.0", "k") is None
+    parser = argparse.ArgumentParser(prog="server")
+    add_server_options(parser, 1234)
+    app = object()
+    with caplog.at_level("WARNING"):
+        assert protect(app, parser.parse_args(["--host", "0.0.0.0"])) is app
+    assert "without an API key" in caplog.text
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    assert protect(app, parser.parse_args(["--host", "0.0.0.0"])) is not app  # $MEM1_API_KEY protects it too

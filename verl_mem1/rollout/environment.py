@@ -13,6 +13,7 @@ episode as ``env_error``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,6 +23,15 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from verl_mem1.protocol import format_documents, format_webshop_page
 from verl_mem1.records import Task
 from verl_mem1.tasks.webshop import parse_goal_range, webshop_task
+
+
+def auth_headers() -> dict[str, str]:
+    """The bearer token ``mem1 serve`` servers require when started with ``--api-key`` / ``$MEM1_API_KEY``, from
+    ``$MEM1_API_KEY`` (no header when it is unset or empty)."""
+    from env_servers.serve_options import API_KEY_ENV
+
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 class EnvironmentError_(RuntimeError):
@@ -94,7 +104,7 @@ class _HTTPEnvironment:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout)
+            self._client = httpx.AsyncClient(timeout=self._timeout, headers=auth_headers())
         return self._client
 
     async def aclose(self) -> None:

@@ -56,7 +56,10 @@ class OpenAICompletionsBackend:
         self.endpoint = base + ("/completions" if base.endswith("/v1") else "/v1/completions")
         self.model = model
         self.eos_token_ids = eos_token_ids or set()
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        from verl_mem1.rollout.environment import auth_headers
+
+        # the given key, else $MEM1_API_KEY (what `mem1 serve llm --api-key` requires)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else auth_headers()
         self._client = client or httpx.AsyncClient(timeout=timeout_s, headers=headers)
 
     def request_body(self, prompt_ids: list[int], sampling: SamplingConfig) -> dict:
