@@ -85,7 +85,8 @@ def driver_problem(cuda_build: str | None, driver: str | None) -> str | None:
     """Why torch's CUDA build cannot run on this driver, or None (no CUDA build, no driver, or compatible)."""
     if not cuda_build or not driver:
         return None
-    major, needed = int(cuda_build.split(".")[0]), MIN_DRIVER.get(int(cuda_build.split(".")[0]))
+    major = int(cuda_build.split(".")[0])
+    needed = MIN_DRIVER.get(major)
     if needed is not None and int(driver.split(".")[0]) < needed:
         return (
             f"torch {cuda_build} (a CUDA {major} build) needs NVIDIA driver >= {needed}, this machine has {driver}: "

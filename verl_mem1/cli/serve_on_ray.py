@@ -65,25 +65,17 @@ def server_name(argv: Sequence[str]) -> str:
     return f"mem1-{argv[0]}-{hashlib.sha1(shlex.join(argv).encode()).hexdigest()[:8]}"
 
 
-def _flag(argv: Sequence[str], name: str) -> str | None:
-    """The value of ``--name X`` / ``--name=X`` in ``argv`` (the last one wins, as argparse does)."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(name + "="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
 def server_gpus(argv: Sequence[str]) -> int:
     """GPUs the server's actor reserves: ``--faiss-gpus N`` if given, else one for ``--device cuda[:i]``, else none.
 
     An actor that reserves no GPU runs outside Ray's accounting, beside vLLM and FSDP on the same devices."""
-    faiss = _flag(argv, "--faiss-gpus")
-    if faiss is not None and int(faiss) > 0:
-        return int(faiss)
-    return 1 if (_flag(argv, "--device") or "").startswith("cuda") else 0
+    from verl_mem1.cli import build_parser
+
+    args = build_parser().parse_args(["serve", *argv])  # the options as the server itself will read them
+    faiss = getattr(args, "faiss_gpus", None)
+    if faiss:
+        return faiss
+    return 1 if str(getattr(args, "device", None) or "").startswith("cuda") else 0
 
 
 def serve_on_ray(

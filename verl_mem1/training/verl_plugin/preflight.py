@@ -178,9 +178,6 @@ def check_environment_server(cfg: DictConfig) -> None:
         raise PreflightError(f"the {mem1.env} server at {url} answered /health with {response.status_code}")
 
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"})
-
-
 def _paths(value: Any) -> list[str]:
     if value is None:
         return []
@@ -210,11 +207,12 @@ def check_multi_node(cfg: DictConfig) -> None:
         return
     from urllib.parse import urlsplit
 
+    from env_servers.serve_options import LOOPBACK_HOSTS
     from verl_mem1.config import Mem1Config
 
     mem1 = Mem1Config.from_trainer_config(cfg)
     host = urlsplit(mem1.url()).hostname or ""
-    if host in LOOPBACK_HOSTS:
+    if host in LOOPBACK_HOSTS | {"0.0.0.0"}:  # as a URL, 0.0.0.0 names each worker's own machine too
         key = "webshop_url" if mem1.env == "webshop" else "retriever_url"
         raise PreflightError(
             f"mem1.{key}={mem1.url()} is a loopback address, and trainer.nnodes > 1: agent-loop workers on the other "
