@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# MEM1 learning on 2 CPU cores with SmolLM2-135M-Instruct (`make learn`): SFT on 2-objective oracle episodes, GRPO
+# MEM1 learning on 2 CPU cores with SmolLM2-135M-Instruct (`make learn`): SFT on 1-3-objective oracle episodes, GRPO
 # with verl's own trainer (`python -m verl_mem1.train --config-name qa +experiment=smol_qa`: main_ppo, the CPU
 # platform), then the SFT and RL checkpoints on the same held-out 2-objective tasks (greedy, paired), and the RL
 # checkpoint at 1, 2, 4 and 8 objectives with the mem1 and full context policies. Every step is a `mem1` command or
 # verl's trainer; numbers in benchmarks/README.md ("Learning on verl's trainer"). Steps already done are skipped.
 #
-# The comparison is decided before the run: EVAL_TASKS held-out tasks (each of the 300 dev questions in 2 tasks),
+# The comparison is decided before the run: 300 held-out 2-objective tasks (each of the 300 dev questions in 2 tasks),
 # `mem1 compare` of the SFT and the final RL checkpoint (no best-of-checkpoints). RL_ARGS adds trainer overrides.
 set -euo pipefail
 OUT=${OUT:-outputs/learn}
