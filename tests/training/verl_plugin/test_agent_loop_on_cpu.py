@@ -18,7 +18,7 @@ from tests.training.verl_plugin.common import (
     verl_sampling_params,
 )
 from verl_mem1.training.verl_plugin import AGENT_NAME
-from verl_mem1.training.verl_plugin.engine import POSITION_KEY, SEGMENT_KEY
+from verl_mem1.training.verl_plugin.fields import POSITION_KEY, SEGMENT_KEY
 
 
 def _segments(output):

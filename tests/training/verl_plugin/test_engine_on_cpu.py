@@ -13,12 +13,8 @@ import torch
 
 from tests.training.records import make_record
 from tests.training.verl_plugin.common import TEMPERATURE, TOL, row_kwargs
-from verl_mem1.training.verl_plugin.engine import (
-    POSITION_KEY,
-    SEGMENT_KEY,
-    MEM1FSDPEngineWithLMHead,
-    MEM1FSDPEngineWithValueHead,
-)
+from verl_mem1.training.verl_plugin.engine import MEM1FSDPEngineWithLMHead, MEM1FSDPEngineWithValueHead
+from verl_mem1.training.verl_plugin.fields import POSITION_KEY, SEGMENT_KEY
 
 
 @pytest.fixture

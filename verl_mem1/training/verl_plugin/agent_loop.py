@@ -48,7 +48,7 @@ from verl_mem1.training.layout import (
     per_turn_token_count,
     truncate,
 )
-from verl_mem1.training.verl_plugin.engine import ATTENTION_KEY, POSITION_KEY, SEGMENT_KEY
+from verl_mem1.training.verl_plugin.fields import ATTENTION_KEY, POSITION_KEY, SEGMENT_KEY
 
 logger = logging.getLogger(__name__)
 

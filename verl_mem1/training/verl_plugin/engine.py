@@ -38,12 +38,10 @@ from verl_mem1.config import attention_backend
 from verl_mem1.training import attention
 from verl_mem1.training.attention import attention_inputs, dense_mask, needs_mask_skip, skip_mask_creation
 from verl_mem1.training.layout import predictor_positions, renumber_segments
+from verl_mem1.training.verl_plugin.fields import ATTENTION_KEY, POSITION_KEY, SEGMENT_KEY
 
 logger = logging.getLogger(__name__)
 
-POSITION_KEY = "mem1_position_ids"
-SEGMENT_KEY = "mem1_segment_ids"
-ATTENTION_KEY = "mem1_attention"  # the run's mem1.attention, carried by each sample from the agent loop
 _OUTPUT_ARGS_KEY = "mem1"
 # (device, vendor) keys the MEM1 engines take in EngineRegistry: every platform verl 0.9 ships, the plug-in's CPU
 # platform (plus the running one). The stock FSDP engines are registered per device only, which the vendor keys outrank.
@@ -460,3 +458,6 @@ def register_engines() -> None:
                         (device, vendor),
                     )
                 _REGISTERED.add(key)
+
+
+register_engines()
