@@ -178,13 +178,13 @@ def step_parity_fp32(args) -> dict:
 def step_real_shapes_bf16(args) -> dict:
     import torch
 
+    from verl_mem1.config import attention_backend
     from verl_mem1.training import pack_episode, packed_logprobs
-    from verl_mem1.training.attention import flash_varlen_available
     from verl_mem1.training.forward import per_turn_logprobs
 
     model = random_model(QWEN25_7B_LAYER, layers=2, dtype=torch.bfloat16, device="cuda")
     record = episode(4, seed=3)
-    backend = "flash" if flash_varlen_available() else "flex"
+    backend = attention_backend("auto", "cuda")  # the engines' resolution
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     sample = pack_episode(record)
@@ -234,11 +234,11 @@ def step_flash_varlen(args) -> dict:
 def step_packing(args) -> dict:
     import torch
 
+    from verl_mem1.config import attention_backend
     from verl_mem1.training import pack_episode, packed_logprobs, per_turn_samples
-    from verl_mem1.training.attention import flash_varlen_available
 
     model = random_model(QWEN25_7B_LAYER, layers=2, dtype=torch.bfloat16, device="cuda").train()
-    backend = "flash" if flash_varlen_available() else "flex"
+    backend = attention_backend("auto", "cuda")  # the engines' resolution
     rows = []
     for objectives in (2, 4, 8):
         record = episode(objectives, seed=10 + objectives, generated=215, obs=400)

@@ -225,16 +225,28 @@ FIELDS_IN_ORDER = tuple(f.name for f in fields(Mem1Config) if f.name != "_target
 FIELDS = frozenset(FIELDS_IN_ORDER)
 
 
+def flash_varlen_implementation() -> str | None:
+    """What the ``flash`` backend runs on: ``flash_attn``, ``torch_varlen`` (PyTorch's own
+    ``torch.nn.attention.varlen.varlen_attn``), or None (neither is installed)."""
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attn"
+    if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
+        return "torch_varlen"
+    return None
+
+
 def attention_backend(configured: str, device_type: str) -> str:
     """The packed-attention backend a process runs on ``device_type``: the one resolver, for the local trainer and
     verl's engine alike.
 
-    ``$MEM1_ATTENTION_BACKEND`` (a worker-level override) wins over the configured ``mem1.attention``; ``auto`` is
-    flash-attn on CUDA when installed, else flex on CUDA, else segmented. On CPU ``flex`` runs as ``segmented``: the
-    same rule, exact, while torch has no CPU flex backward and its eager CPU flex materialises every score.
+    ``$MEM1_ATTENTION_BACKEND`` (a worker-level override) wins over the configured ``mem1.attention``. ``auto`` is
+    ``flash`` on CUDA where flash-attn or PyTorch's ``varlen_attn`` is installed, else ``segmented`` (memory linear in
+    the segments' lengths): never ``flex``, which an engine that cannot compile it runs eagerly, materialising every
+    score (tens of GB per layer at a 7B recipe's token budget). On CPU ``flex`` runs as ``segmented``: the same rule,
+    exact, while torch has no CPU flex backward and its eager CPU flex materialises every score.
     """
-    import importlib.util
-
     name = (os.environ.get(ATTENTION_ENV) or configured or AUTO).strip().lower()
     if name not in ATTENTION_BACKENDS:
         source = f"${ATTENTION_ENV}" if os.environ.get(ATTENTION_ENV) else "mem1.attention"
@@ -243,6 +255,4 @@ def attention_backend(configured: str, device_type: str) -> str:
         return "segmented"
     if name != AUTO:
         return name
-    if device_type == "cuda":
-        return "flash" if importlib.util.find_spec("flash_attn") is not None else "flex"
-    return "segmented"
+    return "flash" if flash_varlen_implementation() is not None else "segmented"

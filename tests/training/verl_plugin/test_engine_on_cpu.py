@@ -181,6 +181,20 @@ def test_engine_tq_path(tiny_backend, training_model, episodes, cpu_device):
     assert (log_probs[1] - plain_reference(training_model, plain)).abs().max() <= TOL  # plain stays plain causal
 
 
+def test_engine_compiles_flex_when_it_runs_flex(tiny_backend, training_model, episodes, cpu_device):
+    """Issue 23, finding 4: the engine built flex inputs uncompiled, and eager flex materialises every score. Asked
+    for by name (here forward-only on CPU, where flex still runs), flex goes to the compiled kernel."""
+    from verl.utils import tensordict_utils as tu
+
+    (_, (output,)) = episodes
+    td = tq_batch([output, plain_output(tiny_backend.tokenizer, "The capital of France is")], [{"uid": "a"}] * 2)
+    tu.assign_non_tensor(td, temperature=TEMPERATURE, use_remove_padding=True)
+    engine = make_engine(MEM1FSDPEngineWithLMHead, training_model, "flex")
+    with torch.no_grad():
+        inputs, _ = engine.prepare_model_inputs(td)
+    assert inputs["mem1_backend"] == "flex" and inputs["mem1_flex_compile"] is True
+
+
 def test_engine_reads_each_segments_first_token_at_its_predictor(
     tiny_backend, training_model, tiny_model_dir, cpu_device
 ):
@@ -325,8 +339,10 @@ def test_the_backend_follows_the_device_verl_computes_on(training_model, monkeyp
     reference policy always run the slow ``segmented`` backend on GPUs)."""
     import verl.utils.device as verl_device
 
+    import verl_mem1.config as config
     from verl_mem1.config import attention_backend
 
+    monkeypatch.setattr(config, "flash_varlen_implementation", lambda: "flash_attn")  # as on a GPU node
     assert next(training_model.parameters()).device.type == "cpu"  # as an offloaded engine's are
     for device in ("cuda", "cpu"):
         monkeypatch.setattr(verl_device, "get_device_name", lambda device=device: device)

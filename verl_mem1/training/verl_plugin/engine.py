@@ -345,7 +345,7 @@ class MEM1EngineMixin:
             seg, pseg = _pad_segments(layout, input_ids.shape[-1])
             seg, pseg = seg.to(input_ids.device), pseg.to(input_ids.device)
             model_inputs["position_ids"] = positions
-            model_inputs.update(attention_inputs(backend, seg, pseg))
+            model_inputs.update(attention_inputs(backend, seg, pseg, compile_flex=True))  # eager flex: every score
         else:  # padded (bsz, L) rows: one dense 4-D mask per row
             model_inputs.update(self._padded_inputs(model_inputs, layout))
         output_args[_OUTPUT_ARGS_KEY] = layout
