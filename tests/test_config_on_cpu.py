@@ -10,8 +10,8 @@ from verl_mem1.config import (
     ConfigError,
     Mem1Config,
     attention_backend,
-    flash_varlen_implementation,
 )
+from verl_mem1.training import attention
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ def test_attention_backend_auto_and_environment_override(monkeypatch):
     monkeypatch.delenv(ATTENTION_ENV, raising=False)
     assert attention_backend("auto", "cpu") == "segmented"
     assert attention_backend("dense", "cpu") == "dense" and attention_backend("flex", "cpu") == "segmented"
-    assert attention_backend("auto", "cuda") == ("flash" if flash_varlen_implementation() else "segmented")
+    assert attention_backend("auto", "cuda") == ("flash" if attention.flash_varlen_implementation() else "segmented")
     monkeypatch.setenv(ATTENTION_ENV, "dense")
     assert attention_backend("segmented", "cpu") == "dense" and attention_backend("auto", "cuda") == "dense"
     monkeypatch.setenv(ATTENTION_ENV, "bogus")
@@ -88,10 +88,10 @@ def test_auto_attention_on_cuda_never_runs_eager_flex(monkeypatch):
     """Issue 23, finding 4: without flash-attn, ``auto`` on CUDA resolved to ``flex``, which verl's engine ran eagerly
     (every score materialised: tens of GB per layer at the recipes' token budgets). It is now PyTorch's varlen_attn
     where torch has it, else ``segmented``."""
-    import verl_mem1.config as config
-
     monkeypatch.delenv(ATTENTION_ENV, raising=False)
     for implementation, expected in (("flash_attn", "flash"), ("torch_varlen", "flash"), (None, "segmented")):
-        monkeypatch.setattr(config, "flash_varlen_implementation", lambda implementation=implementation: implementation)
+        monkeypatch.setattr(
+            attention, "flash_varlen_implementation", lambda implementation=implementation: implementation
+        )
         assert attention_backend("auto", "cuda") == expected
     assert attention_backend("flex", "cuda") == "flex"  # asked for by name: the engine compiles it

@@ -225,18 +225,6 @@ FIELDS_IN_ORDER = tuple(f.name for f in fields(Mem1Config) if f.name != "_target
 FIELDS = frozenset(FIELDS_IN_ORDER)
 
 
-def flash_varlen_implementation() -> str | None:
-    """What the ``flash`` backend runs on: ``flash_attn``, ``torch_varlen`` (PyTorch's own
-    ``torch.nn.attention.varlen.varlen_attn``), or None (neither is installed)."""
-    import importlib.util
-
-    if importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attn"
-    if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
-        return "torch_varlen"
-    return None
-
-
 def attention_backend(configured: str, device_type: str) -> str:
     """The packed-attention backend a process runs on ``device_type``: the one resolver, for the local trainer and
     verl's engine alike.
@@ -255,4 +243,6 @@ def attention_backend(configured: str, device_type: str) -> str:
         return "segmented"
     if name != AUTO:
         return name
+    from verl_mem1.training.attention import flash_varlen_implementation
+
     return "flash" if flash_varlen_implementation() is not None else "segmented"

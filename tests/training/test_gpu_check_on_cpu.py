@@ -4,9 +4,12 @@ refused rather than reported green."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 import subprocess
 import sys
+import venv
 from pathlib import Path
 
 import pytest
@@ -32,6 +35,65 @@ def test_dry_run_reports_every_step_on_cpu(tmp_path):
     assert max(steps["parity_fp32"]["max_abs_diff"].values()) <= 1e-4
     for name in ("real_shapes_bf16", "flash_varlen", "packing"):
         assert steps[name]["status"] == "skipped"
+
+
+def _requirement_closure(roots: list[str]) -> dict[str, importlib.metadata.Distribution]:
+    """The installed distributions ``roots`` need, by their declared requirements (no extras), roots included."""
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+
+    environment, found, todo = {**default_environment(), "extra": ""}, {}, list(roots)
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in found:
+            continue
+        found[key] = dist = importlib.metadata.distribution(name)
+        for line in dist.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                todo.append(requirement.name)
+    return found
+
+
+def torch_transformers_venv(path: Path) -> Path:
+    """A venv holding only torch, transformers and what they require: the GPU machine ``make gpu-check`` is written
+    for (no verl, Ray, pytest, vLLM). Built offline from this environment's own files (links), in seconds.
+
+    Returns:
+        The venv's python.
+    """
+    venv.create(path, with_pip=False)
+    site = next(path.glob("lib/python*/site-packages"))
+    for dist in _requirement_closure(["torch", "transformers"]).values():
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] not in ("..", "__pycache__")}:
+            source, target = Path(dist.locate_file(top)), site / top
+            if source.exists() and not target.exists() and not top.endswith(".pth"):
+                target.symlink_to(source)
+    return path / "bin" / "python"
+
+
+def test_dry_run_in_a_venv_with_only_torch_and_transformers_on_cpu(tmp_path):
+    """Issue 23, finding 8: ``make gpu-check --dry`` as on the GPU machine (the machine's python, the source tree on
+    PYTHONPATH, neither verl nor pytest installed): what needs no CUDA passes, the test step says pytest is absent."""
+    python = torch_transformers_venv(tmp_path / "venv")
+    modules = ("torch", "transformers", "verl", "ray", "pytest")
+    probe = f"import importlib.util as u; print([m for m in {modules!r} if u.find_spec(m)])"
+    found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=120)
+    assert found.stdout.strip() == "['torch', 'transformers']", found.stderr[-2000:]
+    out = tmp_path / "gpu_check.json"
+    result = subprocess.run(
+        [str(python), str(SCRIPT), "--dry", "--out", str(out)],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    steps = json.loads(out.read_text())["steps"]
+    assert steps["environment"]["status"] == "passed" and steps["parity_fp32"]["status"] == "passed"
+    assert steps["gpu_tests"] == {**steps["gpu_tests"], "status": "skipped", "reason": "pytest is not installed"}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")

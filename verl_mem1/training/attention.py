@@ -50,8 +50,6 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from verl_mem1.config import flash_varlen_implementation
-
 MEM1_ATTENTION = "mem1_packed"
 PACKED_BACKENDS = ("dense", "flex", "segmented", "flash")
 FLEX_BLOCK_SIZE = 128
@@ -411,6 +409,18 @@ def varlen_attn_kwargs(signature: inspect.Signature, query_heads: int, kv_heads:
         kwargs["enable_gqa"] = True
         return kwargs, False
     return kwargs, grouped
+
+
+def flash_varlen_implementation() -> str | None:
+    """What the ``flash`` backend runs on: ``flash_attn``, ``torch_varlen`` (PyTorch's own
+    ``torch.nn.attention.varlen.varlen_attn``), or None (neither is installed)."""
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attn"
+    if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
+        return "torch_varlen"
+    return None
 
 
 def flash_varlen_available() -> bool:

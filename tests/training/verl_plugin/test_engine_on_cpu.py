@@ -339,10 +339,10 @@ def test_the_backend_follows_the_device_verl_computes_on(training_model, monkeyp
     reference policy always run the slow ``segmented`` backend on GPUs)."""
     import verl.utils.device as verl_device
 
-    import verl_mem1.config as config
     from verl_mem1.config import attention_backend
+    from verl_mem1.training import attention
 
-    monkeypatch.setattr(config, "flash_varlen_implementation", lambda: "flash_attn")  # as on a GPU node
+    monkeypatch.setattr(attention, "flash_varlen_implementation", lambda: "flash_attn")  # as on a GPU node
     assert next(training_model.parameters()).device.type == "cpu"  # as an offloaded engine's are
     for device in ("cuda", "cpu"):
         monkeypatch.setattr(verl_device, "get_device_name", lambda device=device: device)
