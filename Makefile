@@ -103,7 +103,8 @@ $(CPU_MODEL)/config.json: | install
 	$(BIN)/mem1 model smollm2 --out $(CPU_MODEL)
 
 # One prepared script for a single GPU machine (torch + CUDA, transformers, triton; no vLLM, flash-attn, Ray or
-# internet), under 10 minutes: CUDA tests, MEM1 parity fp32, Qwen2.5-7B layer shapes in bf16, flash varlen (flash-attn
+# internet), under 10 minutes: CUDA tests, MEM1 parity fp32, Qwen2.5-7B layer shapes in bf16, FSDP2 + bf16 +
+# checkpointing as verl's engine runs the policy, flash varlen (flash-attn
 # or PyTorch's varlen_attn), packing on the GPU; JSON in outputs/gpu_check.json. Runs with the machine's Python and
 # the source tree (no install). GPU_CHECK_ARGS=--dry runs the CPU part anywhere (CI does, in the tests).
 GPU_PYTHON ?= python3

@@ -12,9 +12,12 @@ recorded in the JSON with its status, time and numbers; one failing step does no
    finite, peak memory.
 5. ``flash_varlen``: the ``flash`` packed attention (flash-attn, else PyTorch's ``varlen_attn``) against the
    segmented SDPA reference, bf16.
-6. ``packing``: packed vs per-turn forward+backward time at 2 / 4 / 8 objectives on the GPU (bf16), as a ratio.
+6. ``engine_path``: the packed forward+backward as verl's FSDP engine runs it (FSDP2 ``fully_shard``, bf16 mixed
+   precision with fp32 reduction, gradient checkpointing, one rank) against the same weights unsharded.
+7. ``packing``: packed vs per-turn forward+backward time at 2 / 4 / 8 objectives on the GPU (bf16), as a ratio.
 
-``--dry`` (CI, CPU): steps 1 and 3 run on CPU with a small model, 2 lists the GPU tests, the others report
+``--dry`` (CI, CPU): steps 1, 3 and 6 run on CPU with a small model (6 in fp32 over gloo), 2 lists the GPU tests, the
+others report
 ``skipped``. The JSON goes to ``--out`` (default ``outputs/gpu_check.json``).
 
     .venv/bin/python benchmarks/gpu_check.py                 # on the GPU machine (make gpu-check)
@@ -143,6 +146,14 @@ def step_gpu_tests(args) -> dict:
     return {"summary": tail[0], "collected_only": args.dry, "files": files, "left_out": left_out}
 
 
+def _auto_backend(device: str) -> str:
+    """``config.attention_backend("auto", device)``, which this machine cannot import (verl_mem1.config needs verl);
+    tests/training/test_gpu_check_on_cpu.py holds the two to the same answers."""
+    from verl_mem1.training.attention import flash_varlen_implementation
+
+    return "flash" if device == "cuda" and flash_varlen_implementation() else "segmented"
+
+
 def _parity(model, records, backends) -> dict:
     import torch
 
@@ -178,13 +189,12 @@ def step_parity_fp32(args) -> dict:
 def step_real_shapes_bf16(args) -> dict:
     import torch
 
-    from verl_mem1.config import attention_backend
     from verl_mem1.training import pack_episode, packed_logprobs
     from verl_mem1.training.forward import per_turn_logprobs
 
     model = random_model(QWEN25_7B_LAYER, layers=2, dtype=torch.bfloat16, device="cuda")
     record = episode(4, seed=3)
-    backend = attention_backend("auto", "cuda")  # the engines' resolution
+    backend = _auto_backend("cuda")
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     sample = pack_episode(record)
@@ -231,14 +241,79 @@ def step_flash_varlen(args) -> dict:
     return {"implementation": attention.flash_varlen_implementation(), "tokens": int(length), "max_abs_diff": diff}
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def step_engine_path(args) -> dict:
+    """The MEM1 packed forward and backward the way verl's FSDP engine runs the policy: gradient checkpointing on,
+    FSDP2 ``fully_shard`` per decoder layer and at the root with ``MixedPrecisionPolicy`` (bf16 compute, fp32
+    reduction; fp32 in ``--dry``, as verl's CPU platform sets it), one rank, the whole model called (logits through
+    ``logits_to_keep``). Log-probs and gradients against the same weights unsharded, without checkpointing."""
+    import copy
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from verl_mem1.training import pack_episode, packed_logprobs
+
+    device, dtype = ("cpu", torch.float32) if args.dry else ("cuda", torch.bfloat16)
+    model = random_model(SMALL_LAYER if args.dry else QWEN25_7B_LAYER, layers=2, dtype=torch.float32, device=device)
+    reference = copy.deepcopy(model).to(dtype).train()
+    sample = pack_episode(episode(4, seed=5))
+    backend = _auto_backend(device)
+    dist.init_process_group(
+        "gloo" if args.dry else "nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+    )
+    try:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        mesh = init_device_mesh(device, (1,))
+        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+        model.train()
+        from torch.distributed.tensor import DTensor
+
+        if not (model.is_gradient_checkpointing and all(isinstance(p, DTensor) for p in model.parameters())):
+            raise AssertionError("the model is not sharded with gradient checkpointing on")
+        got = packed_logprobs(model, sample, backend=backend, logits_chunk=None)
+        got.float().sum().backward()
+        grads = {n: p.grad.full_tensor().float() for n, p in model.named_parameters() if p.grad is not None}
+    finally:
+        dist.destroy_process_group()
+    want = packed_logprobs(reference, sample, backend=backend, logits_chunk=None)
+    want.float().sum().backward()
+    lp_diff = (got.detach().float() - want.detach().float()).abs().max().item()
+    grad_diff = max(
+        ((grads[n] - p.grad.float()).norm() / p.grad.float().norm().clamp_min(1e-12)).item()
+        for n, p in reference.named_parameters()
+        if p.grad is not None
+    )
+    lp_tol, grad_tol = (1e-4, 1e-4) if args.dry else (5e-2, 5e-2)
+    if len(grads) != sum(p.grad is not None for p in reference.parameters()):
+        raise AssertionError(f"{len(grads)} sharded parameters got a gradient, the reference has a different count")
+    if lp_diff > lp_tol or grad_diff > grad_tol:
+        raise AssertionError(
+            f"FSDP2 + checkpointing vs plain: max |Δ log-prob| {lp_diff}, worst relative Δ grad {grad_diff}"
+        )
+    return {"device": device, "dtype": str(dtype), "backend": backend, "packed_tokens": int(sample.length),
+            "max_abs_diff": lp_diff, "max_rel_grad_diff": grad_diff}  # fmt: skip
+
+
 def step_packing(args) -> dict:
     import torch
 
-    from verl_mem1.config import attention_backend
     from verl_mem1.training import pack_episode, packed_logprobs, per_turn_samples
 
     model = random_model(QWEN25_7B_LAYER, layers=2, dtype=torch.bfloat16, device="cuda").train()
-    backend = attention_backend("auto", "cuda")  # the engines' resolution
+    backend = _auto_backend("cuda")
     rows = []
     for objectives in (2, 4, 8):
         record = episode(objectives, seed=10 + objectives, generated=215, obs=400)
@@ -284,6 +359,7 @@ STEPS: list[tuple[str, Callable[[argparse.Namespace], dict], bool]] = [
     ("parity_fp32", step_parity_fp32, True),
     ("real_shapes_bf16", step_real_shapes_bf16, False),
     ("flash_varlen", step_flash_varlen, False),
+    ("engine_path", step_engine_path, True),
     ("packing", step_packing, False),
 ]
 

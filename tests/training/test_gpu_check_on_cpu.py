@@ -26,15 +26,26 @@ def test_dry_run_reports_every_step_on_cpu(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     steps = json.loads(out.read_text())["steps"]
-    assert list(steps) == ["environment", "gpu_tests", "parity_fp32", "real_shapes_bf16", "flash_varlen", "packing"]
+    names = ["environment", "gpu_tests", "parity_fp32", "real_shapes_bf16", "flash_varlen", "engine_path", "packing"]
+    assert list(steps) == names
     assert steps["environment"]["status"] == "passed"
     assert {"cuda", "driver", "driver_problem"} <= set(steps["environment"])  # reported first
     assert steps["gpu_tests"]["status"] == "passed" and "collected" in steps["gpu_tests"]["summary"]
     assert steps["gpu_tests"]["left_out"] == [] and "deselected" not in steps["gpu_tests"]["summary"]
     assert steps["parity_fp32"]["status"] == "passed"
     assert max(steps["parity_fp32"]["max_abs_diff"].values()) <= 1e-4
+    assert steps["engine_path"]["status"] == "passed" and steps["engine_path"]["max_abs_diff"] <= 1e-4
     for name in ("real_shapes_bf16", "flash_varlen", "packing"):
         assert steps[name]["status"] == "skipped"
+
+
+def _import_gpu_check():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return gpu_check
 
 
 def _requirement_closure(roots: list[str]) -> dict[str, importlib.metadata.Distribution]:
@@ -92,7 +103,7 @@ def test_dry_run_in_a_venv_with_only_torch_and_transformers_on_cpu(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     steps = json.loads(out.read_text())["steps"]
-    assert steps["environment"]["status"] == "passed" and steps["parity_fp32"]["status"] == "passed"
+    assert {steps[name]["status"] for name in ("environment", "parity_fp32", "engine_path")} == {"passed"}
     assert steps["gpu_tests"] == {**steps["gpu_tests"], "status": "skipped", "reason": "pytest is not installed"}
 
 
@@ -107,11 +118,7 @@ def test_a_real_run_without_cuda_is_refused_on_cpu(tmp_path):
 def test_a_cuda_build_newer_than_the_driver_is_named_first_on_cpu():
     """Issue 23, finding 2: torch 2.11 from PyPI is a CUDA 13.0 build (driver >= 580); on a 535-570 node the check
     says so before anything else, with the fix."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    gpu_check = _import_gpu_check()
 
     problem = gpu_check.driver_problem("13.0", "550.54.15")
     assert problem and "needs NVIDIA driver >= 580" in problem and "550.54.15" in problem
@@ -121,14 +128,22 @@ def test_a_cuda_build_newer_than_the_driver_is_named_first_on_cpu():
     assert gpu_check.driver_problem(None, "550.1") is None and gpu_check.driver_problem("13.0", None) is None
 
 
+def test_the_check_resolves_the_attention_backend_as_the_engines_do_on_cpu(monkeypatch):
+    from verl_mem1.config import ATTENTION_ENV, attention_backend
+    from verl_mem1.training import attention
+
+    gpu_check = _import_gpu_check()
+    monkeypatch.delenv(ATTENTION_ENV, raising=False)
+    for implementation in ("flash_attn", "torch_varlen", None):
+        monkeypatch.setattr(attention, "flash_varlen_implementation", lambda found=implementation: found)
+        for device in ("cuda", "cpu"):
+            assert gpu_check._auto_backend(device) == attention_backend("auto", device), (implementation, device)
+
+
 def test_the_gpu_test_list_names_every_gpu_test_file_on_cpu():
     """Issue 23, finding 8: the GPU step collects only the files with CUDA tests (collecting ``tests`` imports verl,
     Ray and the rest, which the GPU machine need not have); a new GPU test file must join the list."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    gpu_check = _import_gpu_check()
 
     marked = {
         str(path.relative_to(REPO))
