@@ -170,3 +170,56 @@ def test_cpu_platform_engines_compute_in_fp32_on_cpu(recipe):
         for key in ("param_dtype", "reduce_dtype", "buffer_dtype"):
             assert PrecisionType.to_dtype(mixed.get(key, "bf16")) == torch.float32, (name, key)
     assert cfg.actor_rollout_ref.ref.fsdp_config.param_offload  # verl's default for the reference, kept
+
+
+# What the CPU platform (recipes/platform/cpu.yaml) may change in a 7B recipe: sizes (batch, lengths, token budgets,
+# group size, workers, steps, and the learning rate that goes with them), the device and the precision, and the two
+# code-path switches that the e2e runs turn back on (test_main_ppo_on_cpu.RECIPE_SWITCHES). Anything else differing
+# means the CPU runs no longer exercise what a cluster run of the recipe executes.
+CPU_SIZE_KEYS = {
+    "actor_rollout_ref.actor.ppo_max_token_len_per_gpu", "actor_rollout_ref.actor.ppo_mini_batch_size",
+    "actor_rollout_ref.actor.rollout_n", "actor_rollout_ref.ref.rollout_n", "actor_rollout_ref.rollout.n",
+    "actor_rollout_ref.rollout.agent.num_workers", "actor_rollout_ref.rollout.prompt_length",
+    "actor_rollout_ref.rollout.response_length", "critic.forward_max_token_len_per_gpu",
+    "critic.ppo_max_token_len_per_gpu", "critic.ppo_mini_batch_size", "critic.rollout_n",
+    "data.dataloader_num_workers", "data.max_prompt_length", "data.max_response_length", "data.train_batch_size",
+    "distillation.teacher_models.teacher_model.inference.prompt_length",
+    "distillation.teacher_models.teacher_model.inference.response_length", "mem1.max_new_tokens",
+    "mem1.max_observation_tokens", "mem1.max_turns", "reward.num_workers", "trainer.save_freq", "trainer.test_freq",
+    "trainer.total_epochs", "trainer.total_training_steps",
+    "transfer_queue.backend.SimpleStorage.num_data_storage_units", "actor_rollout_ref.actor.optim.lr",
+    "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio",
+}  # fmt: skip
+CPU_DEVICE_PREFIXES = (
+    "trainer.device", "trainer.n_gpus_per_node", "actor_rollout_ref.rollout.n_gpus_per_node", "ray_kwargs.ray_init.",
+    "actor_rollout_ref.rollout.name", "distillation.teacher_models.teacher_model.inference.name",
+    "actor_rollout_ref.rollout.free_cache_engine", "actor_rollout_ref.model.override_config.attn_implementation",
+    "critic.model.override_config.attn_implementation",
+)  # fmt: skip
+CPU_PRECISION_SUFFIXES = (".dtype", ".mixed_precision.param_dtype", ".mixed_precision.reduce_dtype",
+                          ".mixed_precision.buffer_dtype")  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", ["qa", "webshop"])
+def test_cpu_runs_are_the_7b_recipe_at_reduced_size_on_cpu(recipe):
+    """The CPU e2e runs (``+platform=cpu``, test_main_ppo_on_cpu.py) stand for the 7B recipe only if the platform
+    changes nothing but sizes, device and precision, plus the switches those runs turn back on."""
+    from omegaconf import OmegaConf
+
+    from tests.training.verl_plugin.test_main_ppo_on_cpu import RECIPE_SWITCHES
+
+    gpu = flat(OmegaConf.to_container(compose(recipe), resolve=True))
+    cpu = flat(OmegaConf.to_container(compose(recipe, ["+platform=cpu"]), resolve=True))
+    changed = {k for k in set(gpu) | set(cpu) if gpu.get(k, "<absent>") != cpu.get(k, "<absent>")}
+    switched_back = {item.partition("=")[0] for item in RECIPE_SWITCHES}
+    other = {
+        k
+        for k in changed - CPU_SIZE_KEYS - switched_back
+        if not k.startswith(CPU_DEVICE_PREFIXES) and not k.endswith(CPU_PRECISION_SUFFIXES)
+    }
+    assert other == set(), "the CPU platform changes a 7B recipe's code path: " + ", ".join(sorted(other))
+    for item in RECIPE_SWITCHES:  # each switch is the 7B recipe's own value
+        key, _, value = item.partition("=")
+        assert str(gpu[key]).lower() == value or key.endswith("kl_loss_coef"), (key, gpu[key])
+    assert cpu["algorithm.adv_estimator"] == gpu["algorithm.adv_estimator"] and cpu["mem1.attention"] == "auto"
+    assert cpu["actor_rollout_ref.ref.fsdp_config.param_offload"] is True  # the 7B reference's offload, kept

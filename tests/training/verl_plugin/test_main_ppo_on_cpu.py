@@ -108,8 +108,15 @@ def main_ppo(tmp_path, tiny_model_dir, env_url, tasks, *overrides: str, recipe: 
 # The random tiny model earns no reward, so GRPO's advantages are zero; an entropy bonus and a larger step make every
 # update move the weights, so that step 2's log-prob check also proves the rollout received them.
 LEARNING = ("actor_rollout_ref.actor.entropy_coeff=0.01", "actor_rollout_ref.actor.optim.lr=1e-3")
-# KL to the reference policy: verl's forward-only FSDP2 engine with CPU offload (unpinned by the CPU platform)
-KL = ("actor_rollout_ref.actor.use_kl_loss=true", "actor_rollout_ref.actor.kl_loss_coef=0.1")
+# The 7B recipes' code-path switches that the CPU platform turns off to keep its smoke run small, back on: KL to the
+# reference policy (verl's forward-only FSDP2 engine with CPU offload, unpinned by the CPU platform) and gradient
+# checkpointing (the packed attention's kwargs must survive recomputation). test_config_on_cpu.py holds the platform
+# to changing nothing else but sizes, devices and precision.
+RECIPE_SWITCHES = (
+    "actor_rollout_ref.actor.use_kl_loss=true",
+    "actor_rollout_ref.actor.kl_loss_coef=0.1",
+    "actor_rollout_ref.model.enable_gradient_checkpointing=true",
+)
 
 
 def check_steps(steps: dict[int, dict[str, float]], expected: list[int]) -> None:
@@ -127,7 +134,7 @@ def check_steps(steps: dict[int, dict[str, float]], expected: list[int]) -> None
 @pytest.mark.e2e
 @pytest.mark.timeout(2 * RUN_TIMEOUT_S + FIXTURES_S)
 def test_v1_trainer_grpo_two_steps_then_resume_on_cpu(tmp_path, tiny_model_dir, retrieval_url, qa_tasks):
-    steps = metrics_by_step(main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING, *KL))
+    steps = metrics_by_step(main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING, *RECIPE_SWITCHES))
     check_steps(steps, [1, 2])
     assert all(metrics["actor/grad_norm"] > 0 for metrics in steps.values())
     # the reference scored step 1's tokens with the weights the policy had then (the same fp32 forward: no exact-zero
@@ -140,7 +147,9 @@ def test_v1_trainer_grpo_two_steps_then_resume_on_cpu(tmp_path, tiny_model_dir, 
     assert (checkpoint / "optim_world_size_1_rank_0.pt").is_file()
     assert (tmp_path / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
 
-    log = main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING, *KL, "trainer.total_training_steps=3")
+    log = main_ppo(
+        tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING, *RECIPE_SWITCHES, "trainer.total_training_steps=3"
+    )
     assert "global_step_2" in log  # verl's resume_mode=auto loads the step-2 checkpoint
     resumed = metrics_by_step(log)
     check_steps(resumed, [3])  # from global_step_2, one more step
@@ -150,7 +159,7 @@ def test_v1_trainer_grpo_two_steps_then_resume_on_cpu(tmp_path, tiny_model_dir, 
 @pytest.mark.e2e
 @pytest.mark.timeout(RUN_TIMEOUT_S + FIXTURES_S)
 def test_legacy_trainer_gae_on_webshop_on_cpu(tmp_path, tiny_model_dir, webshop_url, webshop_tasks):
-    overrides = ("algorithm.adv_estimator=gae", "trainer.use_v1=false")
+    overrides = ("algorithm.adv_estimator=gae", "trainer.use_v1=false", *RECIPE_SWITCHES)
     log = main_ppo(tmp_path, tiny_model_dir, webshop_url, webshop_tasks, *overrides, recipe="webshop")
     steps = metrics_by_step(log)
     check_steps(steps, [1, 2])
