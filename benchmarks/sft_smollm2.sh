@@ -24,4 +24,4 @@ $MEM1 trajectories --policy oracle --tasks "$OUT/train-1obj.parquet" --retriever
 $MEM1 sft --no-progress "data.train_files=[$OUT/oracle.jsonl]" "model.path=$OUT/smollm2" \
   data.train_batch_size=4 data.micro_batch_size_per_gpu=2 optim.lr=1e-4 trainer.total_training_steps=24 \
   trainer.test_freq=8 "trainer.default_local_dir=$OUT/sft" trainer.resume_mode=disable
-[ "${SKIP_SFT_EVAL:-0}" = 1 ] || $MEM1 eval --model "$OUT/sft/global_step_24/actor" $EVAL --out "$OUT/eval-sft"
+[ "${SKIP_SFT_EVAL:-0}" = 1 ] || $MEM1 eval --model "$OUT/sft/global_step_24/huggingface" $EVAL --out "$OUT/eval-sft"

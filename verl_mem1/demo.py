@@ -140,8 +140,8 @@ def token_budget(objectives: int) -> int:
 
 
 def fine_tune(model_dir: Path, episodes: Path, out: Path, *, steps: int, lr: float, progress: bool = True) -> Path:
-    """``mem1 sft`` on ``episodes`` for ``steps`` steps of 4 episodes; returns the final actor folder."""
-    from verl_mem1.cli.sft import RECIPE, run
+    """``mem1 sft`` on ``episodes`` for ``steps`` steps of 4 episodes; returns the final Hugging Face folder."""
+    from verl_mem1.cli.sft import RECIPE, checkpoint_dir, run
     from verl_mem1.cli.train import compose_config
 
     cfg = compose_config(
@@ -159,7 +159,7 @@ def fine_tune(model_dir: Path, episodes: Path, out: Path, *, steps: int, lr: flo
         ],
     )
     run(cfg, progress=progress)
-    return out / f"global_step_{steps}" / "actor"
+    return checkpoint_dir(cfg, steps)
 
 
 def evaluate_grid(

@@ -27,7 +27,7 @@ def test_demo_fine_tunes_and_compares_models_and_policies(tmp_path, tiny_model_d
     assert {1, 2} <= {len(row["questions"]) for row in kept} <= {1, 2, 3}  # 1- to 3-objective teacher episodes
     assert len(list((tmp_path / "tasks").glob("hotpotqa-train-*obj-16-seed*.parquet"))) == 3  # tasks of each count
     assert all(len(row["turns"]) == len(row["questions"]) + 1 for row in kept)  # a search per question, the answer
-    assert (tmp_path / "sft" / "global_step_2" / "actor" / "config.json").is_file()
+    assert (tmp_path / "sft" / "global_step_2" / "huggingface" / "config.json").is_file()
     out = capsys.readouterr().out
     assert "| model | objectives | context | tasks | EM ± SE | EM vs zero-shot (paired ± SE) |" in out
     assert "| sft | 2 | full | 2 |" in out and "| turn | mem1 | full |" in out

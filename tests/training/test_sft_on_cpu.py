@@ -103,24 +103,31 @@ def test_split_and_filters(scripted_episodes, tmp_path):
 
 
 def _logged(path) -> dict[int, dict]:
-    return {row["step"]: row["data"] for row in map(json.loads, path.read_text().splitlines()) if row}
+    """verl's file logger: one row per log call (verl's SFT trainer logs a step's training and validation metrics
+    apart), merged per step."""
+    steps: dict[int, dict] = {}
+    for row in map(json.loads, path.read_text().splitlines()):
+        steps.setdefault(row["step"], {}).update(row["data"])
+    return steps
 
 
 @pytest.mark.e2e
 def test_mem1_sft_lowers_validation_loss_checkpoints_and_resumes(
-    scripted_episodes, tiny_model_dir, tmp_path, monkeypatch, capsys
+    scripted_episodes, tiny_model_dir, tmp_path, monkeypatch
 ):
+    """``mem1 sft`` (verl's SFT trainer): the seeded validation split, the validation loss falling below the initial
+    model's on the same episodes, a Hugging Face checkpoint, and verl's resume continuing at the next step."""
     from transformers import AutoModelForCausalLM
 
     from verl_mem1.cli import main
 
-    path, _ = scripted_episodes
+    path, initial = scripted_episodes
     run = tmp_path / "run"
     common = [
         f"data.train_files=[{path}]",
         "data.val_fraction=0.25",
         "data.train_batch_size=3",
-        "data.micro_batch_size_per_gpu=2",
+        "data.micro_batch_size_per_gpu=1",
         f"model.path={tiny_model_dir}",
         "optim.lr=3e-3",
         "optim.lr_warmup_steps_ratio=0",
@@ -129,20 +136,23 @@ def test_mem1_sft_lowers_validation_loss_checkpoints_and_resumes(
         "trainer.logger=[console,file]",
         "trainer.test_freq=2",
         "trainer.save_freq=2",
-        "mem1.segment_group_tokens=64",
     ]
     monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(tmp_path / "first.jsonl"))
     assert main(["sft", "--no-progress", "trainer.total_training_steps=4", *common]) == 0
     logged = _logged(tmp_path / "first.jsonl")
-    assert logged[4]["val/loss"] < logged[0]["val/loss"] - 0.5, logged
+    val = load_episodes(run / "data" / "val.jsonl")  # the split mem1 sft wrote: 3 of the 12 episodes
+    assert len(val) == 3 and len(load_episodes(run / "data" / "train.jsonl")) == 9
+    with torch.no_grad():
+        sums = [sft_nll(initial, pack_episode(r), backend="dense") for r in val]
+    before = sum(s for s, _ in sums) / sum(n for _, n in sums)
+    assert logged[4]["val/loss"] < before - 0.5, (before, logged)
     assert logged[4]["train/loss"] < logged[1]["train/loss"]
     assert (run / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
-    AutoModelForCausalLM.from_pretrained(run / "global_step_4" / "actor")  # a Hugging Face folder
+    AutoModelForCausalLM.from_pretrained(run / "global_step_4" / "huggingface")  # a Hugging Face folder
 
     monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(tmp_path / "second.jsonl"))
     assert main(["sft", "--no-progress", "trainer.total_training_steps=6", *common]) == 0
-    assert f"resumed from {run / 'global_step_4'} at step 4" in capsys.readouterr().out
-    assert sorted(_logged(tmp_path / "second.jsonl")) == [5, 6]
+    assert sorted(_logged(tmp_path / "second.jsonl")) == [5, 6]  # resumed from global_step_4
 
 
 def test_bad_sft_config_fails_at_start_up(scripted_episodes, tiny_model_dir, tmp_path, capsys):
@@ -156,4 +166,12 @@ def test_bad_sft_config_fails_at_start_up(scripted_episodes, tiny_model_dir, tmp
     assert "data.train_batch_size=50" in capsys.readouterr().err
     assert main(["sft", f"data.train_files=[{path}]", "mem1.attention=bogus", *base]) == 2
     assert "mem1.attention" in capsys.readouterr().err
+    # 12 episodes, val_fraction 0.1: one validation episode, and verl's loader would drop it (batch 8)
+    assert main(["sft", f"data.train_files=[{path}]", *base]) == 2
+    assert "raise data.val_fraction" in capsys.readouterr().err
+    assert (
+        main(["sft", f"data.train_files=[{path}]", "data.val_fraction=0", "data.micro_batch_size_per_gpu=3", *base])
+        == 2
+    )
+    assert "not a multiple of data.micro_batch_size_per_gpu=3" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

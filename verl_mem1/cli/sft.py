@@ -2,12 +2,14 @@
 
 A Hydra entry point over the shipped ``sft`` recipe (composed over verl's ``sft_trainer_engine`` config), as
 ``mem1 train``: ``mem1 sft data.train_files=[episodes.jsonl] model.path=DIR trainer.total_training_steps=20``.
-The work is :class:`verl_mem1.training.sft.SFTTrainer`.
+The trainer is verl's own (``verl.trainer.sft_trainer``) with the MEM1 engine
+(``verl_mem1.training.verl_plugin.sft``), in a child process.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,25 +27,23 @@ common overrides (key=value, as in verl):
   optim.lr=LR optim.lr_scheduler_type=constant|cosine optim.lr_warmup_steps_ratio=R
   trainer.total_training_steps=N | trainer.total_epochs=N   trainer.test_freq=N trainer.save_freq=N
   trainer.default_local_dir=DIR trainer.resume_mode=auto|disable|resume_path trainer.seed=N
-  mem1.segment_group_tokens=N|null mem1.attention=auto|segmented|dense|flex|flash
+  trainer.device=cpu|cuda mem1.attention=auto|segmented|dense|flex|flash
 """
 
 
-def run(cfg: DictConfig, *, progress: bool = True) -> list[dict[str, float]]:
-    """Train; returns the per-step metrics."""
-    from verl_mem1.training.sft import SFTTrainer
+def checkpoint_dir(cfg: DictConfig, step: int) -> Path:
+    """The Hugging Face folder of ``global_step_{step}`` (what ``mem1 eval`` loads)."""
+    return Path(str(cfg.trainer.default_local_dir)).expanduser() / f"global_step_{step}" / "huggingface"
 
-    trainer = SFTTrainer(cfg, progress=progress)
-    try:
-        print(
-            f"SFT on {len(trainer.train_episodes)} training / {len(trainer.val_episodes)} validation episodes, "
-            f"{trainer.total_steps} steps, from {cfg.model.path}"
-        )
-        history = trainer.fit()
-        print(f"done: step {trainer.global_step} of {trainer.total_steps}; checkpoints in {trainer.root}")
-        return history
-    finally:
-        trainer.close()
+
+def run(cfg: DictConfig, *, progress: bool = True) -> None:
+    """Check and complete ``cfg`` (``prepare``: failures before anything is written), then train."""
+    from verl_mem1.training.verl_plugin.sft import launch, prepare
+
+    prepare(cfg)
+    print(f"SFT with verl's trainer on {list(cfg.data.train_files)}, from {cfg.model.path}", flush=True)
+    launch(cfg, progress=progress)
+    print(f"done; checkpoints in {cfg.trainer.default_local_dir} (global_step_N/huggingface)")
 
 
 def _cmd_sft(args: argparse.Namespace) -> int:

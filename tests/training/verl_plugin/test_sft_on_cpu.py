@@ -1,26 +1,22 @@
-"""MEM1 episodes on verl's own SFT trainer (``verl_plugin/sft.py``, ``recipes/verl_sft.yaml``): verl's
-``SFTTrainer`` builds the MEM1 engine through its registry, and its first loss is the project's packed SFT loss."""
+"""``mem1 sft`` on verl's own SFT trainer (``verl_plugin/sft.py``, ``recipes/sft.yaml``): verl's ``SFTTrainer``
+builds the MEM1 engine through its registry, and its first loss is the project's packed SFT loss."""
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
 from tests.training.records import mem1_record
 from verl_mem1.rollout.runner import write_jsonl
 
-REPO = Path(__file__).resolve().parents[3]
 STEP_LOSS = re.compile(r"step:(\d+) - .*?train/loss:([0-9.eE+-]+)")
-RUN_TIMEOUT_S = 600  # ~40 s on a 2-core Xeon (Ice Lake) beside another job; 3x over a machine 1.6x slower, and more
 
 
-def test_verl_sft_trainer_trains_mem1_episodes_with_the_packed_loss_on_cpu(tiny_model_dir, tmp_path):
+def test_verl_sft_trainer_trains_mem1_episodes_with_the_packed_loss_on_cpu(tiny_model_dir, tmp_path, capfd):
     from transformers import AutoModelForCausalLM
 
+    from verl_mem1.cli import main
     from verl_mem1.training.layout import pack_episode
     from verl_mem1.training.sft import sft_nll
 
@@ -33,13 +29,11 @@ def test_verl_sft_trainer_trains_mem1_episodes_with_the_packed_loss_on_cpu(tiny_
     expected = sum(s for s, _ in sums) / sum(n for _, n in sums)  # -log p averaged over every generated token
 
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "verl_mem1.training.verl_plugin.sft", f"data.train_files=[{episodes}]"]
-    command += [f"model.path={tiny_model_dir}", "data.train_batch_size=4", "data.micro_batch_size_per_gpu=2"]
-    command += ["trainer.total_training_steps=2", "trainer.save_freq=2", f"trainer.default_local_dir={run}"]
-    command += ["optim.lr=1e-3", "optim.lr_warmup_steps_ratio=0", "trainer.resume_mode=disable"]
-    out = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[-4000:]
+    args = [f"data.train_files=[{episodes}]", "data.val_fraction=0", f"model.path={tiny_model_dir}"]
+    args += ["data.train_batch_size=4", "trainer.total_training_steps=2", "trainer.save_freq=2", "optim.lr=1e-3"]
+    args += ["optim.lr_warmup_steps_ratio=0", f"trainer.default_local_dir={run}", "trainer.resume_mode=disable"]
+    assert main(["sft", "--no-progress", *args]) == 0  # ~20 s on a 2-core Xeon (Ice Lake)
+    log = capfd.readouterr().out  # the trainer's child process writes to this process's stdout
     losses = {int(step): float(loss) for step, loss in STEP_LOSS.findall(log)}
     assert sorted(losses) == [1, 2], log[-4000:]
     # step 1 covers all four episodes with the initial weights: the MEM1 rule, not a plain causal reading of the row

@@ -1,16 +1,23 @@
-"""MEM1 episode records on verl's own SFT trainer (``verl.trainer.sft_trainer.SFTTrainer``) with the MEM1 engine.
+"""``mem1 sft``: MEM1 episode records on verl's own SFT trainer (``verl.trainer.sft_trainer.SFTTrainer``) with the
+MEM1 engine.
 
 verl's engine-based SFT trainer builds its policy engine through ``EngineRegistry`` (the plug-in's MEM1 engine) and
 takes any dataset class named in ``data.custom_cls``. ``MEM1EpisodeSFTDataset`` yields one packed episode per sample
 (``layout.pack_episode``, as RL packs it) with the per-sample MEM1 fields the engine reads (``fields.py``); verl's
-``sft_loss`` then averages ``-log p`` over the ``loss_mask`` tokens (the generated ones) of the whole step: the same
-loss as the project's own SFT (``training/sft.py``), checked token for token in
-``tests/training/verl_plugin/test_sft_on_cpu.py``. Recipe: ``recipes/verl_sft.yaml``.
+``sft_loss`` then averages ``-log p`` over the ``loss_mask`` tokens (the generated ones) of the whole step, which
+``tests/training/verl_plugin/test_sft_on_cpu.py`` checks against ``training/sft.py``'s ``sft_nll``. What verl's
+trainer lacks, ``prepare`` adds before it starts: a seeded validation split written as files, and checks that fail at
+start-up (no episodes, fewer than a batch, a batch that micro-batches do not divide, an unknown attention
+backend). Recipe: ``recipes/sft.yaml``.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,6 +58,51 @@ class MEM1EpisodeSFTDataset(Dataset):
         }
 
 
+def prepare(cfg: Any) -> None:
+    """Check ``cfg`` and complete it for verl's trainer, in place: ``data.val_fraction`` becomes a seeded split written
+    to ``trainer.default_local_dir/data/{train,val}.jsonl``, ``mem1.attention`` reaches the dataset, and without a
+    validation set ``trainer.test_freq`` is -1. Raises ``ConfigError`` before anything is written."""
+    from omegaconf import open_dict
+
+    from verl_mem1.config import ConfigError, attention_backend
+    from verl_mem1.rollout.runner import write_jsonl
+    from verl_mem1.training.sft import load_episodes, split_episodes
+
+    data, trainer = cfg.data, cfg.trainer
+    attention = str(cfg.get("mem1", {}).get("attention") or "auto")
+    attention_backend(attention, str(trainer.device))  # an unknown name fails here
+    min_reward = data.get("min_reward")
+    episodes = load_episodes(data.train_files, min_reward=min_reward)
+    if data.get("val_files"):
+        train, val = episodes, load_episodes(data.val_files, min_reward=min_reward)
+    else:
+        train, val = split_episodes(episodes, float(data.get("val_fraction") or 0.0), int(trainer.seed))
+    batch, micro = int(data.train_batch_size), int(data.get("micro_batch_size_per_gpu") or data.train_batch_size)
+    if not data.get("use_dynamic_bsz") and batch % micro:  # verl asserts it at the first step
+        raise ConfigError(f"data.train_batch_size={batch} is not a multiple of data.micro_batch_size_per_gpu={micro}")
+    if len(train) < batch:
+        raise ConfigError(f"data.train_batch_size={batch}: only {len(train)} training episodes")
+    if val and len(val) < batch:  # verl's validation loader drops a partial batch: no validation at all
+        raise ConfigError(
+            f"{len(val)} validation episodes, fewer than data.train_batch_size={batch}: "
+            "raise data.val_fraction or give data.val_files"
+        )
+    with open_dict(cfg):
+        if not data.get("val_files") and val:
+            root = Path(str(trainer.default_local_dir)).expanduser() / "data"
+            root.mkdir(parents=True, exist_ok=True)
+            write_jsonl(train, root / "train.jsonl")
+            write_jsonl(val, root / "val.jsonl")
+            data.train_files, data.val_files, data.min_reward = (
+                [str(root / "train.jsonl")],
+                [str(root / "val.jsonl")],
+                None,
+            )
+        elif not val:
+            data.val_files, trainer.test_freq = None, -1
+        data.mem1_attention = attention
+
+
 def run_single_process(cfg: Any) -> None:
     """verl's ``run_sft`` in this process (one rank), on CPU or one GPU: verl's own process-group set-up asks for
     ``cpu:gloo,cpu:gloo`` on the CPU platform, which torch refuses (a duplicate device type)."""
@@ -76,13 +128,26 @@ def run_single_process(cfg: Any) -> None:
         dist.destroy_process_group()
 
 
-def main() -> None:
-    """``python -m verl_mem1.training.verl_plugin.sft data.train_files=[E.jsonl] model.path=DIR ...`` (Hydra overrides
-    on ``recipes/verl_sft.yaml``)."""
-    import hydra
+def launch(cfg: Any, *, progress: bool = True) -> None:
+    """``run_single_process`` in a fresh interpreter, which this one waits for: verl resolves its platform once per
+    process and its trainer owns a process group, so neither leaks into the caller (a test session, ``mem1 demo``).
+    Raises ``RuntimeError`` when the trainer fails (its output went to this process's stdout/stderr)."""
+    from omegaconf import OmegaConf
 
-    hydra.main(config_path="../../recipes", config_name="verl_sft", version_base=None)(run_single_process)()
+    env = dict(os.environ)
+    if str(cfg.trainer.device) == "cpu":
+        env["VERL_PLATFORM"] = "cpu"
+    if not progress:
+        env["TQDM_DISABLE"] = "1"  # verl's own progress bar
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sft.yaml"
+        OmegaConf.save(cfg, path, resolve=True)
+        code = subprocess.run([sys.executable, "-m", __name__, str(path)], env=env).returncode
+    if code:
+        raise RuntimeError(f"verl's SFT trainer exited with status {code}")
 
 
 if __name__ == "__main__":
-    main()
+    from omegaconf import OmegaConf
+
+    run_single_process(OmegaConf.load(sys.argv[1]))
