@@ -144,10 +144,13 @@ def fine_tune(model_dir: Path, episodes: Path, out: Path, *, steps: int, lr: flo
     from verl_mem1.cli.sft import RECIPE, checkpoint_dir, run
     from verl_mem1.cli.train import compose_config
 
+    count = sum(1 for line in Path(episodes).read_text().splitlines() if line.strip())
+    validation = 0.1 if round(0.1 * count) >= 4 else 0.0  # verl drops a validation set smaller than a batch
     cfg = compose_config(
         RECIPE,
         [
             f"data.train_files=[{episodes}]",
+            f"data.val_fraction={validation}",
             f"model.path={model_dir}",
             "data.train_batch_size=4",
             "data.micro_batch_size_per_gpu=2",
