@@ -96,7 +96,8 @@ VERL_ENV := VERL_PLATFORM=cpu
 else
 TRAIN_DEPS := install-gpu
 endif
-VERL_TRAIN := $(VERL_ENV) $(BIN)/python -m verl_mem1.train --config-dir $(CURDIR)/recipes \
+# `$(call verl_train,RECIPE)` then the overrides: Hydra's parser takes its options first and every override after them
+verl_train = $(VERL_ENV) $(BIN)/python -m verl_mem1.train --config-dir $(CURDIR)/recipes --config-name $(1) \
 	actor_rollout_ref.rollout.agent.agent_loop_config_path=$(CURDIR)/recipes/agent_loops.yaml $(PLATFORM_ARGS)
 
 $(CPU_MODEL)/config.json: | install
@@ -117,7 +118,7 @@ gpu-check:
 train-qa: $(TRAIN_DEPS)
 	$(BIN)/mem1 compose $(QA_SOURCES) --objectives $(QA_OBJECTIVES) --seed 0 --agent-name mem1_agent \
 		--out $(QA_DATA)/train.parquet --test-out $(QA_DATA)/test.parquet
-	$(VERL_TRAIN) --config-name qa \
+	$(call verl_train,qa) \
 		data.train_files=$(abspath $(QA_DATA))/train.parquet data.val_files=$(abspath $(QA_DATA))/test.parquet $(TRAIN_ARGS)
 
 # the WebShop server (`mem1 serve webshop`) must serve the same products, attributes, goals and seed
@@ -126,6 +127,6 @@ train-webshop: $(TRAIN_DEPS)
 		--out $(WEBSHOP_DATA)/train.parquet
 	$(BIN)/mem1 webshop-tasks $(WEBSHOP_DATA_ARGS) --goals 0:500 --split test --agent-name mem1_agent \
 		--out $(WEBSHOP_DATA)/test.parquet
-	$(VERL_TRAIN) --config-name webshop \
+	$(call verl_train,webshop) \
 		data.train_files=$(abspath $(WEBSHOP_DATA))/train.parquet data.val_files=$(abspath $(WEBSHOP_DATA))/test.parquet \
 		$(TRAIN_ARGS)

@@ -91,6 +91,24 @@ def test_make_install_gpu_uses_the_pinned_extra_and_training_targets_need_it():
         assert "mem1 model smollm2" in cpu and "VERL_PLATFORM=cpu" in cpu and "+platform=cpu" in cpu, target
 
 
+def test_the_training_targets_command_lines_parse_as_hydra_parses_them():
+    """``make train-qa`` passed overrides both before and after ``--config-name``: Hydra's parser (argparse, its
+    overrides one positional list) refused the later ones, so neither target ever started, on GPU or CPU."""
+    import shlex
+
+    from hydra._internal.utils import get_args_parser
+
+    for target in ("train-qa", "train-webshop"):
+        for platform in ("gpu", "cpu"):
+            lines = _make_dry_run(target, f"PLATFORM={platform}").replace("\\\n", " ").splitlines()
+            line = next(line for line in lines if "-m verl_mem1.train" in line)
+            argv = shlex.split(line.split("-m verl_mem1.train", 1)[1])
+            args = get_args_parser().parse_args(argv)  # SystemExit(2) where argparse refuses the command line
+            assert args.config_name == target.removeprefix("train-"), (target, platform)
+            assert any(o.startswith("data.train_files=") for o in args.overrides), (target, platform)
+            assert ("+platform=cpu" in args.overrides) == (platform == "cpu"), (target, platform)
+
+
 def test_run_outputs_stay_out_of_git_and_of_a_ray_jobs_upload(tmp_path):
     """``ray job submit --working-dir .`` uploads what Ray's packaging walk keeps; it reads .gitignore."""
     from ray._private.runtime_env.packaging import _dir_travel
