@@ -42,7 +42,7 @@ done
 $MEM1 compose --source hotpotqa-dev --objectives 2 --passes 2 --seed 1 --max-turns 4 --agent-name mem1_agent \
   --out "$OUT/data/dev-2obj.parquet"
 
-SFT=${SFT_MODEL:-$OUT/sft/global_step_$SFT_STEPS/actor}  # SFT_MODEL: an SFT checkpoint to start from instead
+SFT=${SFT_MODEL:-$OUT/sft/global_step_$SFT_STEPS/huggingface}  # SFT_MODEL: an SFT checkpoint to start from instead
 [ -f "$SFT/config.json" ] || {
   stamp "oracle episodes, SFT ($SFT_STEPS steps of 4 episodes)"
   for N in 1 2 3; do
