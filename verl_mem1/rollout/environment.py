@@ -25,12 +25,12 @@ from verl_mem1.records import Task
 from verl_mem1.tasks.webshop import parse_goal_range, webshop_task
 
 
-def auth_headers() -> dict[str, str]:
-    """The bearer token ``mem1 serve`` servers require when started with ``--api-key`` / ``$MEM1_API_KEY``, from
-    ``$MEM1_API_KEY`` (no header when it is unset or empty)."""
+def auth_headers(api_key: str | None = None) -> dict[str, str]:
+    """The bearer token ``mem1 serve`` servers require when started with ``--api-key`` / ``$MEM1_API_KEY``: ``api_key``,
+    else ``$MEM1_API_KEY`` (no header when both are unset or empty)."""
     from env_servers.serve_options import API_KEY_ENV
 
-    key = os.environ.get(API_KEY_ENV, "").strip()
+    key = (api_key or os.environ.get(API_KEY_ENV, "")).strip()
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 

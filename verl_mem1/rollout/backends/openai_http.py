@@ -59,7 +59,7 @@ class OpenAICompletionsBackend:
         from verl_mem1.rollout.environment import auth_headers
 
         # the given key, else $MEM1_API_KEY (what `mem1 serve llm --api-key` requires)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else auth_headers()
+        headers = auth_headers(api_key)
         self._client = client or httpx.AsyncClient(timeout=timeout_s, headers=headers)
 
     def request_body(self, prompt_ids: list[int], sampling: SamplingConfig) -> dict:
