@@ -183,3 +183,16 @@ class EpisodeRecord:
     def peak_tokens(self) -> int:
         """Max over turns of the context length plus the tokens generated that turn."""
         return max((len(t.context_ids) + len(t.generated_ids) for t in self.turns), default=len(self.prompt_ids))
+
+
+# The rows the MEM1 agent loop appends under verl's trainer (``<trainer.rollout_data_dir>/mem1_episodes/*.jsonl``) and
+# ``mem1 view`` reads: {"step": the weights' global step, "model": the model path, "mem1_episode": the record}.
+EPISODES_DIR = "mem1_episodes"
+EPISODE_KEY = "mem1_episode"
+MODEL_KEY = "model"
+STEP_KEY = "step"
+
+
+def episode_log_row(record: EpisodeRecord, *, step: int | None, model: str) -> dict[str, Any]:
+    """One agent-loop log row: the record with the weights' step and the model (hence tokenizer) that sampled it."""
+    return {STEP_KEY: step, MODEL_KEY: model, EPISODE_KEY: record.to_dict()}

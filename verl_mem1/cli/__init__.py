@@ -1,10 +1,11 @@
 """The ``mem1`` command: one entry point, one module per subcommand.
 
 Each module (``rollout``, ``compose``, ``webshop_tasks``, ``evaluate``, ``train``, ``sft``, ``parity``, ``report``,
-``compare``, ``demo``, ``tiny_model``, ``model``; ``serve`` for the environment servers' ``corpus``, ``index`` and
-``serve``) registers its arguments with an ``add_*_command(subparsers)`` and handles them with a ``_cmd_*`` function
-that imports the heavy dependencies (torch, transformers, faiss, fastapi, ...) only when it runs, so ``mem1 --help``
-stays fast. The library code they call lives in the rest of ``verl_mem1``, which does not import this package.
+``compare``, ``view``, ``demo``, ``tiny_model``, ``model``; ``serve`` for the environment servers' ``corpus``,
+``index`` and ``serve``) registers its arguments with an ``add_*_command(subparsers)`` and handles them with a
+``_cmd_*`` function that imports the heavy dependencies (torch, transformers, faiss, fastapi, ...) only when it runs,
+so ``mem1 --help`` stays fast. The library code they call lives in the rest of ``verl_mem1``, which does not import
+this package.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from verl_mem1.cli.tiny_model import add_tiny_model_command
     from verl_mem1.cli.train import add_train_command
     from verl_mem1.cli.trajectories import add_trajectories_command
+    from verl_mem1.cli.view import add_view_command
     from verl_mem1.cli.webshop_tasks import add_webshop_tasks_command
 
     parser = argparse.ArgumentParser(
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_trajectories_command(sub)
     add_parity_command(sub)
     add_report_command(sub)
+    add_view_command(sub)
     add_demo_command(sub)
     add_server_commands(sub)  # corpus, index, serve
     return parser

@@ -27,15 +27,19 @@ episode (``recipes/cluster.yaml`` refills a group left empty); the legacy traine
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import os
+import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
 
 from verl_mem1.config import FIELDS, Mem1Config
-from verl_mem1.records import EpisodeRecord, Task, task_from_mapping
+from verl_mem1.records import EPISODE_KEY, EPISODES_DIR, EpisodeRecord, Task, episode_log_row, task_from_mapping
 from verl_mem1.rollout.backends.verl_server import VerlServerBackend
 from verl_mem1.rollout.configure import episode_config, make_environment
 from verl_mem1.rollout.episode import EpisodeConfig, penalised, prompt_ids_for, run_episode
@@ -91,6 +95,15 @@ def _reward_fn(trainer_config: Any):
     return _REWARD_FNS[key]
 
 
+def episode_log_path(trainer_config: Any) -> Path | None:
+    """Where this worker process appends its episodes: ``<trainer.rollout_data_dir>/mem1_episodes/<host>-<pid>.jsonl``,
+    or None when verl's rollout dump is off. verl dumps decoded text only (and its v1 trainer no extra fields), so
+    the token-exact records ``mem1 view`` reads are written by the loop itself (on a cluster the folder must be on
+    storage every node writes to)."""
+    root = (trainer_config.get("trainer") or {}).get("rollout_data_dir")
+    return Path(root) / EPISODES_DIR / f"{socket.gethostname()}-{os.getpid()}.jsonl" if root else None
+
+
 def task_from_row(row: dict[str, Any]) -> Task:
     """A ``Task`` from the fields verl's RLHFDataset gives each row (``raw_prompt`` holds the chat messages)."""
     mapping = {
@@ -134,6 +147,7 @@ class MEM1AgentLoop(AgentLoopBase):
         self.response_length = int(self.rollout_config.response_length)
         eos = getattr(tokenizer, "eos_token_id", None)
         self.eos_token_ids = {int(eos)} if eos is not None else set()
+        self.episode_log = episode_log_path(self.config)
 
     # -------------------------------------------------------------------------------------------- rollout
 
@@ -210,12 +224,22 @@ class MEM1AgentLoop(AgentLoopBase):
             raise EnvironmentFailure(f"task {task.id!r}: the environment failed after its retries: {record.error}")
         t0 = time.perf_counter()
         reward, info = await self.score(record, kwargs)
+        if self.episode_log is not None:
+            self.log_episode(record, reward, backend.weight_versions()["max_global_steps"])
         outputs = self.to_outputs(record, reward, info)
         for output in outputs if isinstance(outputs, list) else [outputs]:
             output.metrics.compute_score = time.perf_counter() - t0
             output.extra_fields.update(backend.weight_versions())
         logger.debug("episode %s: %.2fs, reward %s", task.id, time.perf_counter() - started, reward)
         return outputs
+
+    def log_episode(self, record: EpisodeRecord, reward: float | None, step: int | None) -> None:
+        """Append the episode, with its reward and the weights' step, to this worker's file for ``mem1 view``."""
+        row = episode_log_row(record, step=step, model=str(self.config.actor_rollout_ref.model.path))
+        row[EPISODE_KEY]["reward"] = reward if reward is not None else record.reward
+        self.episode_log.parent.mkdir(parents=True, exist_ok=True)
+        with self.episode_log.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     # -------------------------------------------------------------------------------------------- outputs
 
