@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 TORCH_INDEX_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: install install-gpu demo learn test test-fast lint format clean
+.PHONY: install install-gpu browser demo learn test test-fast lint format clean
 
 install: $(VENV)/.installed
 
@@ -49,13 +49,21 @@ learn: install
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
-test: install
+# Debian's Chromium and ChromeDriver, for the episode viewer's tests in a real browser (tests/viewer): installed when
+# missing on a Debian machine run as root (CI's); elsewhere those tests skip, except under CI=true, where they fail.
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "no chromedriver, and no root apt-get to install it: the browser tests will skip"; fi; }
+
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(PYTEST)
 
 # The quick tier: lint, then everything but the long end-to-end runs (@pytest.mark.e2e) and the GPU tests.
-test-fast: install
+test-fast: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(PYTEST) -m "not e2e and not gpu"

@@ -318,6 +318,7 @@ def run_demo(
     from verl_mem1.evaluation.report import write_report
     from verl_mem1.rollout.backends.hf_local import HFLocalBackend
     from verl_mem1.rollout.runner import read_episodes
+    from verl_mem1.viewer.page import write_report_page
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -345,7 +346,9 @@ def run_demo(
                 path, url, out / "eval" / label, objectives=counts, policies=policies,
                 tasks_per_point=tasks_per_point, max_new_tokens=max_new_tokens, seed=seed, progress=progress,
             )  # fmt: skip
-            write_report(sorted((out / "eval" / label).iterdir()), out / "report" / label)
+            runs = sorted((out / "eval" / label).iterdir())
+            write_report(runs, out / "report" / label)
+            print(write_report_page(runs, out / "report" / label))
     table = comparison_table(results)
     widest = max(objectives)
     turns = {policy: read_episodes(out / "eval" / "sft" / f"{widest}obj-{policy}" / "episodes.jsonl")
@@ -353,7 +356,9 @@ def run_demo(
     sizes = context_size_table(turns)
     (out / "demo.md").write_text(
         f"# mem1 demo ({model_dir.name})\n\n{table}\n\nContext tokens at each turn, fine-tuned model, {widest} "
-        f"objective(s):\n\n{sizes}\n\nPlots: report/zero-shot/report.png, report/sft/report.png\n",
+        f"objective(s):\n\n{sizes}\n\nPlots: report/zero-shot/report.png, report/sft/report.png\n\n"
+        "Episodes, turn by turn: [report/sft/view/index.html](report/sft/view/index.html), "
+        "[report/zero-shot/view/index.html](report/zero-shot/view/index.html)\n",
         encoding="utf-8",
     )
     print(f"\n{table}\n\nMean context tokens at each turn (fine-tuned model, {widest} objectives):\n\n{sizes}")
@@ -363,6 +368,7 @@ def run_demo(
     print(
         "\nEM/F1: exact match and token F1 of the final answer, summed over a task's questions. With `mem1` each"
         "\ncontext is the prompt plus the last turn (its internal state and observation), so it stays flat; `full`"
-        f"\nkeeps everything and grows every turn. Written under {out}: demo.md, report/, eval/, sft/."
+        f"\nkeeps everything and grows every turn. Written under {out}: demo.md, report/, eval/, sft/; the episodes,"
+        f"\nturn by turn: {out / 'report' / 'sft' / 'view' / 'index.html'} (open it in a browser)."
     )
     return results

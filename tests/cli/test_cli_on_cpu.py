@@ -33,7 +33,16 @@ SUBCOMMANDS = [
     ["compare"],
     ["train"],
     ["parity"],
+    ["view"],
+    ["webshop-tasks"],
 ]
+
+
+def test_every_subcommand_is_in_the_help_list():
+    from verl_mem1.cli import build_parser
+
+    actions = [a for a in build_parser()._subparsers._group_actions if a.choices]
+    assert set(actions[0].choices) == {words[0] for words in SUBCOMMANDS if words}
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "mem1")

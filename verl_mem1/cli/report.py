@@ -16,7 +16,8 @@ def add_report_command(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "report",
         help="table and plots of accuracy and peak tokens against the number of objectives",
-        description="Read the metrics.json of `mem1 eval` runs; write report.md and report.png (one line per policy).",
+        description="Read the metrics.json of `mem1 eval` runs; write report.md and report.png (one line per policy), "
+        "and view/index.html, the runs' episodes turn by turn (`mem1 view`), linked from report.md.",
     )
     parser.add_argument("runs", nargs="+", help="`mem1 eval` output directories")
     parser.add_argument("--out", default="report", help="output directory (default ./report)")
@@ -26,6 +27,7 @@ def add_report_command(subparsers: Any) -> argparse.ArgumentParser:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from verl_mem1.evaluation.report import write_report
+    from verl_mem1.viewer.page import write_report_page
 
     try:
         table, png = write_report(args.runs, args.out)
@@ -33,5 +35,5 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"mem1 report: {exc}", file=sys.stderr)
         return 2
     print(table)
-    print(f"\nwrote {Path(args.out) / 'report.md'} and {png}")
+    print(f"\nwrote {Path(args.out) / 'report.md'} and {png}; {write_report_page(args.runs, args.out)}")
     return 0

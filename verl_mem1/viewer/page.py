@@ -76,8 +76,6 @@ def write_page(
     """
     from verl_mem1.viewer.mask import draw_mask
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     views = []
     for key, loaded in enumerate(tqdm(episodes, desc="episodes", unit="ep", disable=not progress)):
         decoder = tokenizer_for(loaded, tokenizer)
@@ -85,15 +83,17 @@ def write_page(
             views.append(episode_view(loaded, decoder, key))
         except (TypeError, ValueError, KeyError, IndexError) as exc:  # a record with fields of the wrong shape
             raise ValueError(f"{loaded.source}: cannot show this episode ({type(exc).__name__}: {exc})") from exc
-    mask = None
     chosen = pick_mask_episode(episodes, mask_episode)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)  # only once every episode could be shown
+    mask = None
     if chosen is not None:
         png = draw_mask(episodes[chosen].record, out / "mask.png")
         encoded = base64.b64encode(png.read_bytes()).decode("ascii")
         mask = {"key": chosen, "id": episodes[chosen].record.id, "png": f"data:image/png;base64,{encoded}"}
     data = {"title": title, "episodes": views, "mask": mask}
-    # "</" never appears inside the script element: JSON allows "\/" for "/"
-    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    # neither "</" nor "<!--" may appear inside the script element: JSON spells them "<\/" and "<\u0021--"
+    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/").replace("<!--", "<\\u0021--")
     template = resources.files("verl_mem1.viewer").joinpath("page.html").read_text(encoding="utf-8")
     page = out / "index.html"
     page.write_text(template.replace("MEM1_TITLE", _escape(title)).replace(DATA_MARK, payload), encoding="utf-8")
@@ -102,3 +102,22 @@ def write_page(
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def write_report_page(run_dirs: Sequence[str | Path], report_dir: str | Path) -> str:
+    """The episode page of ``mem1 eval`` runs beside their report: ``report_dir/view/index.html``, linked from
+    ``report_dir/report.md``. Returns a line saying where it is, or why it could not be made (the report stands
+    without it: e.g. runs whose metrics.json names no model cannot be decoded)."""
+    from verl_mem1.viewer.load import load_episodes
+
+    report = Path(report_dir) / "report.md"
+    try:
+        page = write_page(load_episodes(run_dirs), Path(report_dir) / "view", title="MEM1 evaluation", progress=False)
+    except (FileNotFoundError, ValueError) as exc:
+        return f"no episode page: {exc}"
+    if report.exists():
+        with report.open("a", encoding="utf-8") as fh:
+            fh.write(
+                "\nEpisodes, turn by turn (what each context kept and dropped): [view/index.html](view/index.html)\n"
+            )
+    return f"episode page: {page}"

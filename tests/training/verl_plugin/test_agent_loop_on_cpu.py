@@ -198,3 +198,28 @@ def test_a_cut_inside_a_context_copy_keeps_the_score_where_gae_sees_it(trainer_c
     assert len(out.prompt_ids) + len(out.response_ids) == first_end and out.response_mask[-1] == 1
     assert out.extra_fields["mem1_truncated_tokens"] == full.length - first_end
     assert (gae(out.response_mask) == 1.0).all()  # every trained token's return is the score
+
+
+def test_with_a_rollout_dump_folder_the_loop_logs_each_episode_for_the_viewer(
+    trainer_config, server, tiny_backend, rows, tmp_path
+):
+    """verl dumps decoded text only; under ``trainer.rollout_data_dir`` the loop appends the token-exact record (with
+    its reward, the weights' step and the model), which ``mem1 view`` reads."""
+    from omegaconf import OmegaConf
+
+    from verl_mem1.viewer.episode import episode_view
+    from verl_mem1.viewer.load import load_episodes
+
+    plain = make_loop(trainer_config, server, tiny_backend.tokenizer)
+    assert plain.episode_log is None, "no dump folder: nothing is written"
+    config = OmegaConf.merge(trainer_config, {"trainer": {"rollout_data_dir": str(tmp_path / "rollouts")}})
+    loop = make_loop(config, server, tiny_backend.tokenizer)
+    outputs = [asyncio.run(loop.run(verl_sampling_params(config), **row_kwargs(row))) for row in rows[:2]]
+    loaded = load_episodes([tmp_path / "rollouts"])
+    assert [e.record.id for e in loaded] == [loop.task_from_row(row_kwargs(r)).id for r in rows[:2]]
+    assert [e.record.reward for e in loaded] == [o.reward_score for o in outputs]
+    assert [len(e.record.turns) for e in loaded] == [o.num_turns for o in outputs]
+    assert {e.model for e in loaded} == {str(config.actor_rollout_ref.model.path)}
+    assert [e.step for e in loaded] == [o.extra_fields["max_global_steps"] for o in outputs]
+    view = episode_view(loaded[0], tiny_backend.tokenizer, key=0)
+    assert all(t["context_matches"] for t in view["turns"]), "the logged contexts are the ones the rule built"

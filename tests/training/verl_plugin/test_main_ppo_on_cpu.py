@@ -131,11 +131,41 @@ def check_steps(steps: dict[int, dict[str, float]], expected: list[int]) -> None
         assert metrics["num_turns/mean"] >= 1
 
 
+def check_logged_episodes(dump: Path, tiny_model_dir: Path, view: Path) -> None:
+    """The agent loop's token-exact episodes sit beside verl's own dump of the same samples, and ``mem1 view`` shows
+    them."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from verl_mem1.cli import main
+    from verl_mem1.viewer.load import load_episodes
+
+    verl_rows = {
+        step: [json.loads(line) for line in (dump / f"{step}.jsonl").read_text().splitlines()] for step in (1, 2)
+    }
+    loaded = load_episodes([dump])
+    by_step: dict[int | None, list] = {}
+    for episode in loaded:
+        by_step.setdefault(episode.step, []).append(episode)
+    assert sorted(len(v) for v in by_step.values()) == sorted(len(v) for v in verl_rows.values()), "one per sample"
+    assert {e.model for e in loaded} == {str(tiny_model_dir)}
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = {tokenizer.decode(e.record.prompt_ids, skip_special_tokens=True) for e in loaded}
+    assert prompts == {row["input"] for rows in verl_rows.values() for row in rows}, "the very samples verl dumped"
+    assert main(["view", str(dump), "--out", str(view)]) == 0
+    assert (view / "index.html").stat().st_size > 10_000
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(2 * RUN_TIMEOUT_S + FIXTURES_S)
 def test_v1_trainer_grpo_two_steps_then_resume_on_cpu(tmp_path, tiny_model_dir, retrieval_url, qa_tasks):
-    steps = metrics_by_step(main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING, *RECIPE_SWITCHES))
+    dump = f"trainer.rollout_data_dir={tmp_path / 'rollouts'}"
+    steps = metrics_by_step(
+        main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING, *RECIPE_SWITCHES, dump)
+    )
     check_steps(steps, [1, 2])
+    check_logged_episodes(tmp_path / "rollouts", tiny_model_dir, tmp_path / "view")
     assert all(metrics["actor/grad_norm"] > 0 for metrics in steps.values())
     # the reference scored step 1's tokens with the weights the policy had then (the same fp32 forward: no exact-zero
     # promise across two engines), and step 2's policy has moved away from it
