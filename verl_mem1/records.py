@@ -186,7 +186,8 @@ class EpisodeRecord:
 
 
 # The rows the MEM1 agent loop appends under verl's trainer (``<trainer.rollout_data_dir>/mem1_episodes/*.jsonl``) and
-# ``mem1 view`` reads: {"step": the weights' global step, "model": the model path, "mem1_episode": the record}.
+# ``mem1 view`` reads: {"step": the global step of the weights that sampled it (0: the initial model; training step N
+# samples with N-1's in verl's synchronous trainer), "model": the model path, "mem1_episode": the record}.
 EPISODES_DIR = "mem1_episodes"
 EPISODE_KEY = "mem1_episode"
 MODEL_KEY = "model"

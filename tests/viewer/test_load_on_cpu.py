@@ -20,6 +20,8 @@ def test_an_eval_folder_gives_its_episodes_and_the_model_of_its_metrics(eval_run
     assert {e.model for e in loaded} == {str(tiny_model_dir)} and {e.step for e in loaded} == {None}
     assert loaded[0].source == f"{eval_runs['mem1'] / 'episodes.jsonl'}:1"
     assert len(load_episodes([eval_runs["mem1"], eval_runs["full"] / "episodes.jsonl"], limit=3)) == 3
+    both = load_episodes([eval_runs["mem1"].parent])  # a folder of runs
+    assert sorted(e.record.context_policy for e in both) == ["full", "full", "mem1", "mem1"]
 
 
 def test_agent_loop_rows_carry_their_step_and_model(eval_runs, tmp_path):
@@ -57,7 +59,7 @@ def test_a_malformed_line_is_named_by_file_and_line(eval_runs, tmp_path, lines, 
 def test_missing_inputs_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="episode file not found: .*nope.jsonl"):
         load_episodes([tmp_path / "nope.jsonl"])
-    with pytest.raises(FileNotFoundError, match="no episodes.jsonl, mem1_episodes"):
+    with pytest.raises(FileNotFoundError, match=r"no episodes.jsonl, mem1_episodes/\*.jsonl, .* or \*/episodes"):
         load_episodes([tmp_path])
 
 

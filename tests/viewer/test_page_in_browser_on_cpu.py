@@ -118,11 +118,14 @@ def test_thousands_of_episodes_stay_usable(browser, eval_runs, tmp_path):
             if i == 1:  # model output is data, never markup: it cannot close the page's script or open a comment
                 row["final_answer"] = "</script><!--<script>alert(1)</script>"
             fh.write(json.dumps(row) + "\n")
+        other = json.loads((eval_runs["full"] / "episodes.jsonl").read_text().splitlines()[0])
+        other.update(id=f"{json.loads(rows[0])['id']}-0", questions=[f"Not {q}" for q in other["questions"]])
+        fh.write(json.dumps(other) + "\n")  # episode 0's id, under full context, with other questions
     shutil.copy(eval_runs["mem1"] / "metrics.json", tmp_path / "metrics.json")
     out = tmp_path / "view"
-    assert main(["view", str(many), "--out", str(out), "--mask-episode", "stardust-0"]) == 0
+    assert main(["view", str(many), "--out", str(out), "--mask-episode", json.loads(rows[0])["id"] + "-0"]) == 0
     browser.get((out / "index.html").as_uri())
-    assert browser.find_element("id", "count").text.startswith("1500 of 1500 episodes match; the first 500")
+    assert browser.find_element("id", "count").text.startswith("1501 of 1501 episodes match; the first 500")
     assert len(browser.find_elements("css selector", "tr.row")) == 500, "the index renders a page of rows, not all"
     assert not browser.find_elements("css selector", "section.turn"), "turns are built only when opened"
     browser.get((out / "index.html").as_uri() + "#episode=1498")
@@ -130,6 +133,7 @@ def test_thousands_of_episodes_stay_usable(browser, eval_runs, tmp_path):
     browser.get((out / "index.html").as_uri() + "#episode=1")
     assert "</script><!--<script>alert(1)</script>" in browser.find_element("css selector", ".column .meta").text
     browser.get((out / "index.html").as_uri() + "#episode=0")
+    assert len(browser.find_elements("css selector", ".column")) == 1, "an id alone does not make the same task"
     mask = browser.find_element("css selector", ".mask img")
     assert browser.execute_script("return arguments[0].naturalWidth", mask) > 100
     assert Path(out / "mask.png").exists()

@@ -8,7 +8,7 @@ Two shapes of row are read:
   to ``<trainer.rollout_data_dir>/mem1_episodes/`` (verl's own dump there holds decoded text only).
 
 A directory stands for its ``episodes.jsonl`` (a ``mem1 eval`` run), else its ``mem1_episodes/*.jsonl`` (a verl
-rollout dump folder), else every ``*.jsonl`` in it.
+rollout dump folder), else every ``*.jsonl`` in it, else its runs' ``*/episodes.jsonl`` (a folder of eval runs).
 """
 
 from __future__ import annotations
@@ -42,9 +42,15 @@ def episode_files(paths: Sequence[str | Path]) -> list[Path]:
             if (path / "episodes.jsonl").exists():
                 files.append(path / "episodes.jsonl")
                 continue
-            found = sorted((path / EPISODES_DIR).glob("*.jsonl")) or sorted(path.glob("*.jsonl"))
+            found = (
+                sorted((path / EPISODES_DIR).glob("*.jsonl"))
+                or sorted(path.glob("*.jsonl"))
+                or sorted(path.glob("*/episodes.jsonl"))  # a folder of `mem1 eval` runs
+            )
             if not found:
-                raise FileNotFoundError(f"{path}: no episodes.jsonl, {EPISODES_DIR}/*.jsonl or *.jsonl in this folder")
+                raise FileNotFoundError(
+                    f"{path}: no episodes.jsonl, {EPISODES_DIR}/*.jsonl, *.jsonl or */episodes.jsonl in this folder"
+                )
             files.extend(found)
         elif path.exists():
             files.append(path)
