@@ -40,5 +40,8 @@ def test_demo_fine_tunes_and_compares_models_and_policies(tmp_path, tiny_model_d
     assert peak[("full", 2)] > peak[("mem1", 2)], "full context grows past mem1's"
     for label in ("zero-shot", "sft"):
         assert (tmp_path / "report" / label / "report.png").stat().st_size > 10_000
+        assert "view/index.html" in (tmp_path / "report" / label / "report.md").read_text()  # the linked episode page
+        assert (tmp_path / "report" / label / "view" / "index.html").stat().st_size > 10_000
+    assert "report/sft/view/index.html" in demo_md
     shop = {p: load_points([tmp_path / "webshop" / p])[0] for p in ("mem1", "full")}
     assert shop["full"]["peak_tokens"] > shop["mem1"]["peak_tokens"]
