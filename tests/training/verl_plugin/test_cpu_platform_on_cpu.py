@@ -80,7 +80,8 @@ dist.destroy_process_group()
 def test_mem1_engines_are_verl_engines_on_cpu():
     result = _run(
         """
-import json, verl
+import json, os, verl
+os.environ["VERL_ENGINE_VENDOR"] = "mem1"  # what the MEM1 recipes set for every worker (recipes/cluster.yaml)
 from verl.workers.engine.base import EngineRegistry
 from verl.workers.rollout.base import get_rollout_class
 from verl.workers.rollout.replica import get_rollout_replica_class

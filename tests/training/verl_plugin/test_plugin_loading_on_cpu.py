@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.training.verl_plugin.common import ROOT, agent_loop_entries, compose
-from verl_mem1.training.verl_plugin import AGENT_NAME, PLUGIN_MODULE
+from verl_mem1.training.verl_plugin import AGENT_NAME, ENGINE_VENDOR, ENGINE_VENDOR_ENV, PLUGIN_MODULE
 from verl_mem1.training.verl_plugin.agent_loop import MEM1AgentLoop
 
 
@@ -26,13 +26,47 @@ def test_plugin_loads_the_way_verl_loads_it():
         "e.get_engine_cls('language_model', 'fsdp'), e.get_engine_cls('language_model', 'fsdp2'),"
         "e.get_engine_cls('value_model', 'fsdp2'))]}))\n"
     )
-    env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": PLUGIN_MODULE, "VERL_USE_EXTERNAL_PLUGINS": "none"}
+    env = {
+        **os.environ,
+        "VERL_USE_EXTERNAL_MODULES": PLUGIN_MODULE,
+        "VERL_USE_EXTERNAL_PLUGINS": "none",
+        ENGINE_VENDOR_ENV: ENGINE_VENDOR,  # as recipes/cluster.yaml sets it for every worker
+    }
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["loop"] == {"_target_": "verl_mem1.training.verl_plugin.agent_loop.MEM1AgentLoop"}
     engine = "verl_mem1.training.verl_plugin.engine.MEM1FSDPEngine"
     assert found["engines"] == [engine + "WithLMHead", engine + "WithLMHead", engine + "WithValueHead"]
+    assert compose("qa").ray_kwargs.ray_init.runtime_env.env_vars[ENGINE_VENDOR_ENV] == ENGINE_VENDOR
+
+
+@pytest.mark.parametrize("device", ["cuda", "npu"])
+def test_without_a_mem1_recipe_verl_keeps_its_stock_engines(device):
+    """verl-mem1 installed (its ``verl.plugins`` entry point loads the plug-in on ``import verl``), a verl run that is
+    not MEM1's: verl builds its own FSDP engines on every vendor of the device; only ``VERL_ENGINE_VENDOR=mem1`` (what
+    the MEM1 recipes set) selects the MEM1 engines. The device is verl's own override (no GPU needed to look it up)."""
+    code = (
+        "import json, os, verl\n"
+        f"from {PLUGIN_MODULE} import register\n"
+        "register()  # what the entry point does on import verl\n"
+        "from verl.workers.engine import EngineRegistry as e\n"
+        "def names(vendor):\n"
+        "    os.environ['VERL_ENGINE_VENDOR'] = vendor\n"
+        "    return [f'{c.__module__}.{c.__name__}' for c in (e.get_engine_cls('language_model', 'fsdp2'),"
+        " e.get_engine_cls('value_model', 'fsdp'))]\n"
+        "print(json.dumps({v: names(v) for v in ('nvidia', 'amd', 'huawei', 'mem1')}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM", ENGINE_VENDOR_ENV)}
+    env["VERL_ENGINE_DEVICE"] = device
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    stock = "verl.workers.engine.fsdp.transformer_impl.FSDPEngineWith"
+    for vendor in ("nvidia", "amd", "huawei"):
+        assert found[vendor] == [stock + "LMHead", stock + "ValueHead"], vendor
+    mem1 = "verl_mem1.training.verl_plugin.engine.MEM1FSDPEngineWith"
+    assert found["mem1"] == [mem1 + "LMHead", mem1 + "ValueHead"]
 
 
 def test_entry_point_and_agent_loop_config_file():
@@ -60,7 +94,12 @@ _HEAVY = ("verl.workers.engine", "verl_mem1.training.verl_plugin.engine", "verl_
 
 
 def _fresh_interpreter(code: str) -> dict:
-    env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": PLUGIN_MODULE, "VERL_USE_EXTERNAL_PLUGINS": "none"}
+    env = {
+        **os.environ,
+        "VERL_USE_EXTERNAL_MODULES": PLUGIN_MODULE,
+        "VERL_USE_EXTERNAL_PLUGINS": "none",
+        ENGINE_VENDOR_ENV: ENGINE_VENDOR,
+    }
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

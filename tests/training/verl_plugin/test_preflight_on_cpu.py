@@ -84,6 +84,17 @@ def test_engines_other_than_fsdp_are_refused(tasks, retrieval_url):
         preflight.check_engines(qa(tasks, retrieval_url, "actor_rollout_ref.actor.strategy=megatron"))
 
 
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_a_recipe_that_does_not_select_the_mem1_engines_is_refused(tasks, retrieval_url, device, monkeypatch):
+    """Without VERL_ENGINE_VENDOR=mem1 for the workers verl builds its stock engine (cuda) or none (cpu)."""
+    monkeypatch.delenv("VERL_ENGINE_VENDOR", raising=False)
+    drop = "~ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR"
+    config = qa(tasks, retrieval_url, drop, f"trainer.device={device}")
+    with pytest.raises(PreflightError, match="VERL_ENGINE_VENDOR=mem1"):
+        preflight.check_engines(config)
+    preflight.check_engines(qa(tasks, retrieval_url, f"trainer.device={device}"))
+
+
 def test_an_environment_server_that_does_not_answer_fails_at_start(tasks, retrieval_url, monkeypatch):
     dead = "http://127.0.0.1:9"  # discard port: nothing listens
     with pytest.raises(PreflightError, match=r"retrieval server at http://127.0.0.1:9 \(mem1.retriever_url\)"):

@@ -42,3 +42,22 @@ def test_verl_sft_trainer_trains_mem1_episodes_with_the_packed_loss_on_cpu(tiny_
     tuned = AutoModelForCausalLM.from_pretrained(run / "global_step_2" / "huggingface", dtype=torch.float32)
     moved = max((a - b).abs().max().item() for a, b in zip(tuned.parameters(), model.parameters(), strict=True))
     assert moved > 0  # the exported Hugging Face folder holds the trained weights
+
+
+def test_the_episode_dataset_refuses_to_reach_a_stock_engine(tmp_path, monkeypatch):
+    """verl builds its SFT engine after its datasets: run by hand without VERL_ENGINE_VENDOR=mem1 (a torchrun of verl's
+    trainer on recipes/sft.yaml), the stock engine would train packed episodes as plain causal rows; the dataset
+    stops it first."""
+    import pytest
+    from omegaconf import OmegaConf
+
+    from verl_mem1.training.verl_plugin.sft import MEM1EpisodeSFTDataset
+
+    episodes = tmp_path / "episodes.jsonl"
+    write_jsonl([mem1_record(24, turns=2, gen_len=4, obs_len=3, seed=0)], episodes)
+    config = OmegaConf.create({"min_reward": None, "mem1_attention": "auto"})
+    monkeypatch.delenv("VERL_ENGINE_VENDOR", raising=False)
+    with pytest.raises(ValueError, match="export VERL_ENGINE_VENDOR=mem1"):
+        MEM1EpisodeSFTDataset([str(episodes)], tokenizer=None, config=config)
+    monkeypatch.setenv("VERL_ENGINE_VENDOR", "mem1")
+    assert len(MEM1EpisodeSFTDataset([str(episodes)], tokenizer=None, config=config)) == 1

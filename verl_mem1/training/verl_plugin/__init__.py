@@ -5,8 +5,10 @@
 - the ``mem1_agent`` agent loop in verl's agent-loop registry (``agent_loop.py``), when verl's agent-loop module is
   imported;
 - MEM1-aware FSDP engines (policy, reference, critic) in verl's ``EngineRegistry`` (``engine.py``), when verl's
-  engine package is imported; the engines register the ``mem1_packed`` attention with transformers when they switch
-  a model to it (``training/attention.py``);
+  engine package is imported, under the vendor key ``mem1`` alone: verl builds them only where
+  ``VERL_ENGINE_VENDOR=mem1`` (the MEM1 recipes, ``mem1 sft``), so other verl runs keep verl's stock engines; the
+  engines register the ``mem1_packed`` attention with transformers when they switch a model to it
+  (``training/attention.py``);
 - the ``mem1_hf`` rollout (``cpu_rollout.py``): transformers' generation behind verl's replica and weight-sync
   interfaces, for the trainer on CPU, when verl's rollout-replica module is imported.
 
@@ -16,7 +18,9 @@ verl imports it in every process that needs it through any of its own mechanisms
 declares (loaded on ``import verl`` unless ``VERL_USE_EXTERNAL_PLUGINS=none``). Those mechanisms also reach processes
 that train nothing (vLLM's servers and engine cores): registering on verl's own imports (post-import hooks) keeps the
 FSDP engines and the agent loop out of them, so an import problem there cannot stop a rollout server. Nothing in
-verl's files is edited.
+verl's files is edited; at run time only the CPU platform, when a run selects it (``VERL_PLATFORM=cpu``,
+``+platform=cpu``), changes two verl defaults in its processes (``cpu_platform.py``: the process-group backend, the
+value-model loader's attention).
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ import wrapt
 
 AGENT_NAME = "mem1_agent"
 PLUGIN_MODULE = __name__
+# verl's EngineRegistry builds the MEM1 engines only where VERL_ENGINE_VENDOR=mem1 (engine.py registers them under that
+# vendor key alone): set by the MEM1 recipes for every Ray worker (recipes/cluster.yaml) and by `mem1 sft`
+ENGINE_VENDOR = "mem1"
+ENGINE_VENDOR_ENV = "VERL_ENGINE_VENDOR"
 
 logger = logging.getLogger(__name__)
 _registered = False

@@ -18,8 +18,10 @@ and itself, or the training log-probs differ from the rollout's. The subclasses 
   scored alike, with no entropy or KL term): Adam would still move the weights on its momentum and weight decay.
 
 Batches without MEM1 fields take verl's code path unchanged. The engines are registered in verl's
-``EngineRegistry`` under the platform vendors' keys, which ``EngineRegistry.get_engine_cls`` prefers to the
-device-only keys of the stock engines; importing the plug-in (``model.external_lib``) is what selects them.
+``EngineRegistry`` under the vendor key ``(device, "mem1")`` only, which ``EngineRegistry.get_engine_cls`` looks up
+when ``VERL_ENGINE_VENDOR=mem1`` (verl's own override of the detected vendor): the MEM1 recipes set it for every Ray
+worker (``recipes/cluster.yaml``) and ``mem1 sft`` for its trainer. Any other verl run, with the plug-in installed,
+keeps verl's stock engines.
 """
 
 from __future__ import annotations
@@ -38,14 +40,14 @@ from verl_mem1.config import attention_backend
 from verl_mem1.training import attention
 from verl_mem1.training.attention import attention_inputs, dense_mask, needs_mask_skip, skip_mask_creation
 from verl_mem1.training.layout import predictor_positions, renumber_segments
+from verl_mem1.training.verl_plugin import ENGINE_VENDOR
 from verl_mem1.training.verl_plugin.fields import ATTENTION_KEY, POSITION_KEY, SEGMENT_KEY
 
 logger = logging.getLogger(__name__)
 
 _OUTPUT_ARGS_KEY = "mem1"
-# (device, vendor) keys the MEM1 engines take in EngineRegistry: every platform verl 0.9 ships, the plug-in's CPU
-# platform (plus the running one). The stock FSDP engines are registered per device only, which the vendor keys outrank.
-PLATFORM_KEYS = (("cuda", "nvidia"), ("cuda", "amd"), ("npu", "huawei"), ("cpu", "cpu"))
+# The devices the MEM1 engines take the vendor key ENGINE_VENDOR on: verl's FSDP engines' and the plug-in's CPU platform
+ENGINE_DEVICES = ("cuda", "npu", "cpu")
 FSDP_BACKENDS = ("fsdp", "fsdp2")
 
 
@@ -419,31 +421,20 @@ class MEM1FSDPEngineWithValueHead(MEM1EngineMixin, FSDPEngineWithValueHead):
 ENGINES = {"language_model": MEM1FSDPEngineWithLMHead, "value_model": MEM1FSDPEngineWithValueHead}
 
 
-def _platform_keys() -> list[tuple[str, str]]:
-    keys = list(PLATFORM_KEYS)
-    try:
-        from verl.utils.device import get_device_name, get_vendor
-
-        current = (get_device_name(), get_vendor())
-        if current[1] and current not in keys:
-            keys.append(current)
-    except Exception:  # noqa: BLE001 - a platform that cannot report itself still gets the known keys
-        logger.debug("could not detect verl's platform", exc_info=True)
-    return keys
-
-
 _REGISTERED: set[tuple[str, str, str, str]] = set()  # (model_type, backend, device, vendor) this process registered
 
 
 def register_engines() -> None:
-    """Register the MEM1 engines with verl's ``EngineRegistry`` for fsdp/fsdp2 on every known platform (idempotent).
+    """Register the MEM1 engines with verl's ``EngineRegistry`` for fsdp/fsdp2 under ``(device, "mem1")`` on every
+    device (idempotent).
 
     Only the registry's public decorator is used. A key some other plug-in already holds (the decorator refuses a
-    second registration) is left to it, with a warning: that platform then runs without MEM1.
+    second registration) is left to it, with a warning: that device then runs without MEM1.
     """
     for model_type, cls in ENGINES.items():
         for backend in FSDP_BACKENDS:
-            for device, vendor in _platform_keys():
+            for device in ENGINE_DEVICES:
+                vendor = ENGINE_VENDOR
                 key = (model_type, backend, device, vendor)
                 if key in _REGISTERED:
                     continue

@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 CPU_ROLLOUT = "mem1_hf"  # cpu_rollout.ROLLOUT_NAME (not imported: that module imports verl)
 SKIP_ENV_CHECK = "MEM1_SKIP_ENV_CHECK"  # =1: do not ask the environment server for /health at start-up
 # the device verl's engines run on (trainer.device) -> the (device, vendor) key EngineRegistry looks up there
-_ENGINE_KEYS = {"cuda": ("cuda", "nvidia"), "npu": ("npu", "huawei"), "cpu": ("cpu", "cpu")}
 
 
 class PreflightError(ValueError):
@@ -124,26 +123,38 @@ def check_engines(cfg: DictConfig) -> None:
     plugin.register()
     from verl.workers.engine.base import EngineRegistry
 
+    from verl_mem1.training.verl_plugin import ENGINE_VENDOR, ENGINE_VENDOR_ENV
     from verl_mem1.training.verl_plugin.engine import ENGINES
 
     device = str(_select(cfg, "trainer.device", "cuda"))
     roles = [("language_model", "actor_rollout_ref.actor.strategy")]
     if _select(cfg, "algorithm.adv_estimator") == "gae":
         roles.append(("value_model", "critic.strategy"))
-    saved = {k: os.environ.get(k) for k in ("VERL_ENGINE_DEVICE", "VERL_ENGINE_VENDOR")}
+    # what the workers will see: the recipe's Ray runtime env (recipes/cluster.yaml), else this process's environment
+    workers_env = _select(cfg, "ray_kwargs.ray_init.runtime_env.env_vars", {}) or {}
+    vendor = workers_env.get(ENGINE_VENDOR_ENV, os.environ.get(ENGINE_VENDOR_ENV))
+    saved = {k: os.environ.get(k) for k in ("VERL_ENGINE_DEVICE", ENGINE_VENDOR_ENV)}
     try:
-        if device in _ENGINE_KEYS:
-            os.environ["VERL_ENGINE_DEVICE"], os.environ["VERL_ENGINE_VENDOR"] = _ENGINE_KEYS[device]
+        os.environ["VERL_ENGINE_DEVICE"] = device
+        if vendor:
+            os.environ[ENGINE_VENDOR_ENV] = str(vendor)
+        else:
+            os.environ.pop(ENGINE_VENDOR_ENV, None)
         for model_type, key in roles:
             strategy = str(_select(cfg, key, "fsdp2"))
             try:
                 found = EngineRegistry.get_engine_cls(model_type, strategy)
             except (AssertionError, NotImplementedError, KeyError, ValueError) as exc:  # verl asserts on a key
-                raise PreflightError(f"{key}={strategy}: verl has no {model_type} engine for it ({exc})") from exc
+                raise PreflightError(
+                    f"{key}={strategy}: verl has no {model_type} engine for it ({exc}); the MEM1 engines are "
+                    f"selected by {ENGINE_VENDOR_ENV}={ENGINE_VENDOR} (recipes/cluster.yaml sets it)"
+                ) from exc
             if not issubclass(found, ENGINES[model_type]):
                 raise PreflightError(
                     f"{key}={strategy} on {device}: verl would build {found.__module__}.{found.__name__}, not the "
-                    f"MEM1 engine; packed MEM1 samples would be trained under the wrong attention. Use fsdp/fsdp2."
+                    f"MEM1 engine; packed MEM1 samples would be trained under the wrong attention. Use fsdp/fsdp2, "
+                    f"with {ENGINE_VENDOR_ENV}={ENGINE_VENDOR} in ray_kwargs.ray_init.runtime_env.env_vars "
+                    "(recipes/cluster.yaml sets it)."
                 )
     finally:
         for k, v in saved.items():

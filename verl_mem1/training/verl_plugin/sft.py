@@ -35,7 +35,14 @@ class MEM1EpisodeSFTDataset(Dataset):
 
     def __init__(self, parquet_files: Any, tokenizer: Any, config: Any, processor: Any = None, max_samples: int = -1):
         from verl_mem1.training.sft import load_episodes
+        from verl_mem1.training.verl_plugin import ENGINE_VENDOR, ENGINE_VENDOR_ENV
 
+        if os.environ.get(ENGINE_VENDOR_ENV) != ENGINE_VENDOR:  # verl builds its engine after its datasets
+            raise ValueError(
+                f"MEM1 episodes need the MEM1 engine, which verl builds when {ENGINE_VENDOR_ENV}={ENGINE_VENDOR} (got "
+                f"{os.environ.get(ENGINE_VENDOR_ENV)!r}); a stock engine would train the packed episodes under plain "
+                f"causal attention. `mem1 sft` sets it; for torchrun, export {ENGINE_VENDOR_ENV}={ENGINE_VENDOR}"
+            )
         self.records = load_episodes(parquet_files, min_reward=config.get("min_reward"))
         if max_samples is not None and max_samples > 0:
             self.records = self.records[:max_samples]
@@ -108,8 +115,11 @@ def run_single_process(cfg: Any) -> None:
     ``cpu:gloo,cpu:gloo`` on the CPU platform, which torch refuses (a duplicate device type)."""
     import torch.distributed as dist
 
+    from verl_mem1.training.verl_plugin import ENGINE_VENDOR, ENGINE_VENDOR_ENV
+
     if str(cfg.trainer.device) == "cpu":  # before verl's modules resolve the platform (once per process)
         os.environ.setdefault("VERL_PLATFORM", "cpu")
+    os.environ[ENGINE_VENDOR_ENV] = ENGINE_VENDOR  # verl's EngineRegistry builds the MEM1 engine
     from verl.trainer.sft_trainer import SFTTrainer
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
