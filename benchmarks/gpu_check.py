@@ -147,7 +147,8 @@ def step_gpu_tests(args) -> dict:
 
 
 def _auto_backend(device: str) -> str:
-    """``config.attention_backend("auto", device)``, which this machine cannot import (verl_mem1.config needs verl);
+    """``training.attention.attention_backend("auto", device)``, which this machine cannot call (it reads
+    verl_mem1.config, which needs verl);
     tests/training/test_gpu_check_on_cpu.py holds the two to the same answers."""
     from verl_mem1.training.attention import flash_varlen_implementation
 

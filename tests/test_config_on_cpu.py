@@ -9,9 +9,9 @@ from verl_mem1.config import (
     FIELDS,
     ConfigError,
     Mem1Config,
-    attention_backend,
 )
 from verl_mem1.training import attention
+from verl_mem1.training.attention import attention_backend
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_unknown_keys_are_errors_and_fields_are_frozen():
 
 def test_every_recipe_mem1_section_is_a_valid_config():
     """Every shipped recipe composes into a valid Mem1Config: no key there that the dataclass does not define."""
-    from verl_mem1.cli.train import compose_config, recipe_names
+    from verl_mem1.recipes import compose_config, recipe_names
 
     for name in recipe_names():
         Mem1Config.from_trainer_config(compose_config(name))
@@ -64,7 +64,7 @@ def test_every_recipe_mem1_section_is_a_valid_config():
 
 @pytest.mark.parametrize("recipe", ["tiny"])
 def test_single_machine_recipes_pass_the_trainers_start_up_checks(recipe):
-    from verl_mem1.cli.train import compose_config
+    from verl_mem1.recipes import compose_config
     from verl_mem1.training.validation import validate_config
 
     cfg = compose_config(recipe)

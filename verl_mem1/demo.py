@@ -141,8 +141,8 @@ def token_budget(objectives: int) -> int:
 
 def fine_tune(model_dir: Path, episodes: Path, out: Path, *, steps: int, lr: float, progress: bool = True) -> Path:
     """``mem1 sft`` on ``episodes`` for ``steps`` steps of 4 episodes; returns the final Hugging Face folder."""
-    from verl_mem1.cli.sft import RECIPE, checkpoint_dir, run
-    from verl_mem1.cli.train import compose_config
+    from verl_mem1.recipes import compose_config
+    from verl_mem1.training.verl_plugin.sft import RECIPE, checkpoint_dir, train_sft
 
     count = sum(1 for line in Path(episodes).read_text().splitlines() if line.strip())
     validation = 0.1 if round(0.1 * count) >= 4 else 0.0  # verl drops a validation set smaller than a batch
@@ -161,7 +161,7 @@ def fine_tune(model_dir: Path, episodes: Path, out: Path, *, steps: int, lr: flo
             "trainer.resume_mode=disable",
         ],
     )
-    run(cfg, progress=progress)
+    train_sft(cfg, progress=progress)
     return checkpoint_dir(cfg, steps)
 
 

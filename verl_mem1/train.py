@@ -9,8 +9,9 @@ validation, then its v1 or legacy task runner). The single-machine trainer is ``
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import hydra
 
@@ -35,11 +36,45 @@ def with_packaged_agent_loops(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+URL_KEYS = {"retrieval": "retriever_url", "websearch": "retriever_url", "webshop": "webshop_url"}
+
+
+def start_configured_servers(cfg: Any) -> dict[str, str]:
+    """Start the recipe's ``mem1_servers`` (``mem1 serve`` command lines) on the cluster and point the ``mem1`` URLs
+    at them; returns ``{mem1 key: url}``. The trainer's own ``ray.init`` follows, so a connection made here is closed
+    again (the detached actors stay on the cluster)."""
+    from omegaconf import OmegaConf, open_dict
+
+    commands = OmegaConf.select(cfg, "mem1_servers", default=None) or []
+    if not commands:
+        return {}
+    import ray
+
+    from env_servers.on_ray import serve_on_ray
+
+    connected_here = not ray.is_initialized()
+    urls: dict[str, str] = {}
+    for command in commands:
+        argv = shlex.split(str(command))
+        if not argv or argv[0] not in URL_KEYS:
+            raise ValueError(f"mem1_servers: {command!r} is not a `mem1 serve` command of {sorted(URL_KEYS)}")
+        key = URL_KEYS[argv[0]]
+        if key in urls:
+            raise ValueError(f"mem1_servers: two servers for mem1.{key}")
+        urls[key] = serve_on_ray(argv)
+        print(f"mem1 serve {command}: {urls[key]} (mem1.{key})")
+    if connected_here:
+        ray.shutdown()
+    with open_dict(cfg):
+        for key, url in urls.items():
+            OmegaConf.update(cfg, f"mem1.{key}", url)
+    return urls
+
+
 @hydra.main(config_path="pkg://verl_mem1.recipes", config_name="qa", version_base=None)
 def main(cfg: DictConfig) -> None:
     from verl.trainer.main_ppo import main as verl_main
 
-    from verl_mem1.cli.serve_on_ray import start_configured_servers
     from verl_mem1.training.verl_plugin.preflight import check_trainer_config
 
     cfg = with_packaged_agent_loops(cfg)

@@ -7,7 +7,8 @@ import httpx
 import pytest
 from omegaconf import OmegaConf
 
-from verl_mem1.cli.serve_on_ray import server_gpus, server_name, start_configured_servers, strip_on_ray_flags
+from env_servers.on_ray import server_gpus, server_name, strip_on_ray_flags
+from verl_mem1.train import start_configured_servers
 
 
 def test_on_ray_flags_are_stripped_in_both_spellings():
@@ -31,7 +32,7 @@ def test_a_cuda_server_holds_its_gpu_in_rays_accounting(bm25_index):
     index ignores the device, so the server itself runs on the CPU here)."""
     import ray
 
-    from verl_mem1.cli.serve_on_ray import serve_on_ray
+    from env_servers.on_ray import serve_on_ray
 
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:

@@ -129,8 +129,9 @@ def test_a_cuda_build_newer_than_the_driver_is_named_first_on_cpu():
 
 
 def test_the_check_resolves_the_attention_backend_as_the_engines_do_on_cpu(monkeypatch):
-    from verl_mem1.config import ATTENTION_ENV, attention_backend
+    from verl_mem1.config import ATTENTION_ENV
     from verl_mem1.training import attention
+    from verl_mem1.training.attention import attention_backend
 
     gpu_check = _import_gpu_check()
     monkeypatch.delenv(ATTENTION_ENV, raising=False)

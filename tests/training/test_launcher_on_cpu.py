@@ -38,7 +38,7 @@ def test_launcher_stops_before_ray_on_a_bad_config(tmp_path):
 def test_packaged_agent_loops_replace_a_missing_path(tmp_path):
     from omegaconf import OmegaConf
 
-    from verl_mem1.cli.train import compose_config
+    from verl_mem1.recipes import compose_config
     from verl_mem1.train import AGENT_LOOPS_KEY, with_packaged_agent_loops
 
     cfg = compose_config("qa", [f"{AGENT_LOOPS_KEY}={tmp_path / 'missing.yaml'}"])

@@ -197,7 +197,7 @@ def _read_metrics(path) -> list[dict]:
 
 @pytest.mark.e2e
 def test_mem1_train_tiny_recipe_runs_checkpoints_and_resumes(tmp_path, monkeypatch, capsys):
-    from verl_mem1.cli.train import main
+    from verl_mem1.cli import main
     from verl_mem1.evaluation.curve import read_learning_curve
 
     run_dir = tmp_path / "run"
@@ -216,7 +216,7 @@ def test_mem1_train_tiny_recipe_runs_checkpoints_and_resumes(tmp_path, monkeypat
         "--no-progress",
     ]
     monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(tmp_path / "first.jsonl"))
-    assert main(["trainer.total_training_steps=2", *common]) == 0
+    assert main(["train", "trainer.total_training_steps=2", *common]) == 0
     out = capsys.readouterr().out
     assert "resolved training config" in out and "adv_estimator: grpo" in out
     assert "step:1 - " in out and "step:2 - " in out, "metrics go to the console"
@@ -258,7 +258,7 @@ def test_mem1_train_tiny_recipe_runs_checkpoints_and_resumes(tmp_path, monkeypat
     assert len(scored) == 2 and all({"id", "em", "f1", "reward", "answer"} <= set(row) for row in scored)
 
     monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(tmp_path / "second.jsonl"))
-    assert main(["trainer.total_training_steps=3", *common]) == 0
+    assert main(["train", "trainer.total_training_steps=3", *common]) == 0
     out = capsys.readouterr().out
     assert f"resumed from {checkpoint} at step 2" in out
     assert [row["step"] for row in _read_metrics(tmp_path / "second.jsonl")] == [3], "continues from step 2, not 0"
@@ -290,10 +290,10 @@ def test_mem1_train_tiny_recipe_runs_checkpoints_and_resumes(tmp_path, monkeypat
     ],
 )
 def test_bad_config_fails_at_start_up_naming_the_key(override, key, tmp_path, capsys):
-    from verl_mem1.cli.train import main
+    from verl_mem1.cli import main
 
     run_dir = tmp_path / "run"
-    assert main([f"trainer.default_local_dir={run_dir}", *override.split()]) == 2
+    assert main(["train", f"trainer.default_local_dir={run_dir}", *override.split()]) == 2
     err = capsys.readouterr().err
     assert "mem1 train: error:" in err and key in err, err
     assert not run_dir.exists(), "nothing was built or loaded"
@@ -309,12 +309,12 @@ def test_help_lists_the_recipe_and_common_overrides():
 
 def test_train_hands_its_arguments_to_hydra(capsys):
     """Every argument but --no-progress is Hydra's: --config-name picks a shipped recipe, --cfg job prints it."""
-    from verl_mem1.cli.train import main
+    from verl_mem1.cli import main
 
-    assert main(["--config-name", "qa", "--cfg", "job", "mem1.topk=5"]) == 0
+    assert main(["train", "--config-name", "qa", "--cfg", "job", "mem1.topk=5"]) == 0
     out = capsys.readouterr().out
     assert "retriever_url: http://127.0.0.1:8000" in out and "topk: 5" in out and "Qwen2.5-7B-Instruct" in out
-    assert main(["--config-name", "nope"]) != 0
+    assert main(["train", "--config-name", "nope"]) != 0
     assert "nope" in capsys.readouterr().err
 
 

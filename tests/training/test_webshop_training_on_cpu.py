@@ -80,7 +80,6 @@ def test_grpo_on_webshop_rewards_favours_the_right_purchase(tiny_model_dir, webs
 
 def test_mem1_train_on_webshop_logs_the_shops_reward(tmp_path, monkeypatch, capsys):
     from verl_mem1.cli import main as mem1_main
-    from verl_mem1.cli.train import main
 
     tasks = tmp_path / "webshop-train.parquet"
     assert mem1_main(["webshop-tasks", "--goals", "50:54", "--out", str(tasks)]) == 0
@@ -96,7 +95,7 @@ def test_mem1_train_on_webshop_logs_the_shops_reward(tmp_path, monkeypatch, caps
         "mem1.max_observation_tokens=64",
         "--no-progress",
     ]
-    assert main(args) == 0
+    assert mem1_main(["train", *args]) == 0
     out = capsys.readouterr().out
     assert "serving the bundled WebShop on http://127.0.0.1:" in out
     (row,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

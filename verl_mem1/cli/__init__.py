@@ -1,12 +1,11 @@
 """The ``mem1`` command: one entry point, one module per subcommand.
 
 Each module (``rollout``, ``compose``, ``webshop_tasks``, ``evaluate``, ``train``, ``sft``, ``parity``, ``report``,
-``compare``, ``view``, ``demo``, ``tiny_model``, ``model``; ``serve`` for the environment servers' ``corpus``,
-``index`` and ``serve``) registers its arguments with an ``add_*_command(subparsers)`` and handles them with a
-``_cmd_*`` function that imports the heavy dependencies (torch, transformers, faiss, fastapi, ...) only when it runs,
-so ``mem1 --help`` stays fast. The library code they call lives in the rest of ``verl_mem1``, which does not import
-this package.
-"""
+``compare``, ``view``, ``demo``, ``tiny_model``, ``model``; the environment servers' ``corpus``, ``index`` and
+``serve`` come from ``env_servers.commands``) registers its arguments with an ``add_*_command(subparsers)`` and
+handles them with a ``_cmd_*`` function that imports the heavy dependencies (torch, transformers, faiss, fastapi, ...)
+only when it runs, so ``mem1 --help`` stays fast. The library code they call lives in the rest of ``verl_mem1``, which
+does not import this package."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from env_servers.commands import add_server_commands
     from verl_mem1.cli.compare import add_compare_command
     from verl_mem1.cli.compose import add_compose_command
     from verl_mem1.cli.curve import add_curve_command
@@ -25,7 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
     from verl_mem1.cli.parity import add_parity_command
     from verl_mem1.cli.report import add_report_command
     from verl_mem1.cli.rollout import add_rollout_command
-    from verl_mem1.cli.serve import add_server_commands
     from verl_mem1.cli.sft import add_sft_command
     from verl_mem1.cli.tiny_model import add_tiny_model_command
     from verl_mem1.cli.train import add_train_command
@@ -62,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_args(argv)
     if getattr(args, "on_ray", False):  # `mem1 serve SERVER ... --on-ray`: the same command, in a Ray actor
-        from verl_mem1.cli.serve_on_ray import serve_on_ray, strip_on_ray_flags
+        from env_servers.on_ray import serve_on_ray, strip_on_ray_flags
 
         command = strip_on_ray_flags(argv[argv.index("serve") + 1 :])
         print(serve_on_ray(command, name=args.ray_name, num_cpus=args.ray_cpus))

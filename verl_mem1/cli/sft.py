@@ -9,13 +9,7 @@ The trainer is verl's own (``verl.trainer.sft_trainer``) with the MEM1 engine
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
-RECIPE = "sft"
+from typing import Any
 
 _EPILOG = """\
 common overrides (key=value, as in verl):
@@ -31,25 +25,11 @@ common overrides (key=value, as in verl):
 """
 
 
-def checkpoint_dir(cfg: DictConfig, step: int) -> Path:
-    """The Hugging Face folder of ``global_step_{step}`` (what ``mem1 eval`` loads)."""
-    return Path(str(cfg.trainer.default_local_dir)).expanduser() / f"global_step_{step}" / "huggingface"
-
-
-def run(cfg: DictConfig, *, progress: bool = True) -> None:
-    """Check and complete ``cfg`` (``prepare``: failures before anything is written), then train."""
-    from verl_mem1.training.verl_plugin.sft import launch, prepare
-
-    prepare(cfg)
-    print(f"SFT with verl's trainer on {list(cfg.data.train_files)}, from {cfg.model.path}", flush=True)
-    launch(cfg, progress=progress)
-    print(f"done; checkpoints in {cfg.trainer.default_local_dir} (global_step_N/huggingface)")
-
-
 def _cmd_sft(args: argparse.Namespace) -> int:
     from verl_mem1.cli.train import run_hydra
+    from verl_mem1.training.verl_plugin.sft import RECIPE, train_sft
 
-    return run_hydra("mem1 sft", RECIPE, args.hydra_args, lambda cfg: run(cfg, progress=not args.no_progress))
+    return run_hydra("mem1 sft", RECIPE, args.hydra_args, lambda cfg: train_sft(cfg, progress=not args.no_progress))
 
 
 def add_sft_command(subparsers: Any) -> argparse.ArgumentParser:

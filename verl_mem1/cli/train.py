@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-RECIPES_PACKAGE = "verl_mem1.recipes"
-RECIPES = f"pkg://{RECIPES_PACKAGE}"
+from verl_mem1.recipes import RECIPES, recipe_names
+
 DEFAULT_RECIPE = "tiny"
 
 COMMON_OVERRIDES = """\
@@ -41,42 +41,6 @@ common overrides (key=value, as in verl):
   mem1.reward_metric=em|f1 mem1.logprob_tolerance=1e-4|null
   (a recipe without some mem1 key gets the trainer's default; add it with +mem1.KEY=VALUE)
 """
-
-
-def recipe_names() -> list[str]:
-    """The shipped primary recipes (YAML files with a ``defaults:`` list; not e.g. the agent-loop list)."""
-    from importlib.resources import files
-
-    found = []
-    for entry in sorted(files(RECIPES_PACKAGE).iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".yaml") and any(
-            line.startswith("defaults:") for line in entry.read_text(encoding="utf-8").splitlines()
-        ):
-            found.append(entry.name[: -len(".yaml")])
-    return found
-
-
-def compose_config(recipe: str = DEFAULT_RECIPE, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose a shipped recipe with ``overrides`` outside any Hydra app (tests, notebooks, ``mem1 eval``).
-
-    Works inside a running Hydra app too: an initialised global Hydra is set aside and restored afterwards.
-    """
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
-
-    def run() -> DictConfig:
-        with initialize_config_module(config_module=RECIPES_PACKAGE, version_base=None):
-            return compose(config_name=recipe, overrides=list(overrides))
-
-    if not GlobalHydra.instance().is_initialized():
-        return run()
-    backup = get_gh_backup()
-    GlobalHydra.instance().clear()
-    try:
-        return run()
-    finally:
-        restore_gh_from_backup(backup)
 
 
 def trainer_view(cfg: DictConfig) -> dict[str, Any]:
@@ -230,10 +194,3 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_cmd_train, accepts_unknown="hydra_args")
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``mem1 train ARGS``, callable in-process (tests, notebooks)."""
-    from verl_mem1.cli import main as mem1_main
-
-    return mem1_main(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -431,6 +431,31 @@ def flash_varlen_available() -> bool:
 # --------------------------------------------------------------------------------------- transformers hook-up
 
 
+def attention_backend(configured: str, device_type: str) -> str:
+    """The packed-attention backend a process runs on ``device_type``: the one resolver, for the local trainer and
+    verl's engine alike.
+
+    ``$MEM1_ATTENTION_BACKEND`` (a worker-level override) wins over the configured ``mem1.attention``. ``auto`` is
+    ``flash`` on CUDA where flash-attn or PyTorch's ``varlen_attn`` is installed, else ``segmented`` (memory linear in
+    the segments' lengths): never ``flex``, which an engine that cannot compile it runs eagerly, materialising every
+    score (tens of GB per layer at a 7B recipe's token budget). On CPU ``flex`` runs as ``segmented``: the same rule,
+    exact, while torch has no CPU flex backward and its eager CPU flex materialises every score.
+    """
+    import os
+
+    from verl_mem1.config import ATTENTION_BACKENDS, ATTENTION_ENV, AUTO, ConfigError
+
+    name = (os.environ.get(ATTENTION_ENV) or configured or AUTO).strip().lower()
+    if name not in ATTENTION_BACKENDS:
+        source = f"${ATTENTION_ENV}" if os.environ.get(ATTENTION_ENV) else "mem1.attention"
+        raise ConfigError(f"{source}={name!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
+    if device_type != "cuda" and name in (AUTO, "flex"):
+        return "segmented"
+    if name != AUTO:
+        return name
+    return "flash" if flash_varlen_implementation() is not None else "segmented"
+
+
 def _base_implementation(config) -> str:
     return _BASE_IMPLEMENTATION.get(id(config), "sdpa")
 

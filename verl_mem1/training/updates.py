@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from verl_mem1.config import Mem1Config, attention_backend
+from verl_mem1.config import Mem1Config
 from verl_mem1.training import algorithms as algos
+from verl_mem1.training.attention import attention_backend
 from verl_mem1.training.batch import EpisodeBatch
 from verl_mem1.training.forward import packed_logprobs, packed_logprobs_and_entropy, packed_values
 from verl_mem1.training.layout import PackedSample, pack_batch
@@ -53,7 +54,7 @@ class PPOSettings:
     kl_loss_coef: float = 0.001
     kl_loss_type: str = "low_var_kl"
     clip_grad: float | None = 1.0
-    backend: str = "auto"  # mem1.attention, resolved per model device by config.attention_backend
+    backend: str = "auto"  # mem1.attention, resolved per model device by attention.attention_backend
     compile_flex: bool = False
     logprob_tolerance: float | None = 1e-4
     segment_group_tokens: int | None = None

@@ -339,8 +339,8 @@ def test_the_backend_follows_the_device_verl_computes_on(training_model, monkeyp
     reference policy always run the slow ``segmented`` backend on GPUs)."""
     import verl.utils.device as verl_device
 
-    from verl_mem1.config import attention_backend
     from verl_mem1.training import attention
+    from verl_mem1.training.attention import attention_backend
 
     monkeypatch.setattr(attention, "flash_varlen_implementation", lambda: "flash_attn")  # as on a GPU node
     assert next(training_model.parameters()).device.type == "cpu"  # as an offloaded engine's are

@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from tests.training.verl_plugin.common import ROOT, agent_loop_entries, compose
-from verl_mem1.training.verl_plugin import AGENT_NAME, ENGINE_VENDOR, ENGINE_VENDOR_ENV, PLUGIN_MODULE
+from verl_mem1.training.verl_plugin import AGENT_NAME, PLUGIN_MODULE
 from verl_mem1.training.verl_plugin.agent_loop import MEM1AgentLoop
+from verl_mem1.training.verl_plugin.fields import ENGINE_VENDOR, ENGINE_VENDOR_ENV
 
 
 def test_plugin_loads_the_way_verl_loads_it():

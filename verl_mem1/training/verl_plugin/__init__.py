@@ -31,10 +31,6 @@ import wrapt
 
 AGENT_NAME = "mem1_agent"
 PLUGIN_MODULE = __name__
-# verl's EngineRegistry builds the MEM1 engines only where VERL_ENGINE_VENDOR=mem1 (engine.py registers them under that
-# vendor key alone): set by the MEM1 recipes for every Ray worker (recipes/cluster.yaml) and by `mem1 sft`
-ENGINE_VENDOR = "mem1"
-ENGINE_VENDOR_ENV = "VERL_ENGINE_VENDOR"
 
 logger = logging.getLogger(__name__)
 _registered = False

@@ -36,12 +36,16 @@ import torch
 from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
-from verl_mem1.config import attention_backend
 from verl_mem1.training import attention
-from verl_mem1.training.attention import attention_inputs, dense_mask, needs_mask_skip, skip_mask_creation
+from verl_mem1.training.attention import (
+    attention_backend,
+    attention_inputs,
+    dense_mask,
+    needs_mask_skip,
+    skip_mask_creation,
+)
 from verl_mem1.training.layout import predictor_positions, renumber_segments
-from verl_mem1.training.verl_plugin import ENGINE_VENDOR
-from verl_mem1.training.verl_plugin.fields import ATTENTION_KEY, POSITION_KEY, SEGMENT_KEY
+from verl_mem1.training.verl_plugin.fields import ATTENTION_KEY, ENGINE_VENDOR, POSITION_KEY, SEGMENT_KEY
 
 logger = logging.getLogger(__name__)
 

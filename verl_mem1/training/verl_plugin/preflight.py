@@ -123,8 +123,8 @@ def check_engines(cfg: DictConfig) -> None:
     plugin.register()
     from verl.workers.engine.base import EngineRegistry
 
-    from verl_mem1.training.verl_plugin import ENGINE_VENDOR, ENGINE_VENDOR_ENV
     from verl_mem1.training.verl_plugin.engine import ENGINES
+    from verl_mem1.training.verl_plugin.fields import ENGINE_VENDOR, ENGINE_VENDOR_ENV
 
     device = str(_select(cfg, "trainer.device", "cuda"))
     roles = [("language_model", "actor_rollout_ref.actor.strategy")]

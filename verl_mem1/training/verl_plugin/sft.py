@@ -35,7 +35,7 @@ class MEM1EpisodeSFTDataset(Dataset):
 
     def __init__(self, parquet_files: Any, tokenizer: Any, config: Any, processor: Any = None, max_samples: int = -1):
         from verl_mem1.training.sft import load_episodes
-        from verl_mem1.training.verl_plugin import ENGINE_VENDOR, ENGINE_VENDOR_ENV
+        from verl_mem1.training.verl_plugin.fields import ENGINE_VENDOR, ENGINE_VENDOR_ENV
 
         if os.environ.get(ENGINE_VENDOR_ENV) != ENGINE_VENDOR:  # verl builds its engine after its datasets
             raise ValueError(
@@ -71,8 +71,9 @@ def prepare(cfg: Any) -> None:
     validation set ``trainer.test_freq`` is -1. Raises ``ConfigError`` before anything is written."""
     from omegaconf import open_dict
 
-    from verl_mem1.config import ConfigError, attention_backend
+    from verl_mem1.config import ConfigError
     from verl_mem1.rollout.runner import write_jsonl
+    from verl_mem1.training.attention import attention_backend
     from verl_mem1.training.sft import load_episodes, split_episodes
 
     data, trainer = cfg.data, cfg.trainer
@@ -115,7 +116,7 @@ def run_single_process(cfg: Any) -> None:
     ``cpu:gloo,cpu:gloo`` on the CPU platform, which torch refuses (a duplicate device type)."""
     import torch.distributed as dist
 
-    from verl_mem1.training.verl_plugin import ENGINE_VENDOR, ENGINE_VENDOR_ENV
+    from verl_mem1.training.verl_plugin.fields import ENGINE_VENDOR, ENGINE_VENDOR_ENV
 
     if str(cfg.trainer.device) == "cpu":  # before verl's modules resolve the platform (once per process)
         os.environ.setdefault("VERL_PLATFORM", "cpu")
@@ -136,6 +137,23 @@ def run_single_process(cfg: Any) -> None:
         SFTTrainer(config=cfg).fit()
     finally:
         dist.destroy_process_group()
+
+
+RECIPE = "sft"  # recipes/sft.yaml
+
+
+def checkpoint_dir(cfg: Any, step: int) -> Path:
+    """The Hugging Face folder of ``global_step_{step}`` (what ``mem1 eval`` loads)."""
+    return Path(str(cfg.trainer.default_local_dir)).expanduser() / f"global_step_{step}" / "huggingface"
+
+
+def train_sft(cfg: Any, *, progress: bool = True) -> None:
+    """``mem1 sft``'s work: check and complete ``cfg`` (``prepare``: failures before anything is written), then train
+    in a child process (``launch``)."""
+    prepare(cfg)
+    print(f"SFT with verl's trainer on {list(cfg.data.train_files)}, from {cfg.model.path}", flush=True)
+    launch(cfg, progress=progress)
+    print(f"done; checkpoints in {cfg.trainer.default_local_dir} (global_step_N/huggingface)")
 
 
 def launch(cfg: Any, *, progress: bool = True) -> None:

@@ -2,9 +2,10 @@
 to the node's address, so every agent-loop worker reaches it at ``http://NODE_IP:PORT``.
 
 Two ways in: ``mem1 serve retrieval --index idx/ --on-ray`` (starts it, prints the URL, returns), or the recipes'
-``mem1_servers`` list, which ``python -m verl_mem1.train`` starts before training and whose URLs it puts into
-``mem1.retriever_url`` / ``mem1.webshop_url``. A server with the same name already running is reused (a second job
-finds the first job's retriever). Both need a running cluster (``ray start --head`` or a ``ray job submit`` job).
+``mem1_servers`` list, which ``python -m verl_mem1.train`` starts before training (``verl_mem1.train``) and whose URLs
+it puts into ``mem1.retriever_url`` / ``mem1.webshop_url``. A server with the same name already running is reused (a
+second job finds the first job's retriever). Both need a running cluster (``ray start --head`` or a ``ray job submit``
+job).
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import shlex
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 ON_RAY_FLAGS = ("--on-ray", "--ray-name", "--ray-cpus")  # what the actor must not see again
-URL_KEYS = {"retrieval": "retriever_url", "websearch": "retriever_url", "webshop": "webshop_url"}
 
 
 class ServerActor:
@@ -32,10 +31,10 @@ class ServerActor:
         self.thread.start()
 
     def _run(self) -> None:
-        from verl_mem1.cli import main
+        from env_servers.commands import run_command
 
         try:
-            main(self.argv)
+            run_command(self.argv)
         except BaseException as exc:  # noqa: BLE001 - SystemExit from argparse included: reported by url()
             self.error = exc
 
@@ -69,9 +68,9 @@ def server_gpus(argv: Sequence[str]) -> int:
     """GPUs the server's actor reserves: ``--faiss-gpus N`` if given, else one for ``--device cuda[:i]``, else none.
 
     An actor that reserves no GPU runs outside Ray's accounting, beside vLLM and FSDP on the same devices."""
-    from verl_mem1.cli import build_parser
+    from env_servers.commands import command_parser
 
-    args = build_parser().parse_args(["serve", *argv])  # the options as the server itself will read them
+    args = command_parser().parse_args(["serve", *argv])  # the options as the server itself will read them
     faiss = getattr(args, "faiss_gpus", None)
     if faiss:
         return faiss
@@ -117,33 +116,3 @@ def strip_on_ray_flags(argv: Sequence[str]) -> list[str]:
             continue
         out.append(arg)
     return out
-
-
-def start_configured_servers(cfg: Any) -> dict[str, str]:
-    """Start the recipe's ``mem1_servers`` (``mem1 serve`` command lines) on the cluster and point the ``mem1`` URLs
-    at them; returns ``{mem1 key: url}``. The trainer's own ``ray.init`` follows, so a connection made here is closed
-    again (the detached actors stay on the cluster)."""
-    from omegaconf import OmegaConf, open_dict
-
-    commands = OmegaConf.select(cfg, "mem1_servers", default=None) or []
-    if not commands:
-        return {}
-    import ray
-
-    connected_here = not ray.is_initialized()
-    urls: dict[str, str] = {}
-    for command in commands:
-        argv = shlex.split(str(command))
-        if not argv or argv[0] not in URL_KEYS:
-            raise ValueError(f"mem1_servers: {command!r} is not a `mem1 serve` command of {sorted(URL_KEYS)}")
-        key = URL_KEYS[argv[0]]
-        if key in urls:
-            raise ValueError(f"mem1_servers: two servers for mem1.{key}")
-        urls[key] = serve_on_ray(argv)
-        print(f"mem1 serve {command}: {urls[key]} (mem1.{key})")
-    if connected_here:
-        ray.shutdown()
-    with open_dict(cfg):
-        for key, url in urls.items():
-            OmegaConf.update(cfg, f"mem1.{key}", url)
-    return urls

@@ -1,12 +1,15 @@
-"""``mem1 corpus``, ``mem1 index`` and ``mem1 serve``: the environment servers' commands, defined in ``env_servers``.
+"""The environment servers' commands, ``corpus``, ``index`` and ``serve SERVER``, in one parser, and a way to run one.
 
-Each server package has its own ``cli`` module (options, handlers); this module only hangs them under ``mem1``, and
-is the one place in ``verl_mem1`` that imports them. Those modules import only the stdlib at module level.
+Each server package defines its own subcommands in its ``cli`` module (options, handlers); this module hangs them
+together. ``mem1`` mounts them (``verl_mem1/cli``), and ``on_ray.py`` runs ``serve`` commands inside Ray actors with
+``run_command``, so nothing here imports the ``mem1`` command or the training stack. The ``cli`` modules import only
+the stdlib at module level.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
 from env_servers.llm.cli import add_serve_llm_command
@@ -47,3 +50,16 @@ def add_server_commands(subparsers: Any) -> None:
     add_corpus_command(subparsers)
     add_index_command(subparsers)
     add_serve_commands(subparsers)
+
+
+def command_parser(prog: str = "mem1") -> argparse.ArgumentParser:
+    """A parser of the server commands alone (``corpus``, ``index``, ``serve``), as ``mem1`` mounts them."""
+    parser = argparse.ArgumentParser(prog=prog)
+    add_server_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return parser
+
+
+def run_command(argv: Sequence[str]) -> int:
+    """Run one server command, e.g. ``["serve", "retrieval", "--index", "idx/"]`` (blocks while a server runs)."""
+    args = command_parser().parse_args(list(argv))
+    return int(args.func(args) or 0)
