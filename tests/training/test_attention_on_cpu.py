@@ -23,7 +23,8 @@ from verl_mem1.training import (
     per_turn_logprobs,
     segment_layout,
 )
-from verl_mem1.training.attention import FLOAT_MASK_ERROR, MEM1_ATTENTION, disable_packed_attention
+from verl_mem1.training.attention import FLOAT_MASK_ERROR
+from verl_mem1.training.hf_attention import MEM1_ATTENTION, disable_packed_attention
 
 
 def brute_force(segment_ids: list[int], prompt_segment_ids: list[int] | None = None) -> torch.Tensor:

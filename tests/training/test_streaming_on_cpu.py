@@ -7,7 +7,7 @@ import torch
 
 from tests.training.records import mem1_record
 from verl_mem1.training import pack_batch, pack_episode, packed_logprobs_and_entropy, streaming
-from verl_mem1.training.attention import packed_model_call
+from verl_mem1.training.hf_attention import packed_model_call
 from verl_mem1.training.streaming import segment_groups, streamed_logprobs_and_entropy, streamed_values
 
 

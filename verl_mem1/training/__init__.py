@@ -4,9 +4,10 @@ Public API (imported lazily, so ``mem1 --help`` and ``verl_mem1.training.parity`
 
 - layout: ``PackedSample``, ``pack_episode``, ``per_turn_samples``, ``pack_batch``, ``packed_token_count``,
   ``per_turn_token_count``
-- attention: ``mask_rule``, ``dense_mask``, ``flex_block_mask``, ``segment_layout``, ``SegmentLayout``,
-  ``check_bool_mask``, ``enable_packed_attention``, ``disable_packed_attention``, ``register_packed_attention``,
-  ``skip_mask_creation``, ``packed_model_call``, ``masked_forward``, ``PACKED_BACKENDS``, ``MEM1_ATTENTION``
+- attention (the rule and its kernels): ``mask_rule``, ``dense_mask``, ``flex_block_mask``, ``segment_layout``,
+  ``SegmentLayout``, ``check_bool_mask``, ``PACKED_BACKENDS``
+- hf_attention (Hugging Face hook-up): ``enable_packed_attention``, ``disable_packed_attention``,
+  ``register_packed_attention``, ``skip_mask_creation``, ``packed_model_call``, ``masked_forward``, ``MEM1_ATTENTION``
 - forward: ``packed_logprobs``, ``packed_logprobs_and_entropy``, ``packed_values``, ``per_turn_logprobs``,
   ``per_turn_logprobs_and_entropy``, ``episode_logprobs``, ``resolve_backend``
 - streaming (segment-group training): ``streamed_logprobs_and_entropy``, ``segment_groups``
@@ -34,13 +35,15 @@ _EXPORTS = {
         "segment_layout",
         "SegmentLayout",
         "check_bool_mask",
+        "PACKED_BACKENDS",
+    ),
+    "hf_attention": (
         "enable_packed_attention",
         "disable_packed_attention",
         "register_packed_attention",
         "skip_mask_creation",
         "packed_model_call",
         "masked_forward",
-        "PACKED_BACKENDS",
         "MEM1_ATTENTION",
     ),
     "forward": (

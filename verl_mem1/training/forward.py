@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from verl_mem1.training.attention import PACKED_BACKENDS, model_device, packed_model_call
+from verl_mem1.training.attention import PACKED_BACKENDS
 from verl_mem1.training.head import (
     DEFAULT_LOGITS_CHUNK,
     chunked_head_logprobs,
@@ -23,6 +23,7 @@ from verl_mem1.training.head import (
     logprobs_from_logits,
     plain_head,
 )
+from verl_mem1.training.hf_attention import model_device, packed_model_call
 from verl_mem1.training.layout import PackedSample, pack_episode, per_turn_samples
 
 if TYPE_CHECKING:

@@ -25,13 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from verl_mem1.training.attention import (
-    enable_packed_attention,
-    model_device,
-    segment_layout,
-    segment_runs,
-    skip_mask_creation,
-)
+from verl_mem1.training.attention import segment_layout, segment_runs
 from verl_mem1.training.head import (
     DEFAULT_LOGITS_CHUNK,
     PLAIN_HEAD_MODEL_TYPES,
@@ -39,6 +33,7 @@ from verl_mem1.training.head import (
     generated_temperatures,
     plain_head,
 )
+from verl_mem1.training.hf_attention import enable_packed_attention, model_device, skip_mask_creation
 from verl_mem1.training.layout import PackedSample
 
 DEFAULT_GROUP_TOKENS = 2048

@@ -8,7 +8,7 @@
   engine package is imported, under the vendor key ``mem1`` alone: verl builds them only where
   ``VERL_ENGINE_VENDOR=mem1`` (the MEM1 recipes, ``mem1 sft``), so other verl runs keep verl's stock engines; the
   engines register the ``mem1_packed`` attention with transformers when they switch a model to it
-  (``training/attention.py``);
+  (``training/hf_attention.py``);
 - the ``mem1_hf`` rollout (``cpu_rollout.py``): transformers' generation behind verl's replica and weight-sync
   interfaces, for the trainer on CPU, when verl's rollout-replica module is imported.
 

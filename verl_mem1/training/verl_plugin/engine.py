@@ -36,14 +36,9 @@ import torch
 from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
-from verl_mem1.training import attention
-from verl_mem1.training.attention import (
-    attention_backend,
-    attention_inputs,
-    dense_mask,
-    needs_mask_skip,
-    skip_mask_creation,
-)
+from verl_mem1.training import hf_attention
+from verl_mem1.training.attention import attention_backend, dense_mask
+from verl_mem1.training.hf_attention import attention_inputs, needs_mask_skip, skip_mask_creation
 from verl_mem1.training.layout import predictor_positions, renumber_segments
 from verl_mem1.training.verl_plugin.fields import ATTENTION_KEY, ENGINE_VENDOR, POSITION_KEY, SEGMENT_KEY
 
@@ -341,7 +336,7 @@ class MEM1EngineMixin:
         model_inputs, output_args = super().prepare_model_inputs(micro_batch)
         if layout is None:
             return model_inputs, output_args
-        attention.enable_packed_attention(_hf_model(self.module))  # idempotent; plain calls keep the old kernel
+        hf_attention.enable_packed_attention(_hf_model(self.module))  # idempotent; plain calls keep the old kernel
         use_remove_padding = tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True)
         if use_remove_padding:
             backend = self._mem1_backend()
