@@ -224,3 +224,31 @@ def test_compute_score_scores_the_recorded_answer_over_the_text():
     assert compute_score("hotpotqa", text, ["Paris"], {RECORDED_ANSWER_KEY: "Lyon"})["em"] == 0.0
     unanswered = compute_score("hotpotqa", text, ["Paris"], {RECORDED_ANSWER_KEY: None})
     assert unanswered["em"] == 0.0 and unanswered["answered"] == 0.0
+
+
+def test_answer_reward_is_score_answer_under_the_named_metric_and_reduction():
+    from verl_mem1.tasks.rewards import answer_reward
+
+    truth = [["Paris"], ["Oklahoma", "OK"]]
+    for answer in ("Paris; Oklahoma", "Paris; Tulsa Oklahoma", "Lyon", None):
+        for reduce in ("sum", "mean"):
+            score = score_answer(answer, truth, reduce=reduce)
+            assert answer_reward("em", reduce)(answer, truth) == score.em
+            assert answer_reward("f1", reduce)(answer, truth) == score.f1
+    assert answer_reward("em", "sum")("Paris; OK", truth) == 2.0 and answer_reward("em", "mean")("Paris", truth) == 0.5
+    with pytest.raises(ValueError, match="metric must be 'em' or 'f1'"):
+        answer_reward("acc")
+    with pytest.raises(ValueError, match="reduce must be 'sum' or 'mean'"):
+        answer_reward("em", "max")
+
+
+def test_the_penalty_is_per_invalid_turn():
+    from verl_mem1.records import EpisodeRecord, TurnRecord
+    from verl_mem1.tasks.rewards import penalised
+
+    def turn(kind):
+        return TurnRecord(0, [1], [2], [-0.1], "", None, {"kind": kind, "text": "", "reason": ""}, [], "stop", {})
+
+    record = EpisodeRecord("t", "x", ["q"], [["a"]], "mem1", "paper", {}, [1], turns=[turn("invalid"), turn("query"),
+                           turn("invalid")])  # fmt: skip
+    assert penalised(1.0, record, 0.25) == 0.5 and penalised(1.0, record, 0.0) == 1.0

@@ -197,7 +197,7 @@ def setup_run(args: argparse.Namespace, command: str):
 def _cmd_rollout(args: argparse.Namespace) -> int:
     import asyncio
 
-    from verl_mem1.rollout.configure import answer_reward
+    from verl_mem1.rollout.configure import answer_reward_for
     from verl_mem1.rollout.runner import run_episodes
 
     run = setup_run(args, "rollout")
@@ -222,7 +222,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
                     tokenizer,
                     config,
                     concurrency=args.concurrency,
-                    reward_fn=answer_reward(mem1_config(args)),  # WebShop episodes take the shop's instead
+                    reward_fn=answer_reward_for(mem1_config(args)),  # WebShop episodes take the shop's instead
                     on_episode=write,
                 )
             finally:

@@ -14,7 +14,7 @@ from verl_mem1.rollout.backends.base import LLMBackend
 from verl_mem1.rollout.environment import Environment
 from verl_mem1.rollout.episode import EpisodeConfig
 from verl_mem1.rollout.runner import run_episodes
-from verl_mem1.tasks.rewards import score_answer
+from verl_mem1.tasks.rewards import answer_reward
 
 
 async def evaluate(
@@ -38,9 +38,6 @@ async def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    def reward(answer, truth):
-        return score_answer(answer, truth, reduce=reduce).em
-
     shown = config(tasks[0] if tasks else None) if callable(config) else config
 
     with (out / "episodes.jsonl").open("w", encoding="utf-8") as fh:
@@ -56,7 +53,7 @@ async def evaluate(
             tokenizer,
             config,
             concurrency=concurrency,
-            reward_fn=reward,
+            reward_fn=answer_reward("em", reduce),  # the reported metric
             on_episode=write,
             progress=progress,
             desc=f"eval {shown.context}",

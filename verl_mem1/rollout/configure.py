@@ -10,7 +10,8 @@ from __future__ import annotations
 from verl_mem1.config import AUTO, Mem1Config
 from verl_mem1.records import Task
 from verl_mem1.rollout.environment import Environment, RetrievalEnvironment, WebShopEnvironment
-from verl_mem1.rollout.episode import EpisodeConfig, RewardFn
+from verl_mem1.rollout.episode import EpisodeConfig
+from verl_mem1.tasks.rewards import RewardFn, answer_reward
 
 
 def tag_set_for(mem1: Mem1Config, task: Task | None = None) -> str:
@@ -76,13 +77,7 @@ def make_environment(mem1: Mem1Config, url: str | None = None) -> Environment:
     return RetrievalEnvironment(url, topk=mem1.topk, timeout_s=mem1.retriever_timeout_s, retries=mem1.env_retries)
 
 
-def answer_reward(mem1: Mem1Config) -> RewardFn:
-    """The QA reward ``mem1`` names: EM or F1 of the final answer (``reward_metric``), summed or averaged over the
-    objectives (``reward_reduce``); the episode loop subtracts the invalid-action penalty from it."""
-    from verl_mem1.tasks.rewards import score_answer
-
-    def reward(answer: str | None, ground_truth: list[list[str]]) -> float:
-        score = score_answer(answer, ground_truth, reduce=mem1.reward_reduce)
-        return score.em if mem1.reward_metric == "em" else score.f1
-
-    return reward
+def answer_reward_for(mem1: Mem1Config) -> RewardFn:
+    """The QA reward ``mem1`` names (``reward_metric``, ``reward_reduce``): ``tasks.rewards.answer_reward``; the
+    episode loop subtracts the invalid-action penalty from it."""
+    return answer_reward(mem1.reward_metric, mem1.reward_reduce)

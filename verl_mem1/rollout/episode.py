@@ -8,7 +8,6 @@ under exactly the context it was sampled in. Nothing is ever re-tokenized from d
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,8 +23,8 @@ from verl_mem1.protocol import (
 from verl_mem1.records import EpisodeRecord, Task, TurnRecord
 from verl_mem1.rollout.backends.base import LLMBackend, SamplingConfig
 from verl_mem1.rollout.environment import Environment, EnvironmentError_, EpisodeSession
+from verl_mem1.tasks.rewards import RewardFn, penalised
 
-RewardFn = Callable[[str | None, list[list[str]]], float]
 WEBSHOP_MAX_TURNS = 15
 
 
@@ -146,12 +145,6 @@ async def run_episode(
     if record.reward is not None:
         record.reward = penalised(record.reward, record, config.invalid_action_penalty)
     return record
-
-
-def penalised(reward: float, record: EpisodeRecord, invalid_action_penalty: float) -> float:
-    """``reward`` minus ``invalid_action_penalty`` per invalid turn: the one place the penalty is applied, whoever
-    scored the episode (the loop's ``reward_fn``, the environment, or verl's agent loop after the episode)."""
-    return reward - invalid_action_penalty * record.invalid_turns
 
 
 async def _play_turns(

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 from verl_mem1.records import EpisodeRecord, Task
 from verl_mem1.rollout.backends.base import LLMBackend
 from verl_mem1.rollout.environment import Environment
-from verl_mem1.rollout.episode import EpisodeConfig, RewardFn, run_episode
+from verl_mem1.rollout.episode import EpisodeConfig, run_episode
+from verl_mem1.tasks.rewards import RewardFn
 
 
 async def run_episodes(

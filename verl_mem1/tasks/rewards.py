@@ -23,12 +23,15 @@ A file path to this module works too (verl then loads a private copy of it; see 
 import re
 import string
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from verl_mem1.protocol.parser import parse_turn, split_answers
 from verl_mem1.protocol.tags import PAPER, SEARCH_R1, TagSet, get_tag_set
+
+if TYPE_CHECKING:
+    from verl_mem1.records import EpisodeRecord
 
 __all__ = [
     "AnswerScore",
@@ -157,6 +160,33 @@ def score_answer(
     f1 = [f1_score(parts[i], truth[i]) if i < len(parts) else 0.0 for i in range(n)]
     scale = 1.0 if reduce == "sum" else 1.0 / n
     return AnswerScore(sum(em) * scale, sum(f1) * scale, em, f1, n, len(parts))
+
+
+RewardFn = Callable[[str | None, list[list[str]]], float]  # (final answer, one alias list per objective) -> reward
+
+
+def answer_reward(metric: Literal["em", "f1"] = "em", reduce: Literal["sum", "mean"] = "sum") -> RewardFn:
+    """The QA reward of a final answer: EM or F1 (``metric``) over its objectives, summed or averaged (``reduce``),
+    by :func:`score_answer`. Every consumer scores answers through it or through :func:`compute_score`, verl's custom
+    reward (the same two settings in ``reward_kwargs``): evaluation (EM), teacher trajectories (EM averaged), the
+    rollout CLI and the trainer (``mem1.reward_metric``/``reward_reduce``)."""
+    if metric not in ("em", "f1"):
+        raise ValueError(f"metric must be 'em' or 'f1', got {metric!r}")
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+
+    def reward(answer: str | None, ground_truth: list[list[str]]) -> float:
+        score = score_answer(answer, ground_truth, reduce=reduce)
+        return score.em if metric == "em" else score.f1
+
+    return reward
+
+
+def penalised(reward: float, record: "EpisodeRecord", invalid_action_penalty: float) -> float:
+    """``reward`` minus ``invalid_action_penalty`` per invalid turn: the one place the penalty is applied, whoever
+    scored the episode (the episode loop's reward function, the environment, or verl's agent loop after the
+    episode)."""
+    return reward - invalid_action_penalty * record.invalid_turns
 
 
 # Observations (written by the environment) are not the model's words: the last-turn hint even contains

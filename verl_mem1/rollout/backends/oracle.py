@@ -40,7 +40,7 @@ from verl_mem1.records import EpisodeRecord, Task
 from verl_mem1.rollout.backends.base import Generation, SamplingConfig
 from verl_mem1.rollout.episode import EpisodeConfig, default_max_turns, prompt_ids_for
 from verl_mem1.rollout.runner import run_episodes
-from verl_mem1.tasks.rewards import normalize_answer, score_answer
+from verl_mem1.tasks.rewards import RewardFn, answer_reward, normalize_answer
 
 __all__ = [
     "ORACLE_MARK",
@@ -233,9 +233,7 @@ def scripted_generation(tokenizer, text: str, sampling: SamplingConfig) -> Gener
     return Generation(ids, [0.0] * len(ids), finish, extra={ORACLE_MARK: True})
 
 
-def oracle_reward(answer: str | None, ground_truth: list[list[str]]) -> float:
-    """Exact match averaged over objectives (1.0: every answer right), with ``tasks.rewards.score_answer``."""
-    return score_answer(answer, ground_truth, reduce="mean").em
+oracle_reward = answer_reward("em", "mean")  # exact match averaged over objectives: 1.0 when every answer is right
 
 
 def worth_imitating(record: EpisodeRecord, tokenizer, *, keep_ungrounded: bool = False) -> bool:
@@ -273,7 +271,7 @@ async def run_oracle_episodes(
     on_episode: Callable[[EpisodeRecord], None] | None = None,
     progress: bool = True,
     backend: Any = None,
-    reward_fn: Callable[[str | None, list[list[str]]], float] | None = oracle_reward,
+    reward_fn: RewardFn | None = oracle_reward,
 ) -> list[EpisodeRecord]:
     """Play every task with a scripted teacher through ``run_episodes``; records come back in task order.
 

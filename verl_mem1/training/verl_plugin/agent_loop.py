@@ -42,8 +42,8 @@ from verl_mem1.config import FIELDS, Mem1Config
 from verl_mem1.records import EPISODE_KEY, EPISODES_DIR, EpisodeRecord, Task, episode_log_row, task_from_mapping
 from verl_mem1.rollout.backends.verl_server import VerlServerBackend
 from verl_mem1.rollout.configure import episode_config, make_environment
-from verl_mem1.rollout.episode import EpisodeConfig, penalised, prompt_ids_for, run_episode
-from verl_mem1.tasks.rewards import RECORDED_ANSWER_KEY
+from verl_mem1.rollout.episode import EpisodeConfig, prompt_ids_for, run_episode
+from verl_mem1.tasks.rewards import RECORDED_ANSWER_KEY, penalised
 from verl_mem1.training.layout import (
     end_on_trained_token,
     pack_episode,
