@@ -10,7 +10,8 @@ import pytest
 
 from env_servers.retrieval.corpus import read_corpus
 from env_servers.retrieval.dense_build import encode_in_shards
-from env_servers.retrieval.index import DenseEncoder, build_index, load_retriever
+from env_servers.retrieval.encoder import DenseEncoder
+from env_servers.retrieval.index import build_index, load_retriever
 
 
 class _Killable:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from env_servers.retrieval.corpus import read_corpus, title_of
-from env_servers.retrieval.index import DenseEncoder, DenseRetriever, Retriever, build_index, load_retriever
+from env_servers.retrieval.encoder import DenseEncoder
+from env_servers.retrieval.index import DenseRetriever, Retriever, build_index, load_retriever
 
 
 def _supporting_hit_rate(retriever: Retriever, questions: list[dict], k: int) -> float:
@@ -136,7 +137,6 @@ def test_load_retriever_needs_an_index_dir(tmp_path: Path) -> None:
 
 def test_packed_query_encoding_equals_encoding_each_alone(tiny_bert_encoder: Path, dev_questions) -> None:
     """Queries packed into one sequence (no padding, each attending to itself) embed as they do one by one."""
-    from env_servers.retrieval.index import DenseEncoder
 
     enc = DenseEncoder(str(tiny_bert_encoder), max_length=64, device="cpu")
     texts = [q["question"] for q in dev_questions[:23]] + ["x", "a much longer question " * 20]
@@ -151,7 +151,6 @@ def test_packed_query_encoding_equals_encoding_each_alone(tiny_bert_encoder: Pat
 
 def test_decoder_encoders_are_not_packed(tiny_encoder: Path) -> None:
     """A decoder model's attention is causal: it is encoded padded, as it was built."""
-    from env_servers.retrieval.index import DenseEncoder
 
     enc = DenseEncoder(str(tiny_encoder), max_length=64, device="cpu")
     texts = ["first query", "a second, longer query about something"]

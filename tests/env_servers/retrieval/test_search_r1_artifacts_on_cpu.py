@@ -14,14 +14,8 @@ import numpy as np
 import pytest
 
 from env_servers.retrieval.corpus import LazyCorpus
-from env_servers.retrieval.index import (
-    BGE_QUERY_PREFIX,
-    DenseEncoder,
-    build_index,
-    default_pooling,
-    load_retriever,
-    load_search_r1_retriever,
-)
+from env_servers.retrieval.encoder import BGE_QUERY_PREFIX, DenseEncoder, default_pooling
+from env_servers.retrieval.index import build_index, load_retriever, load_search_r1_retriever
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +106,11 @@ def test_corpus_is_read_in_place(search_r1_files, tmp_path):
 
 def test_bge_is_encoded_as_search_r1_encodes_it(tmp_path, dev_questions):
     """BGE: its instruction before queries and the [CLS] token; packed queries embed as they do alone."""
-    from env_servers.retrieval.index import _prefixes
+    from env_servers.retrieval.encoder import encoder_prefixes
     from verl_mem1.tiny_model import build_random_bert
 
     assert default_pooling("BAAI/bge-base-en-v1.5") == "cls" and default_pooling("intfloat/e5-base-v2") == "mean"
-    assert _prefixes("BAAI/bge-base-en-v1.5") == (BGE_QUERY_PREFIX, "")
+    assert encoder_prefixes("BAAI/bge-base-en-v1.5") == (BGE_QUERY_PREFIX, "")
     enc = DenseEncoder(str(build_random_bert(tmp_path / "tiny-bge")), device="cpu", pooling="cls")
     texts = [q["question"] for q in dev_questions[:9]]
     alone = np.stack([enc.encode([t])[0] for t in texts])
