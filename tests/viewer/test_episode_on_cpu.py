@@ -79,3 +79,12 @@ def test_a_context_the_rule_does_not_build_is_flagged_and_shown_as_recorded(eval
     assert [t["context_matches"] for t in view["turns"]] == [True, True, False, False]
     recorded = loaded.record.turns[2].context_ids
     assert view["turns"][2]["context_text"] == tiny_backend.tokenizer.decode(recorded, skip_special_tokens=False)
+
+
+def test_a_record_of_an_unknown_policy_is_shown_as_recorded(eval_runs, tiny_backend):
+    loaded = next(e for e in load_episodes([eval_runs["mem1"]]) if e.record.id == "stardust")
+    loaded.record.context_policy = "summary:3"  # a policy this version does not know
+    view = episode_view(loaded, tiny_backend.tokenizer, key=0)
+    said = [t["context_matches"] or t["kept"] or t["dropped"] or t["dropped_total_tokens"] for t in view["turns"]]
+    assert not any(said)
+    assert all("context_text" in t for t in view["turns"])

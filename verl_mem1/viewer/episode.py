@@ -70,10 +70,11 @@ def episode_view(loaded: LoadedEpisode, tokenizer: Any, key: int) -> dict[str, A
     history = [TurnTokens(t.generated_ids, t.observation_ids) for t in record.turns]
     turns, previous_visible = [], set()
     for t, turn in enumerate(record.turns):
+        # an unknown policy: nothing is said kept or dropped, and the context is shown as recorded
         kept = kept_turns(policy, t) if policy else []
         matches = policy is not None and policy.build(record.prompt_ids, history[:t]) == list(turn.context_ids)
-        dropped_now = sorted(previous_visible - set(kept))
-        dropped_all = [j for j in range(t) if j not in kept]
+        dropped_now = sorted(previous_visible - set(kept)) if policy else []
+        dropped_all = [j for j in range(t) if j not in kept] if policy else []
         previous_visible = set(kept) | {t}
         view = {
             "index": turn.index,
