@@ -62,7 +62,7 @@ def _packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 
 def test_no_import_cycles_between_modules_or_packages():
     graph = _graph()
-    assert len(graph) > 80 and graph["verl_mem1.rollout.episode"], "the walk sees the package and its imports"
+    assert len(graph) > 60 and graph["verl_mem1.rollout.episode"], "the walk sees the package and its imports"
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
     assert _cycle(_packages(graph)) is None, " -> ".join(_cycle(_packages(graph)))
 
