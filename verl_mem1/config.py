@@ -16,9 +16,10 @@ from typing import Any
 
 from verl.base_config import BaseConfig
 
+from verl_mem1.envs import ENV_SPECS, env_spec
 from verl_mem1.protocol import get_tag_set, parse_context_policy
 
-ENVS = ("retrieval", "webshop")
+ENVS = tuple(ENV_SPECS)  # envs.py: one spec per environment
 LAYOUTS = ("packed", "per_turn")
 REWARDS = ("in_loop", "verl")
 ATTENTION_BACKENDS = ("auto", "flex", "dense", "segmented", "flash")
@@ -154,9 +155,10 @@ class Mem1Config(BaseConfig):
                 tag_set = get_tag_set(str(self.tags))
             except (ValueError, KeyError) as exc:
                 raise _fail("tags", self.tags, str(exc)) from None
-            if tag_set.answers == (self.env == "webshop"):
-                fit = "webshop (or null)" if self.env == "webshop" else "paper or search_r1"
-                raise _fail("tags", self.tags, f"does not fit mem1.env={self.env}: use {fit}")
+            spec = env_spec(self.env)
+            if tag_set.answers == spec.scores_episodes:
+                fit = [n for n in ("paper", "search_r1", "webshop") if get_tag_set(n).answers != spec.scores_episodes]
+                raise _fail("tags", self.tags, f"does not fit mem1.env={self.env}: use {' or '.join(fit)} (or null)")
         integer("topk", 1)
         number("retriever_timeout_s", 0.001)
         integer("env_retries", 0)
@@ -171,8 +173,10 @@ class Mem1Config(BaseConfig):
         number("invalid_action_penalty", 0.0)
         choice("layout", LAYOUTS)
         choice("reward", REWARDS)
-        if self.env == "webshop" and self.reward != "in_loop":
-            raise _fail("reward", self.reward, "mem1.env=webshop needs in_loop: only the agent loop sees the purchase")
+        if env_spec(self.env).scores_episodes and self.reward != "in_loop":
+            raise _fail(
+                "reward", self.reward, f"mem1.env={self.env} needs in_loop: only the agent loop sees its reward"
+            )
         integer("objectives", 1)
         choice("reward_metric", ("em", "f1"))
         choice("reward_reduce", ("sum", "mean"))
@@ -217,7 +221,7 @@ class Mem1Config(BaseConfig):
 
     def url(self) -> str:
         """The environment server this config talks to (``auto`` until a bundled server is started)."""
-        return self.webshop_url if self.env == "webshop" else self.retriever_url
+        return getattr(self, env_spec(self.env).url_key)
 
 
 FIELDS_IN_ORDER = tuple(f.name for f in fields(Mem1Config) if f.name != "_target_")

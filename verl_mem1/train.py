@@ -36,9 +36,6 @@ def with_packaged_agent_loops(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-URL_KEYS = {"retrieval": "retriever_url", "websearch": "retriever_url", "webshop": "webshop_url"}
-
-
 def start_configured_servers(cfg: Any) -> dict[str, str]:
     """Start the recipe's ``mem1_servers`` (``mem1 serve`` command lines) on the cluster and point the ``mem1`` URLs
     at them; returns ``{mem1 key: url}``. The trainer's own ``ray.init`` follows, so a connection made here is closed
@@ -51,14 +48,20 @@ def start_configured_servers(cfg: Any) -> dict[str, str]:
     import ray
 
     from env_servers.on_ray import serve_on_ray
+    from verl_mem1.envs import url_key_of_server
 
     connected_here = not ray.is_initialized()
     urls: dict[str, str] = {}
     for command in commands:
         argv = shlex.split(str(command))
-        if not argv or argv[0] not in URL_KEYS:
-            raise ValueError(f"mem1_servers: {command!r} is not a `mem1 serve` command of {sorted(URL_KEYS)}")
-        key = URL_KEYS[argv[0]]
+        if not argv:
+            raise ValueError("mem1_servers: an empty command")
+        try:
+            key = url_key_of_server(argv[0])
+        except ValueError as exc:
+            raise ValueError(
+                f"mem1_servers: {command!r} is not a `mem1 serve` command of an environment ({exc})"
+            ) from None
         if key in urls:
             raise ValueError(f"mem1_servers: two servers for mem1.{key}")
         urls[key] = serve_on_ray(argv)

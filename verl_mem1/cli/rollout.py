@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from verl_mem1.envs import ENV_SPECS
+
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """Model/backend options shared by the commands that generate."""
@@ -72,7 +74,7 @@ def add_rollout_command(subparsers: Any) -> argparse.ArgumentParser:
 def add_environment_arguments(parser: argparse.ArgumentParser) -> None:
     """Which environment the episodes run in, and the tasks for it."""
     parser.add_argument(
-        "--env", choices=["retrieval", "webshop"], default="retrieval", help="QA over a search server, or WebShop"
+        "--env", choices=list(ENV_SPECS), default="retrieval", help="QA over a search server, or WebShop"
     )
     parser.add_argument(
         "--tasks", default=None, help="verl RL parquet, or JSONL with question(s) and answer(s) (QA: required)"
@@ -114,14 +116,15 @@ def make_environment(args: argparse.Namespace, mem1=None):
     import atexit
     import contextlib
 
+    from verl_mem1.envs import env_spec
     from verl_mem1.records import load_tasks
     from verl_mem1.rollout import configure
-    from verl_mem1.rollout.environment import fetch_webshop_tasks
 
     mem1 = mem1 or mem1_config(args)
-    if args.env == "retrieval":
+    spec = env_spec(args.env)
+    if spec.server_tasks is None:  # QA: a task file and a retrieval (or web search) server
         if not args.retriever or not args.tasks:
-            raise ValueError("--env retrieval needs --tasks and --retriever")
+            raise ValueError(f"--env {spec.name} needs --tasks and --retriever")
         return configure.make_environment(mem1), load_tasks(args.tasks, limit=args.limit)
     url = args.webshop
     if url == "auto":
@@ -129,10 +132,10 @@ def make_environment(args: argparse.Namespace, mem1=None):
 
         stack = contextlib.ExitStack()
         atexit.register(stack.close)
-        url = serve_bundled("webshop", stack, Path("."))
+        url = serve_bundled(spec.servers[0], stack, Path("."))
     if args.tasks:
         return configure.make_environment(mem1, url), load_tasks(args.tasks, limit=args.limit)
-    tasks = fetch_webshop_tasks(url, args.goals)
+    tasks = spec.fetch_tasks(url, args.goals)
     return configure.make_environment(mem1, url), tasks[: args.limit] if args.limit else tasks
 
 

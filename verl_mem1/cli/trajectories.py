@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_mem1.cli.compose import _positive_int
+from verl_mem1.envs import ENV_SPECS, env_spec
 
 POLICIES = ("oracle",)
 
@@ -42,7 +43,7 @@ def add_trajectories_command(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--policy", required=True, choices=POLICIES, help="the teacher: oracle (gold answers)")
-    parser.add_argument("--env", choices=("retrieval", "webshop"), default="retrieval", help="QA (default) or WebShop")
+    parser.add_argument("--env", choices=list(ENV_SPECS), default="retrieval", help="QA (default) or WebShop")
     parser.add_argument(
         "--tasks",
         help="verl RL parquet (mem1 compose, mem1 webshop-tasks) or JSONL with question(s)/answer(s); QA: required",
@@ -107,7 +108,7 @@ def _setup(args: argparse.Namespace):
     if not tasks:
         raise ValueError("no tasks to play")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    shopping = args.env == "webshop"
+    shopping = env_spec(args.env).scores_episodes
     oracle = (WebShopOracleBackend if shopping else OracleBackend)(tasks, tokenizer, config)
 
     async def probe():  # one call now, or every episode would end as an environment error
@@ -137,7 +138,7 @@ def _cmd_trajectories(args: argparse.Namespace) -> int:
     except (ValueError, OSError, RuntimeError, EnvironmentError_) as exc:  # ConfigError is a ValueError
         print(f"mem1 trajectories: error: {exc}", file=sys.stderr)
         return 2
-    shopping = args.env == "webshop"
+    shopping = env_spec(args.env).scores_episodes
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     kept = []

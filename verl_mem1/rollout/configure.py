@@ -8,19 +8,21 @@ Precedence, the same everywhere: an explicit ``mem1.*`` value, else the task's o
 from __future__ import annotations
 
 from verl_mem1.config import AUTO, Mem1Config
+from verl_mem1.envs import env_spec
 from verl_mem1.records import Task
-from verl_mem1.rollout.environment import Environment, RetrievalEnvironment, WebShopEnvironment
+from verl_mem1.rollout.environment import Environment
 from verl_mem1.rollout.episode import EpisodeConfig
 from verl_mem1.tasks.rewards import RewardFn, answer_reward
 
 
 def tag_set_for(mem1: Mem1Config, task: Task | None = None) -> str:
-    """``mem1.tags``, else the task's ``extra_info.tags``, else ``webshop`` for WebShop and ``paper`` for QA."""
+    """``mem1.tags``, else the task's ``extra_info.tags``, else the environment's (``envs.py``: ``paper`` for QA,
+    ``webshop`` for WebShop)."""
     if mem1.tags:
         return str(mem1.tags)
     if task is not None and task.extra_info.get("tags"):
         return str(task.extra_info["tags"])
-    return "webshop" if mem1.env == "webshop" else "paper"
+    return env_spec(mem1.env).tags
 
 
 def episode_config(
@@ -66,15 +68,14 @@ def episode_config(
 
 def make_environment(mem1: Mem1Config, url: str | None = None) -> Environment:
     """The environment client ``mem1`` names (``url`` replaces an ``auto`` URL once a bundled server runs)."""
+    spec = env_spec(mem1.env)
     url = url or mem1.url()
     if url == AUTO:
         raise ValueError(
-            f"mem1.{'webshop_url' if mem1.env == 'webshop' else 'retriever_url'}=auto: the bundled server is started "
-            "by single-machine runs only (mem1 train, rollout, eval); give the URL of a running server"
+            f"mem1.{spec.url_key}=auto: the bundled server is started by single-machine runs only (mem1 train, "
+            "rollout, eval); give the URL of a running server"
         )
-    if mem1.env == "webshop":
-        return WebShopEnvironment(url, timeout_s=mem1.retriever_timeout_s, retries=mem1.env_retries)
-    return RetrievalEnvironment(url, topk=mem1.topk, timeout_s=mem1.retriever_timeout_s, retries=mem1.env_retries)
+    return spec.client_class().from_config(url, mem1)
 
 
 def answer_reward_for(mem1: Mem1Config) -> RewardFn:

@@ -162,6 +162,11 @@ class RetrievalEnvironment(_HTTPEnvironment):
     rewards_episodes = False
     name = "retrieval"
 
+    @classmethod
+    def from_config(cls, url: str, mem1: Any) -> RetrievalEnvironment:
+        """The client a ``Mem1Config`` asks for (``envs.py``)."""
+        return cls(url, topk=mem1.topk, timeout_s=mem1.retriever_timeout_s, retries=mem1.env_retries)
+
     def __init__(self, url: str, *, topk: int = 3, **http: Any):
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
@@ -234,6 +239,11 @@ class WebShopEnvironment(_HTTPEnvironment):
 
     rewards_episodes = True
     name = "WebShop"
+
+    @classmethod
+    def from_config(cls, url: str, mem1: Any) -> WebShopEnvironment:
+        """The client a ``Mem1Config`` asks for (``envs.py``)."""
+        return cls(url, timeout_s=mem1.retriever_timeout_s, retries=mem1.env_retries)
 
     async def call(
         self, method: str, path: str, body: dict[str, Any] | None = None, *, idempotent: bool = True, retry: bool = True

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from verl_mem1.config import ConfigError, Mem1Config
+from verl_mem1.envs import env_spec
 from verl_mem1.records import Task, load_tasks
 from verl_mem1.training.validation import as_list, cfg_get
 
@@ -58,10 +59,8 @@ def load_split(cfg: DictConfig, mem1: Mem1Config, split: str, *, root: Path, url
     limit = int(limit) if limit is not None and int(limit) > 0 else None
     files = as_list(cfg_get(cfg, f"data.{split}_files"))
     tasks: list[Task] = []
-    if not files and mem1.env == "webshop":
-        from verl_mem1.rollout.environment import fetch_webshop_tasks
-
-        tasks = fetch_webshop_tasks(url, mem1.train_goals if split == "train" else mem1.val_goals)
+    if not files and env_spec(mem1.env).server_tasks:  # WebShop: the server's goals
+        tasks = env_spec(mem1.env).fetch_tasks(url, mem1.train_goals if split == "train" else mem1.val_goals)
     elif not files:
         files = [compose_split(mem1, split, root)]
     for path in files:

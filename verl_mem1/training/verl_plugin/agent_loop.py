@@ -39,6 +39,7 @@ from typing import Any
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
 
 from verl_mem1.config import FIELDS, Mem1Config
+from verl_mem1.envs import env_spec
 from verl_mem1.records import EPISODE_KEY, EPISODES_DIR, EpisodeRecord, Task, episode_log_row, task_from_mapping
 from verl_mem1.rollout.backends.verl_server import VerlServerBackend
 from verl_mem1.rollout.configure import episode_config, make_environment
@@ -193,7 +194,8 @@ class MEM1AgentLoop(AgentLoopBase):
         """``(reward, extra info)`` from the configured reward function, or ``(None, {})`` for ``reward: verl``."""
         if self.mem1.reward == "verl":
             return None, {}
-        if self.mem1.env == "webshop":  # the loop took the shop's reward (0 without a purchase), penalised
+        if env_spec(self.mem1.env).scores_episodes:  # the loop took the environment's reward (WebShop: 0 without a
+            # purchase), penalised
             reward = float(record.reward or 0.0)
             return reward, {"score": reward, "webshop_success": float(reward >= 1.0)}
         score, info = await self.answer_score(record, row)

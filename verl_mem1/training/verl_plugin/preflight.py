@@ -172,6 +172,7 @@ def check_environment_server(cfg: DictConfig) -> None:
     import httpx
 
     from verl_mem1.config import Mem1Config
+    from verl_mem1.envs import env_spec
 
     mem1 = Mem1Config.from_trainer_config(cfg)
     url = mem1.url().rstrip("/").removesuffix("/retrieve")
@@ -180,10 +181,11 @@ def check_environment_server(cfg: DictConfig) -> None:
     try:
         response = httpx.get(url + "/health", timeout=10.0)
     except httpx.HTTPError as exc:
-        key = "webshop_url" if mem1.env == "webshop" else "retriever_url"
+        spec = env_spec(mem1.env)
         raise PreflightError(
-            f"the {mem1.env} server at {url} (mem1.{key}) does not answer: {exc!r}. Start it first "
-            f"(`mem1 serve {mem1.env} ...`), or set {SKIP_ENV_CHECK}=1 if only the cluster's workers can reach it"
+            f"the {mem1.env} server at {url} (mem1.{spec.url_key}) does not answer: {exc!r}. Start it first "
+            f"(`mem1 serve {spec.servers[0]} ...`), or set {SKIP_ENV_CHECK}=1 if only the cluster's workers can "
+            "reach it"
         ) from exc
     if response.status_code != 200:
         raise PreflightError(f"the {mem1.env} server at {url} answered /health with {response.status_code}")
@@ -220,11 +222,12 @@ def check_multi_node(cfg: DictConfig) -> None:
 
     from env_servers.serve_options import LOOPBACK_HOSTS
     from verl_mem1.config import Mem1Config
+    from verl_mem1.envs import env_spec
 
     mem1 = Mem1Config.from_trainer_config(cfg)
     host = urlsplit(mem1.url()).hostname or ""
     if host in LOOPBACK_HOSTS | {"0.0.0.0"}:  # as a URL, 0.0.0.0 names each worker's own machine too
-        key = "webshop_url" if mem1.env == "webshop" else "retriever_url"
+        key = env_spec(mem1.env).url_key
         raise PreflightError(
             f"mem1.{key}={mem1.url()} is a loopback address, and trainer.nnodes > 1: agent-loop workers on the other "
             "nodes cannot reach it (verl would refill their failed groups forever); serve it on an address every "
