@@ -194,8 +194,8 @@ class MEM1AgentLoop(AgentLoopBase):
         """``(reward, extra info)`` from the configured reward function, or ``(None, {})`` for ``reward: verl``."""
         if self.mem1.reward == "verl":
             return None, {}
-        if env_spec(self.mem1.env).scores_episodes:  # the loop took the environment's reward (WebShop: 0 without a
-            # purchase), penalised
+        # an environment that scores episodes: the loop took its reward (WebShop: 0 without a purchase), penalised
+        if env_spec(self.mem1.env).scores_episodes:
             reward = float(record.reward or 0.0)
             return reward, {"score": reward, "webshop_success": float(reward >= 1.0)}
         score, info = await self.answer_score(record, row)
