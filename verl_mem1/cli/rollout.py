@@ -200,13 +200,15 @@ def setup_run(args: argparse.Namespace, command: str):
 def _cmd_rollout(args: argparse.Namespace) -> int:
     import asyncio
 
-    from verl_mem1.rollout.configure import answer_reward_for
     from verl_mem1.rollout.runner import run_episodes
+    from verl_mem1.tasks.rewards import answer_reward
 
     run = setup_run(args, "rollout")
     if run is None:
         return 2
     config, tasks, backend, tokenizer, env = run
+    mem1 = mem1_config(args)
+    reward_fn = answer_reward(mem1.reward_metric, mem1.reward_reduce)  # WebShop episodes take the shop's instead
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -225,7 +227,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
                     tokenizer,
                     config,
                     concurrency=args.concurrency,
-                    reward_fn=answer_reward_for(mem1_config(args)),  # WebShop episodes take the shop's instead
+                    reward_fn=reward_fn,
                     on_episode=write,
                 )
             finally:

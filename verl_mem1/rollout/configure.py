@@ -12,7 +12,6 @@ from verl_mem1.envs import env_spec
 from verl_mem1.records import Task
 from verl_mem1.rollout.environment import Environment
 from verl_mem1.rollout.episode import EpisodeConfig
-from verl_mem1.tasks.rewards import RewardFn, answer_reward
 
 
 def tag_set_for(mem1: Mem1Config, task: Task | None = None) -> str:
@@ -76,9 +75,3 @@ def make_environment(mem1: Mem1Config, url: str | None = None) -> Environment:
             "rollout, eval); give the URL of a running server"
         )
     return spec.client_class().from_config(url, mem1)
-
-
-def answer_reward_for(mem1: Mem1Config) -> RewardFn:
-    """The QA reward ``mem1`` names (``reward_metric``, ``reward_reduce``): ``tasks.rewards.answer_reward``; the
-    episode loop subtracts the invalid-action penalty from it."""
-    return answer_reward(mem1.reward_metric, mem1.reward_reduce)

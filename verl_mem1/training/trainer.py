@@ -241,9 +241,9 @@ class Mem1Trainer:
         )
 
     def reward(self, answer: str | None, ground_truth: list[list[str]]) -> float:
-        from verl_mem1.rollout.configure import answer_reward_for
+        from verl_mem1.tasks.rewards import answer_reward
 
-        return answer_reward_for(self.mem1)(answer, ground_truth)
+        return answer_reward(self.mem1.reward_metric, self.mem1.reward_reduce)(answer, ground_truth)
 
     def rollout(self, tasks: Sequence[Task], *, validation: bool = False) -> list[EpisodeRecord]:
         """Play the tasks with the current policy (eval mode, no grad); records come back in task order."""

@@ -14,7 +14,7 @@ import torch
 
 from verl_mem1.records import EpisodeRecord
 from verl_mem1.training.attention import mask_rule
-from verl_mem1.training.layout import pack_episode
+from verl_mem1.training.layout import PackedSample, pack_episode
 
 MAX_PIXELS = 1024  # longer samples are drawn at evenly spaced query and key positions
 
@@ -31,7 +31,10 @@ def mask_codes(record: EpisodeRecord, max_pixels: int = MAX_PIXELS) -> tuple[np.
         1 + the key's segment id where it may (1 = the prompt, 1 + t = turn t's segment); ``positions`` the ``S``
         packed positions drawn (all of them when the sample has at most ``max_pixels`` tokens).
     """
-    sample = pack_episode(record)
+    return _codes(pack_episode(record), max_pixels)
+
+
+def _codes(sample: PackedSample, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
     length = sample.length
     positions = torch.arange(length) if length <= max_pixels else torch.linspace(0, length - 1, max_pixels).long()
     allowed = mask_rule(sample.segment_ids, sample.prompt_segment_ids, positions[:, None], positions[None, :])
@@ -47,11 +50,11 @@ def draw_mask(record: EpisodeRecord, out_png: str | Path, max_pixels: int = MAX_
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    codes, positions = mask_codes(record, max_pixels)
+    sample = pack_episode(record)
+    codes, positions = _codes(sample, max_pixels)
     segments = int(codes.max())
     palette = plt.get_cmap("tab10")
     colours = ["#ffffff", "#9e9e9e"] + [palette(i % 10) for i in range(max(segments - 1, 0))]
-    sample = pack_episode(record)
     boundaries = [int(i) for i in torch.nonzero(sample.segment_ids[1:] != sample.segment_ids[:-1]).flatten() + 1]
     fig, ax = plt.subplots(figsize=(6.4, 6.4), constrained_layout=True)
     ax.imshow(codes, cmap=ListedColormap(colours[: segments + 1]), interpolation="nearest", vmin=0, vmax=segments)

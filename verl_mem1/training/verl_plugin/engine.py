@@ -433,19 +433,20 @@ def register_engines() -> None:
     for model_type, cls in ENGINES.items():
         for backend in FSDP_BACKENDS:
             for device in ENGINE_DEVICES:
-                vendor = ENGINE_VENDOR
-                key = (model_type, backend, device, vendor)
+                key = (model_type, backend, device, ENGINE_VENDOR)
                 if key in _REGISTERED:
                     continue
                 try:
-                    EngineRegistry.register(model_type=model_type, backend=backend, device=device, vendor=vendor)(cls)
+                    EngineRegistry.register(
+                        model_type=model_type, backend=backend, device=device, vendor=ENGINE_VENDOR
+                    )(cls)
                 except AssertionError:
                     logger.warning(
                         "EngineRegistry[%s][%s][%s] is taken by another engine; MEM1 packed samples will not be "
                         "exact there",
                         model_type,
                         backend,
-                        (device, vendor),
+                        (device, ENGINE_VENDOR),
                     )
                 _REGISTERED.add(key)
 
