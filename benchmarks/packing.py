@@ -10,7 +10,7 @@ Measured in one run, for each objective count:
 - packed forward+backward: one packed row through ``packed_logprobs``. On CPU this is the ``segmented`` kernel,
   because torch has no flex-attention backward on CPU (``flex`` under autograd resolves to it);
 - per-turn forward+backward: one plain causal sample per turn, backward after each (verl's multi-output loops);
-- segment groups forward+backward (``mem1.segment_group_tokens``): the packed layout back-propagated in groups of
+- segment groups forward+backward (``mem1 parity``'s ``segment_groups``): the packed layout back-propagated in groups of
   whole segments of at most ``--group-tokens`` tokens sharing the prompt's keys/values (``streaming.py``);
 - packed forward only (no grad): compiled flex, segmented, and the dense mask (the O(L²) reference).
 
@@ -409,10 +409,7 @@ def print_tables(rows: list[dict], attention: list[dict], meta: dict) -> None:
             f"| {100 * r['of_work_limit']:.0f}% | {p['mb']:.0f} | {t['mb']:.0f} "
             f"| {p['load']:.1f} / {t['load']:.1f} |"
         )
-    print(
-        "\nsegment groups (mem1.segment_group_tokens, at most "
-        f"{meta['group_tokens']} tokens per group) against one packed row, same run:\n"
-    )
+    print(f"\nsegment groups (at most {meta['group_tokens']} tokens per group) against one packed row, same run:\n")
     print(
         "| objectives | token ratio | groups FLOP ratio | packed speedup | groups fwd+bwd CPU s (wall) "
         "| groups speedup | groups % of token ratio | groups % of FLOP ratio | packed MB | groups MB | per-turn MB |"
@@ -479,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dense-max-tokens", type=int, default=12000, help="skip the dense forward above this length (0: never)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--group-tokens", type=int, default=2048, help="segment-group size (mem1.segment_group_tokens)")
+    parser.add_argument("--group-tokens", type=int, default=2048, help="segment-group size in tokens")
     parser.add_argument(
         "--training-only", action="store_true", help="only the fwd+bwd comparison (no forward-only/attention tables)"
     )

@@ -1,8 +1,10 @@
 """What several test modules share: independent re-computations the tests compare project code against (plain
-transformers only), a scripted policy, a health poll, and stand-ins for verl's rollout server client."""
+transformers only), a scripted policy, a health poll, stand-ins for verl's rollout server client, and verl's console
+metrics read back."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from typing import TYPE_CHECKING, Any
@@ -128,3 +130,25 @@ class FakeServerClient:
         output = await self.replica.generate(prompt_ids, dict(sampling_params), request_id=request_id)
         self.outputs.append(output)
         return output
+
+
+STEP_LINE = re.compile(r"step:(\d+) - (.*)$")
+
+
+def metrics_by_step(log: str) -> dict[int, dict[str, float]]:
+    """verl's console logger lines (``step:N - key:value - ...``) as numbers per step."""
+    steps: dict[int, dict[str, float]] = {}
+    for line in log.splitlines():
+        match = STEP_LINE.search(line)
+        if not match:
+            continue
+        values = {}
+        for item in match.group(2).split(" - "):
+            key, _, value = item.partition(":")
+            number = re.sub(r"^np\.\w+\((.*)\)$", r"\1", value.strip())
+            try:
+                values[key.strip()] = float(number)
+            except ValueError:
+                continue
+        steps.setdefault(int(match.group(1)), {}).update(values)  # the legacy trainer logs a step over two lines
+    return steps

@@ -25,8 +25,8 @@ from verl_mem1.training.attention import attention_backend
         ("max_turns", 2.5, "expected an integer"),
         ("invalid_action_penalty", -1, "must be >= 0"),
         ("attention", "sdpa", "choose one of auto"),
-        ("segment_group_tokens", 0, "must be >= 1"),
-        ("dtype", "int8", "choose one of float32"),
+        ("env_retries", -1, "must be >= 0"),
+        ("layout", "flat", "choose one of packed"),
     ],
 )
 def test_bad_values_fail_naming_the_key(key, value, why):
@@ -62,14 +62,20 @@ def test_every_recipe_mem1_section_is_a_valid_config():
         Mem1Config.from_trainer_config(compose_config(name))
 
 
-@pytest.mark.parametrize("recipe", ["tiny"])
-def test_single_machine_recipes_pass_the_trainers_start_up_checks(recipe):
+def test_the_tiny_experiment_is_the_qa_recipe_on_the_cpu_platform_with_placeholders():
+    """`mem1 train`'s default: verl's qa recipe, the CPU platform, and the three placeholders only `mem1 train`
+    resolves (single_machine.py); its single_machine: section is a valid SingleMachineConfig."""
     from verl_mem1.recipes import compose_config
-    from verl_mem1.training.validation import validate_config
+    from verl_mem1.single_machine import SingleMachineConfig
 
-    cfg = compose_config(recipe)
-    validate_config(cfg)
-    assert cfg.trainer.experiment_name == recipe and cfg.mem1.attention in ("flex", "segmented")
+    qa, tiny = compose_config("qa"), compose_config("qa", ["+experiment=tiny"])
+    assert tiny.trainer.device == "cpu" and tiny.actor_rollout_ref.rollout.name == "mem1_hf"
+    assert tiny.actor_rollout_ref.model.path == "tiny" and tiny.data.train_files is None
+    assert tiny.mem1.retriever_url == "auto" and tiny.mem1.webshop_url == "auto"
+    assert tiny.reward.custom_reward_function == qa.reward.custom_reward_function  # the qa recipe's reward
+    assert SingleMachineConfig.from_trainer_config(tiny).train_source == "hotpotqa-train"
+    with pytest.raises(ConfigError, match="single_machine"):
+        SingleMachineConfig.from_trainer_config(compose_config("qa", ["+experiment=tiny", "+single_machine.bogus=1"]))
 
 
 def test_attention_backend_auto_and_environment_override(monkeypatch):

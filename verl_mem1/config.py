@@ -1,10 +1,10 @@
 """The ``mem1:`` section of a training config, in one typed place for every consumer.
 
-The single-machine trainer (``training/trainer.py``), the verl plug-in's agent loop (``training/verl_plugin``) and
-``mem1 rollout``/``mem1 eval`` all read the same ``Mem1Config``: one set of names, one set of defaults, one
-validation. It sits at the top level of a Hydra recipe (``recipes/*.yaml``) next to verl's own sections, so one
-override (``mem1.retriever_url=...``) reaches every worker. Keys one consumer does not use are simply unused there
-(the plug-in has no composed tasks, the local trainer has no verl reward manager): an unknown key is an error.
+The verl plug-in's agent loop (``training/verl_plugin``), its engines (``mem1.attention``) and ``mem1 rollout``/
+``mem1 eval`` all read the same ``Mem1Config``: one set of names, one set of defaults, one validation. It sits at the
+top level of a Hydra recipe (``recipes/*.yaml``) next to verl's own sections, so one override
+(``mem1.retriever_url=...``) reaches every worker. An unknown key is an error. What only ``mem1 train`` reads on one
+machine (where its tasks come from) is ``single_machine.py``'s own section.
 
 Depends on the protocol only (tags, context policies), so anything above it can import it.
 """
@@ -23,9 +23,8 @@ ENVS = tuple(ENV_SPECS)  # envs.py: one spec per environment
 LAYOUTS = ("packed", "per_turn")
 REWARDS = ("in_loop", "verl")
 ATTENTION_BACKENDS = ("auto", "flex", "dense", "segmented", "flash")
-DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_ENV = "MEM1_ATTENTION_BACKEND"  # overrides mem1.attention in a worker's environment (see attention_backend)
-AUTO = "auto"  # a URL that means: serve the bundled environment in-process (single-machine runs only)
+AUTO = "auto"  # a URL that means: serve the bundled environment for the run (mem1 train, rollout, eval only)
 
 
 class ConfigError(ValueError):
@@ -38,20 +37,19 @@ def _fail(key: str, value: Any, why: str) -> ConfigError:
 
 @dataclass
 class Mem1Config(BaseConfig):
-    """MEM1 settings beyond verl's keys, shared by the local trainer, the verl plug-in and the rollout commands.
+    """MEM1 settings beyond verl's keys (a recipe's ``mem1:`` section), shared by the verl plug-in and the rollout
+    commands.
 
     Args:
         env: ``retrieval`` (QA over ``retriever_url``) or ``webshop`` (shopping on ``webshop_url``, scored by the shop).
         retriever_url: a Search-R1-API retrieval or web-search server; ``auto`` serves the bundled HotpotQA BM25
-            index in-process (single-machine runs only).
+            index for the run (``mem1 train``, ``rollout``, ``eval`` only).
         webshop_url: a ``mem1 serve webshop`` server; ``auto`` serves the bundled 100-product shop in-process.
         topk: documents per query (MEM1 and Search-R1 train with 3).
         retriever_timeout_s: HTTP timeout of one environment call.
         env_retries: retries of an environment call that failed to connect, timed out or got a 429/5xx answer
             (waits of 0.5 s doubling to at most 30 s, with jitter: ~2.5 min for 8). A call still failing ends its
             episode as ``env_error``, which is never trained on.
-        max_env_error_rate: the single-machine trainer stops when more than this fraction of a step's episodes end
-            in ``env_error`` (1.0: never).
         context: the context policy: ``mem1`` (prompt + last turn), ``full`` or ``window:K``.
         tags: ``paper``, ``search_r1`` or ``webshop``; None: the task's ``extra_info.tags``, else the env's default.
         max_turns: None: the task's ``extra_info.max_turns``, else 6 (20 for 8+ objectives; WebShop 15).
@@ -63,25 +61,9 @@ class Mem1Config(BaseConfig):
         invalid_action_penalty: subtracted from an episode's reward per invalid turn.
         layout: verl plug-in: ``packed`` (one shared-prefix sample per episode) or ``per_turn`` (v1 trainer only).
         reward: verl plug-in: ``in_loop`` (score in the agent loop) or ``verl`` (verl's reward manager).
-        objectives: questions per composed task, when the trainer composes its own tasks.
-        train_source: question source composed into training tasks (bundled name or ``KIND:PATH``).
-        val_source: question source composed into validation tasks.
-        train_goals: WebShop goals ``START:STOP`` trained on when no task file is given.
-        val_goals: WebShop goals validated on when no task file is given.
-        reward_metric: ``em`` or ``f1`` of the final answer.
-        reward_reduce: over objectives: ``sum`` (as the paper reports) or ``mean``.
         attention: training-time attention: ``auto`` (flash-attn on CUDA when installed, else flex on CUDA,
             segmented on CPU), ``flex``, ``dense`` (reference), ``segmented`` or ``flash``. ``$MEM1_ATTENTION_BACKEND``
             overrides it (``attention_backend``).
-        compile_flex: compile flex attention (GPU; costs more than a short run saves on CPU).
-        dtype: model dtype of the single-machine trainer.
-        logprob_tolerance: the packed forward must reproduce the rollout log-probs within this (max abs diff);
-            None: only log it.
-        segment_group_tokens: back-propagate each episode in groups of at most this many tokens sharing the prompt's
-            keys/values (per-token losses only); None: one packed row per micro-batch.
-        concurrency: episodes in flight at once.
-        generate_batch_size: most generation requests the local backend batches together.
-        seed: seed of sampling, task composition and data order.
     """
 
     env: str = "retrieval"
@@ -90,7 +72,6 @@ class Mem1Config(BaseConfig):
     topk: int = 3
     retriever_timeout_s: float = 30.0
     env_retries: int = 8
-    max_env_error_rate: float = 0.25
     context: str = "mem1"
     tags: str | None = None
     max_turns: int | None = None
@@ -102,21 +83,7 @@ class Mem1Config(BaseConfig):
     invalid_action_penalty: float = 0.0
     layout: str = "packed"
     reward: str = "in_loop"
-    objectives: int = 1
-    train_source: str = "hotpotqa-train"
-    val_source: str = "hotpotqa-dev"
-    train_goals: str = "50:"
-    val_goals: str = "0:50"
-    reward_metric: str = "em"
-    reward_reduce: str = "sum"
     attention: str = "auto"
-    compile_flex: bool = False
-    dtype: str = "float32"
-    logprob_tolerance: float | None = 1e-4
-    segment_group_tokens: int | None = None
-    concurrency: int = 64
-    generate_batch_size: int = 16
-    seed: int = 0
 
     def __post_init__(self) -> None:
         def integer(key: str, minimum: int, allow_none: bool = False) -> None:
@@ -162,9 +129,6 @@ class Mem1Config(BaseConfig):
         integer("topk", 1)
         number("retriever_timeout_s", 0.001)
         integer("env_retries", 0)
-        number("max_env_error_rate", 0.0)
-        if self.max_env_error_rate > 1.0:
-            raise _fail("max_env_error_rate", self.max_env_error_rate, "a fraction of episodes: must be <= 1.0")
         integer("max_turns", 1, allow_none=True)
         integer("max_new_tokens", 1, allow_none=True)
         integer("max_observation_tokens", 1, allow_none=True)
@@ -177,16 +141,7 @@ class Mem1Config(BaseConfig):
             raise _fail(
                 "reward", self.reward, f"mem1.env={self.env} needs in_loop: only the agent loop sees its reward"
             )
-        integer("objectives", 1)
-        choice("reward_metric", ("em", "f1"))
-        choice("reward_reduce", ("sum", "mean"))
         choice("attention", ATTENTION_BACKENDS)
-        choice("dtype", DTYPES)
-        number("logprob_tolerance", 0.0, allow_none=True)
-        integer("segment_group_tokens", 1, allow_none=True)
-        integer("concurrency", 1)
-        integer("generate_batch_size", 1)
-        integer("seed", -(2**63))
 
     @classmethod
     def from_section(cls, section: Any = None, **overrides: Any) -> Mem1Config:

@@ -100,10 +100,10 @@ def teacher_episodes(
     from transformers import AutoTokenizer
 
     from verl_mem1.config import Mem1Config
-    from verl_mem1.jsonl import write_jsonl
     from verl_mem1.records import load_tasks
     from verl_mem1.rollout.backends.oracle import run_oracle_episodes, worth_imitating
     from verl_mem1.rollout.configure import episode_config, make_environment
+    from verl_mem1.rollout.runner import write_episodes
     from verl_mem1.tasks.compose import compose_tasks, write_tasks_parquet
     from verl_mem1.tasks.sources import load_source
 
@@ -129,7 +129,7 @@ def teacher_episodes(
             await env.aclose()
 
     kept = [r for r in asyncio.run(go()) if worth_imitating(r, tokenizer)]
-    path = write_jsonl(out / "oracle.jsonl", (r.to_dict() for r in kept))
+    path = write_episodes(out / "oracle.jsonl", kept)
     return path, len(kept)
 
 

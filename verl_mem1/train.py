@@ -4,7 +4,8 @@ An ``@hydra.main`` entry point over the recipes inside the package (``pkg://verl
 ``ray job submit -- python -m verl_mem1.train --config-name qa trainer.nnodes=2 ...`` needs no source tree on the
 workers, only ``verl-mem1`` installed. The composed config is checked first (``verl_plugin/preflight.py``: data
 rows, TransferQueue, vLLM, the MEM1 engines, the environment server), then goes to verl's unmodified ``main_ppo`` (its
-validation, then its v1 or legacy task runner). The single-machine trainer is ``mem1 train`` (``verl_mem1.cli.train``).
+validation, then its v1 or legacy task runner). ``mem1 train`` runs the same on one machine, after
+``single_machine.prepare`` has resolved what a laptop lacks (a model, tasks, an environment server).
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ def start_configured_servers(cfg: Any) -> dict[str, str]:
     return urls
 
 
-@hydra.main(config_path="pkg://verl_mem1.recipes", config_name="qa", version_base=None)
-def main(cfg: DictConfig) -> None:
+def run_main_ppo(cfg: DictConfig) -> None:
+    """Check the composed config, then run verl's ``main_ppo`` body on it."""
     from verl.trainer.main_ppo import main as verl_main
 
     from verl_mem1.training.verl_plugin.preflight import check_trainer_config
@@ -84,6 +85,23 @@ def main(cfg: DictConfig) -> None:
     start_configured_servers(cfg)  # the recipe's mem1_servers, as Ray actors on the cluster
     check_trainer_config(cfg)
     verl_main.__wrapped__(cfg)  # main_ppo's body, on our composed config
+
+
+def train_on_this_machine(cfg: DictConfig) -> None:
+    """``mem1 train``: resolve the recipe's single-machine placeholders (``single_machine.py``: the tiny model, tasks
+    under the run folder, the bundled environment served for the run), then verl's trainer."""
+    import contextlib
+
+    from verl_mem1.single_machine import prepare
+
+    with contextlib.ExitStack() as stack:
+        prepare(cfg, stack)
+        run_main_ppo(cfg)
+
+
+@hydra.main(config_path="pkg://verl_mem1.recipes", config_name="qa", version_base=None)
+def main(cfg: DictConfig) -> None:
+    run_main_ppo(cfg)
 
 
 if __name__ == "__main__":

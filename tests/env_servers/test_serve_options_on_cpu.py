@@ -59,7 +59,7 @@ def test_a_server_with_an_api_key_refuses_requests_without_it(bm25_retriever, mo
     from env_servers.background import BackgroundServer
     from env_servers.retrieval.server import create_app
     from env_servers.serve_options import API_KEY_ENV, protect
-    from verl_mem1.rollout.environment import EnvironmentError_, RetrievalEnvironment
+    from verl_mem1.rollout.environment import EnvServerError, RetrievalEnvironment
 
     parser = argparse.ArgumentParser(prog="server")
     add_server_options(parser, 1234)
@@ -87,7 +87,7 @@ def test_a_server_with_an_api_key_refuses_requests_without_it(bm25_retriever, mo
                 await env.aclose()
 
         assert len(asyncio.run(search("s3cret"))[0]) == 2  # the client sends $MEM1_API_KEY
-        with pytest.raises(EnvironmentError_, match="answered 401"):  # a 4xx is not retried: the reason comes back
+        with pytest.raises(EnvServerError, match="answered 401"):  # a 4xx is not retried: the reason comes back
             asyncio.run(search(None))
 
 

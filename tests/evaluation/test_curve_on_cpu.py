@@ -11,7 +11,6 @@ import pytest
 from verl_mem1.evaluation.curve import (
     COLUMNS,
     paired_difference,
-    read_learning_curve,
     standard_error,
     write_learning_curve,
 )
@@ -41,64 +40,36 @@ def test_paired_difference_without_common_tasks_is_an_error():
         paired_difference({"a": 1.0}, {"b": 1.0})
 
 
+def _read_curve(run_dir):
+    import json
+
+    return json.loads((run_dir / "learning_curve.json").read_text())["steps"]
+
+
 def test_write_learning_curve_round_trips_and_plots(tmp_path):
     rows = [
-        {"training/global_step": 0.0, "val/em": 0.1, "val/em_se": 0.03, "val/f1": 0.2, "val/f1_se": 0.04},
+        {"training/global_step": 0.0, "val/reward": 0.1},
         {"training/global_step": 1.0, "reward/mean": 0.25, "timing_s/rollout": 10.0, "timing_s/update_actor": 5.0},
-        {"training/global_step": 2.0, "reward/mean": 0.5, "val/em": 0.2, "val/em_se": 0.05, "extra/metric": 7.0},
+        {"training/global_step": 2.0, "reward/mean": 0.5, "val/reward": 0.2, "extra/metric": 7.0},
     ]
     paths = write_learning_curve(rows, tmp_path, title="test run")
     assert [p.name for p in paths] == ["learning_curve.json", "learning_curve.csv", "learning_curve.png"]
-    written = read_learning_curve(tmp_path)
+    written = _read_curve(tmp_path)
     assert [{k: v for k, v in r.items() if k != "reward/moving_mean"} for r in written] == rows, "every metric kept"
     assert [r.get("reward/moving_mean") for r in written] == [None, 0.25, 0.375]
     with paths[1].open() as fh:
         table = list(csv.DictReader(fh))
     assert list(table[0]) == [name for name, _ in COLUMNS]
     assert [r["reward/mean"] for r in table] == ["", "0.25", "0.5"]
-    assert [r["val/em"] for r in table] == ["0.1", "", "0.2"]
+    assert [r["val/reward"] for r in table] == ["0.1", "", "0.2"]
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[2].stat().st_size > 20_000
 
 
-def test_read_learning_curve_of_a_fresh_folder_is_empty(tmp_path):
-    assert read_learning_curve(tmp_path) == []
-
-
-def _write_validation(run_dir, step, em_by_id):
-    from verl_mem1.jsonl import write_jsonl
-
-    write_jsonl(
-        run_dir / "validation" / f"step_{step}.jsonl",
-        [{"id": i, "em": em, "f1": em / 2, "reward": em, "answer": "x"} for i, em in em_by_id.items()],
-    )
-
-
-def test_summarize_run_pairs_every_evaluation_with_the_first(tmp_path):
-    from verl_mem1.evaluation.curve import summarize_run, validation_scores, validation_steps
-
-    _write_validation(tmp_path, 0, {"a": 0.0, "b": 1.0, "c": 0.0, "d": 0.0})
-    _write_validation(tmp_path, 10, {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.0})
-    _write_validation(tmp_path, 5, {"a": 1.0, "b": 0.0, "c": 0.0, "d": 0.0})
-    assert validation_steps(tmp_path) == [0, 5, 10], "numeric order, not text order"
-    assert validation_scores(tmp_path, 10, "f1") == {"a": 0.5, "b": 0.5, "c": 0.5, "d": 0.0}
-    table = summarize_run(tmp_path).splitlines()
-    se = statistics.stdev([1.0, 0.0, 1.0, 0.0]) / 2  # paired EM differences at step 10: a, b, c, d
-    assert table[2].startswith("| 0 | 4 | 0.250 ± 0.250 |")
-    assert table[3].startswith("| 5 | 4 | 0.250 ± 0.250 |") and "| +0.000 ± 0.408 (+0.0 SE) |" in table[3]
-    assert table[4].startswith("| 10 | 4 | 0.750 ± 0.250 |") and f"+0.500 ± {se:.3f} (+{0.5 / se:.1f} SE)" in table[4]
-
-
-def test_mem1_curve_redraws_and_reports(tmp_path, capsys):
+def test_mem1_curve_names_what_is_missing(tmp_path, capsys):
     from verl_mem1.cli import main
 
     assert main(["curve", str(tmp_path)]) == 2
-    assert "has neither learning_curve.json" in capsys.readouterr().err
-    write_learning_curve([{"training/global_step": 0.0, "val/em": 0.25}], tmp_path, title="t")
-    (tmp_path / "learning_curve.png").unlink()
-    _write_validation(tmp_path, 0, {"a": 0.0, "b": 1.0})
-    assert main(["curve", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "| 0 | 2 | 0.500 ± 0.500 |" in out and (tmp_path / "learning_curve.png").is_file()
+    assert "has no metrics.jsonl" in capsys.readouterr().err
 
 
 def _write_eval(folder, scores):
@@ -149,14 +120,16 @@ def test_a_verl_runs_file_log_becomes_the_curve(tmp_path, capsys):
         {"step": i + 1, "data": {"critic/score/mean": v, "timing_s/gen": 30.0, "timing_s/ref": 4.0, "flag": True}}
         for i, v in enumerate(scores)
     ]
-    lines.append({"step": 7, "data": {"timing_s/testing": 12.0}})
+    lines.append({"step": 7, "data": {"timing_s/testing": 12.0, "val-core/a/reward/mean@1": 0.5}})
+    lines.append({"step": 7, "data": {"val-core/b/reward/mean@1": 0.25, "val-aux/b/reward/std@1": 9.0}})
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     rows = read_verl_metrics(tmp_path)
     assert [r["training/global_step"] for r in rows] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
     assert rows[0]["reward/mean"] == 0.1 and rows[0]["timing_s/rollout"] == 30.0 and rows[0]["timing_s/ref"] == 4.0
     assert rows[6]["timing_s/validation"] == 12.0 and "flag" not in rows[0]
+    assert rows[6]["val/reward"] == 0.375 and "val/reward" not in rows[5]  # the mean over the step's data sources
     assert main(["curve", str(tmp_path)]) == 0
-    written = read_learning_curve(tmp_path)
+    written = _read_curve(tmp_path)
     assert written[-1]["reward/moving_mean"] == pytest.approx(sum(scores[-MOVING_WINDOW:]) / MOVING_WINDOW)
     assert (tmp_path / "learning_curve.png").stat().st_size > 20_000
     (tmp_path / "learning_curve.json").unlink()

@@ -18,7 +18,7 @@ from verl_mem1.records import Task
 from verl_mem1.rollout.backends.oracle import run_oracle_episodes
 from verl_mem1.rollout.backends.webshop_oracle import WebShopOracleBackend
 from verl_mem1.rollout.configure import episode_config
-from verl_mem1.rollout.environment import EnvironmentError_, RetrievalEnvironment, WebShopEnvironment
+from verl_mem1.rollout.environment import EnvServerError, RetrievalEnvironment, WebShopEnvironment
 from verl_mem1.rollout.episode import EpisodeConfig, run_episode
 
 TASK = Task(id="hp1", questions=["Which city hosted Tinted Windows' first performance?"], ground_truth=[["Tulsa"]])
@@ -168,6 +168,6 @@ def test_a_bad_request_is_answered_once_not_retried():
             await env.aclose()
 
     with BackgroundServer(app) as server:
-        with pytest.raises(EnvironmentError_, match="answered 422") as raised:
+        with pytest.raises(EnvServerError, match="answered 422") as raised:
             asyncio.run(go(RetrievalEnvironment(server.url, retries=5, retry_wait_s=0.01)))
     assert raised.value.status == 422 and len(hits) == 1

@@ -11,7 +11,7 @@ from verl_mem1.protocol import PAPER, format_documents, parse_turn
 from verl_mem1.records import EpisodeRecord, Task
 from verl_mem1.rollout.environment import RetrievalEnvironment
 from verl_mem1.rollout.episode import EpisodeConfig, default_max_turns, run_episode
-from verl_mem1.rollout.runner import read_episodes, run_episodes, write_jsonl
+from verl_mem1.rollout.runner import read_episodes, run_episodes, write_episodes
 
 QUESTIONS = [
     ("hp1", "Which city hosted the band Tinted Windows' first performance?", ["Tulsa"]),
@@ -48,7 +48,7 @@ def test_contexts_are_exact_and_logprobs_match_plain_transformers(
             await env.aclose()
 
     records = asyncio.run(go())
-    write_jsonl(records, tmp_path / "episodes.jsonl")
+    write_episodes(tmp_path / "episodes.jsonl", records)
     records = read_episodes(tmp_path / "episodes.jsonl")  # check what was written, not what was in memory
     assert [r.id for r in records] == ["hp1", "hp2", "hp3"]
     max_delta = 0.0

@@ -15,7 +15,7 @@ from verl_mem1.rollout.backends.base import SamplingConfig
 from verl_mem1.rollout.backends.oracle import OracleBackend, grounded_objectives, run_oracle_episodes
 from verl_mem1.rollout.environment import RetrievalEnvironment
 from verl_mem1.rollout.episode import EpisodeConfig
-from verl_mem1.rollout.runner import read_episodes, write_jsonl
+from verl_mem1.rollout.runner import read_episodes, write_episodes
 from verl_mem1.tasks.compose import compose_tasks, write_tasks_parquet
 from verl_mem1.tasks.rewards import normalize_answer, score_answer
 from verl_mem1.tasks.sources import load_source
@@ -69,7 +69,7 @@ def _retrieved(tokenizer, turn) -> str:
 def test_records_are_valid_and_token_exact(policy, tokenizer, retrieval_url, tmp_path):
     tasks = _tasks(2, 6)
     records = _play(tasks, tokenizer, retrieval_url, EpisodeConfig(context=policy, max_new_tokens=256))
-    write_jsonl(records, tmp_path / "episodes.jsonl")
+    write_episodes(tmp_path / "episodes.jsonl", records)
     records = read_episodes(tmp_path / "episodes.jsonl")  # check what was written
     assert [r.id for r in records] == [t.id for t in tasks]
     for record in records:

@@ -30,7 +30,7 @@ def episodes_by_config(tiny_backend, retrieval_url, tmp_path_factory):
     from verl_mem1.records import Task
     from verl_mem1.rollout.environment import RetrievalEnvironment
     from verl_mem1.rollout.episode import EpisodeConfig
-    from verl_mem1.rollout.runner import read_episodes, run_episodes, write_jsonl
+    from verl_mem1.rollout.runner import read_episodes, run_episodes, write_episodes
 
     tasks = [Task(id=i, questions=[q], ground_truth=[a]) for i, q, a in QUESTIONS]
     configs = [(policy, temperature) for policy in POLICIES for temperature in TEMPERATURES]
@@ -58,6 +58,6 @@ def episodes_by_config(tiny_backend, retrieval_url, tmp_path_factory):
     out = {}
     for (policy, temperature), records in zip(configs, asyncio.run(go()), strict=True):
         path = root / f"{policy.replace(':', '')}-{temperature}.jsonl"
-        write_jsonl(records, path)
+        write_episodes(path, records)
         out[(policy, temperature)] = (read_episodes(path), path)
     return out

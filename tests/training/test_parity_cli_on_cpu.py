@@ -8,7 +8,7 @@ import json
 import pytest
 
 from verl_mem1.cli.parity import add_parity_command
-from verl_mem1.rollout.runner import read_episodes, write_jsonl
+from verl_mem1.rollout.runner import read_episodes, write_episodes
 from verl_mem1.training import format_report, parity_report
 
 
@@ -41,7 +41,7 @@ def test_parity_table_and_failure_exit(episodes_by_config, tiny_model_dir, tmp_p
     tampered = read_episodes(episodes_by_config[("window:2", 1.0)][1])[:1]
     tampered[0].turns[3].logprobs[0] += 0.01  # as if the rollout had scored a different context
     path = tmp_path / "tampered.jsonl"
-    write_jsonl(tampered, path)
+    write_episodes(path, tampered)
     base = ["parity", "--model", str(tiny_model_dir), "--episodes", str(path), "--eager-flex"]
     assert _run([*base, "--backends", "segment_groups"]) == 1
     capsys.readouterr()

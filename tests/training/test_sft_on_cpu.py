@@ -22,7 +22,7 @@ def scripted_episodes(tiny_model_dir, retrieval_url, tmp_path_factory):
     from verl_mem1.records import load_tasks
     from verl_mem1.rollout.environment import RetrievalEnvironment
     from verl_mem1.rollout.episode import EpisodeConfig
-    from verl_mem1.rollout.runner import run_episodes, write_jsonl
+    from verl_mem1.rollout.runner import run_episodes, write_episodes
     from verl_mem1.tasks.rewards import score_answer
     from verl_mem1.tasks.sources import bundled_path
 
@@ -52,7 +52,7 @@ def scripted_episodes(tiny_model_dir, retrieval_url, tmp_path_factory):
 
     records = asyncio.run(go())
     path = tmp_path_factory.mktemp("sft") / "episodes.jsonl"
-    write_jsonl(records, path)
+    write_episodes(path, records)
     return path, model
 
 

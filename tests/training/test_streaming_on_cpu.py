@@ -8,7 +8,7 @@ import torch
 from tests.training.records import mem1_record
 from verl_mem1.training import pack_batch, pack_episode, packed_logprobs_and_entropy, streaming
 from verl_mem1.training.hf_attention import packed_model_call
-from verl_mem1.training.streaming import segment_groups, streamed_logprobs_and_entropy, streamed_values
+from verl_mem1.training.streaming import segment_groups, streamed_logprobs_and_entropy
 
 
 def _records():
@@ -106,32 +106,6 @@ def test_prompt_gradient_reaches_the_model_through_the_shared_keys(tiny_model_di
     prompt_only = set(record.prompt_ids) - {t for turn in record.turns for t in turn.generated_ids}
     prompt_only -= {t for turn in record.turns for t in turn.observation_ids}
     assert prompt_only and all(embedding_grad[t].abs().sum() > 0 for t in prompt_only)
-
-
-def test_streamed_critic_values_and_gradients_equal_the_packed_ones(tiny_model_dir):
-    from transformers import AutoConfig, AutoModelForTokenClassification
-
-    from verl_mem1.training import packed_values
-
-    config = AutoConfig.from_pretrained(str(tiny_model_dir), num_labels=1)
-    sample = pack_batch(_records())
-    weights = torch.randn(sample.num_generated, generator=torch.Generator().manual_seed(2))
-
-    def critic():
-        torch.manual_seed(0)
-        return AutoModelForTokenClassification.from_config(config).eval()  # eval: no dropout, gradients still on
-
-    packed_critic, grouped_critic = critic(), critic()
-    expected = packed_values(packed_critic, sample, "segmented")
-    (weights * expected).sum().backward()
-    got = streamed_values(grouped_critic, sample, lambda v, index: (weights[index] * v).sum(), group_tokens=40)
-    assert got.shape == expected.shape and (got - expected.detach()).abs().max() < 1e-5
-    grads = {n: p.grad for n, p in grouped_critic.named_parameters() if p.grad is not None}
-    for name, param in packed_critic.named_parameters():
-        scale = param.grad.abs().max().item() + 1e-6
-        assert (grads[name] - param.grad).abs().max().item() / scale < 1e-4, name
-    with pytest.raises(TypeError, match="token-classification"):
-        streamed_values(_fresh_model(tiny_model_dir), sample)  # a causal LM is not a critic
 
 
 def test_streaming_needs_a_plain_head_model():

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.support.wait import WebDriverWait
 
 from verl_mem1.cli import main
 from verl_mem1.viewer.load import load_episodes
@@ -104,7 +105,9 @@ def test_an_episode_shows_what_was_kept_and_dropped(browser, page, eval_runs, tm
     shot = tmp_path / "episode.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 20_000
     browser.find_element("link text", "all episodes").click()
-    assert len(browser.find_elements("css selector", "tr.row")) == 1, "back to the index, the filters still apply"
+    # the index is drawn on the hash change, after the click returns: wait for it (a loaded CI machine is slow)
+    rows = WebDriverWait(browser, 30).until(lambda b: b.find_elements("css selector", "tr.row"))
+    assert len(rows) == 1, "back to the index, the filters still apply"
     assert browser.find_element("id", "filter-policy").get_attribute("value") == "mem1"
 
 

@@ -1,12 +1,11 @@
-"""``mem1 curve``: a training run's learning curve (CSV, JSON, PNG) and its held-out scores, compared task by task.
+"""``mem1 curve``: a training run's learning curve (CSV, JSON, PNG) from verl's metrics log.
 
-The work is :mod:`verl_mem1.evaluation.curve`; ``mem1 train`` writes the same files after every step.
+The work is :mod:`verl_mem1.evaluation.curve`; held-out comparisons are ``mem1 compare``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,12 @@ def add_curve_command(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``mem1 curve`` on an argparse subparsers object."""
     parser = subparsers.add_parser(
         "curve",
-        help="a training run's learning curve and held-out scores (paired against the first evaluation)",
-        description="Redraw learning_curve.{csv,png} of a `mem1 train` run folder (trainer.default_local_dir), or "
-        "draw it from the metrics.jsonl of a verl trainer run (trainer.logger=[console,file] with "
-        "VERL_FILE_LOGGER_PATH=RUN_DIR/metrics.jsonl, as `make learn` runs it), and print its held-out EM/F1 at "
-        "every evaluation with standard errors, and each evaluation's change against the first, paired task by task "
-        "(the same held-out tasks every time).",
+        help="a training run's learning curve (CSV, JSON, PNG) from verl's metrics log",
+        description="Draw learning_curve.{json,csv,png} of a verl trainer run from its metrics.jsonl (verl's file "
+        "logger, trainer.logger=[console,file]: `mem1 train` writes it into the run folder, `make learn` sets "
+        "VERL_FILE_LOGGER_PATH=RUN_DIR/metrics.jsonl): train reward and its moving mean, verl's held-out reward, "
+        "turns and response tokens per episode, the seconds of each phase. Held-out checkpoints are compared with "
+        "`mem1 eval` and `mem1 compare`.",
     )
     parser.add_argument("run_dir", help="the run folder (trainer.default_local_dir)")
     parser.set_defaults(func=_cmd_curve)
@@ -29,24 +28,18 @@ def add_curve_command(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_curve(args: argparse.Namespace) -> int:
-    from verl_mem1.evaluation.curve import read_learning_curve, read_verl_metrics, summarize_run, write_learning_curve
+    from verl_mem1.evaluation.curve import VERL_METRICS_FILE, read_verl_metrics, write_learning_curve
 
     run_dir = Path(args.run_dir)
-    try:  # a verl run's log first: learning_curve.json is then what an earlier `mem1 curve` drew from it
-        rows, title = read_verl_metrics(run_dir), f"verl trainer: {run_dir.name}"
+    try:
+        rows = read_verl_metrics(run_dir)
     except ValueError as exc:
         print(f"mem1 curve: error: {exc}", file=sys.stderr)
         return 2
-    if not rows and (rows := read_learning_curve(run_dir)):
-        title = json.loads((run_dir / "learning_curve.json").read_text(encoding="utf-8")).get("title", "")
     if not rows:
-        print(f"mem1 curve: error: {run_dir} has neither learning_curve.json (a `mem1 train` run) nor metrics.jsonl "
-              "(a verl run with the file logger)", file=sys.stderr)  # fmt: skip
+        why = "trainer.logger=[console,file] writes it: `mem1 train` into the run folder, verl at VERL_FILE_LOGGER_PATH"
+        print(f"mem1 curve: error: {run_dir} has no {VERL_METRICS_FILE} ({why})", file=sys.stderr)
         return 2
-    paths = write_learning_curve(rows, run_dir, title=title)
-    try:
-        print(summarize_run(run_dir))
-    except FileNotFoundError as exc:
-        print(f"(no held-out evaluations: {exc})")
-    print("\nwrote " + ", ".join(str(p) for p in paths))
+    paths = write_learning_curve(rows, run_dir, title=f"verl trainer: {run_dir.name}")
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0

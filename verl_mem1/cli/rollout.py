@@ -7,7 +7,6 @@ and backend, the environment and its tasks, and the episode settings.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -92,7 +91,7 @@ def add_environment_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def mem1_config(args: argparse.Namespace):
-    """The run's ``Mem1Config`` from the command-line options (the same settings ``mem1 train`` reads)."""
+    """The run's ``Mem1Config`` from the command-line options (the ``mem1:`` settings a training recipe holds)."""
     from verl_mem1.config import Mem1Config
 
     return Mem1Config(
@@ -106,8 +105,6 @@ def mem1_config(args: argparse.Namespace):
         max_new_tokens=args.max_new_tokens,
         on_invalid=args.on_invalid,
         invalid_action_penalty=args.invalid_penalty,
-        concurrency=args.concurrency,
-        seed=args.seed,
     )
 
 
@@ -162,7 +159,7 @@ def make_backend(args: argparse.Namespace):
     return backend, backend.tokenizer
 
 
-def episode_config(args: argparse.Namespace, mem1=None):
+def episode_config_of_args(args: argparse.Namespace, mem1=None):
     """The episode settings for each task (``rollout.configure.episode_config`` with the sampling options)."""
     import functools
 
@@ -179,18 +176,18 @@ def episode_config(args: argparse.Namespace, mem1=None):
 
 def setup_run(args: argparse.Namespace, command: str):
     """Config, tasks, backend, tokenizer and environment for a generating command; None after a clear error."""
-    from verl_mem1.rollout.environment import EnvironmentError_
+    from verl_mem1.rollout.environment import EnvServerError
 
     try:
         mem1 = mem1_config(args)
-        config = episode_config(args, mem1)
+        config = episode_config_of_args(args, mem1)
         env, tasks = make_environment(args, mem1)
         backend, tokenizer = make_backend(args)
     except (
         ValueError,
         OSError,
         RuntimeError,
-        EnvironmentError_,
+        EnvServerError,
     ) as exc:  # ConfigError is a ValueError  # bad options/files, unreachable server
         print(f"mem1 {command}: {exc}", file=sys.stderr)
         return None
@@ -200,25 +197,19 @@ def setup_run(args: argparse.Namespace, command: str):
 def _cmd_rollout(args: argparse.Namespace) -> int:
     import asyncio
 
-    from verl_mem1.rollout.runner import run_episodes
+    from verl_mem1.rollout.runner import append_episode, run_episodes
     from verl_mem1.tasks.rewards import answer_reward
 
     run = setup_run(args, "rollout")
     if run is None:
         return 2
     config, tasks, backend, tokenizer, env = run
-    mem1 = mem1_config(args)
-    reward_fn = answer_reward(mem1.reward_metric, mem1.reward_reduce)  # WebShop episodes take the shop's instead
+    reward_fn = answer_reward("em", "sum")  # the paper's reward; WebShop episodes take the shop's instead
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     async def main():
         with out.open("w", encoding="utf-8") as fh:
-
-            def write(record):
-                fh.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-                fh.flush()
-
             try:
                 return await run_episodes(
                     tasks,
@@ -228,7 +219,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
                     config,
                     concurrency=args.concurrency,
                     reward_fn=reward_fn,
-                    on_episode=write,
+                    on_episode=lambda record: append_episode(fh, record),
                 )
             finally:
                 await env.aclose()

@@ -14,7 +14,6 @@ what ``mem1 rollout`` writes and ``mem1 sft`` reads: token-exact, on the layout 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,7 +75,7 @@ def add_trajectories_command(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="also write right episodes whose answers the searches did not return",
     )
-    # what the shared rollout helpers (mem1_config, episode_config, make_environment) read; fixed for a teacher
+    # what the shared rollout helpers (mem1_config, episode_config_of_args, make_environment) read; fixed for a teacher
     parser.set_defaults(
         func=_cmd_trajectories,
         on_invalid="continue",
@@ -96,14 +95,14 @@ def _setup(args: argparse.Namespace):
 
     from transformers import AutoTokenizer
 
-    from verl_mem1.cli.rollout import episode_config, make_environment, mem1_config
+    from verl_mem1.cli.rollout import episode_config_of_args, make_environment, mem1_config
     from verl_mem1.rollout import configure
     from verl_mem1.rollout.backends.oracle import OracleBackend
     from verl_mem1.rollout.backends.webshop_oracle import WebShopOracleBackend
     from verl_mem1.rollout.environment import STARTUP_RETRIES
 
     mem1 = mem1_config(args)
-    config = episode_config(args, mem1)
+    config = episode_config_of_args(args, mem1)
     env, tasks = make_environment(args, mem1)
     if not tasks:
         raise ValueError("no tasks to play")
@@ -131,11 +130,12 @@ def _cmd_trajectories(args: argparse.Namespace) -> int:
         run_oracle_episodes,
         worth_imitating,
     )
-    from verl_mem1.rollout.environment import EnvironmentError_
+    from verl_mem1.rollout.environment import EnvServerError
+    from verl_mem1.rollout.runner import append_episode
 
     try:
         config, tasks, env, tokenizer, oracle = _setup(args)
-    except (ValueError, OSError, RuntimeError, EnvironmentError_) as exc:  # ConfigError is a ValueError
+    except (ValueError, OSError, RuntimeError, EnvServerError) as exc:  # ConfigError is a ValueError
         print(f"mem1 trajectories: error: {exc}", file=sys.stderr)
         return 2
     shopping = env_spec(args.env).scores_episodes
@@ -157,8 +157,7 @@ def _cmd_trajectories(args: argparse.Namespace) -> int:
             def keep(record):
                 if worth(record):
                     kept.append(record)
-                    fh.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-                    fh.flush()
+                    append_episode(fh, record)
 
             try:
                 return await run_oracle_episodes(

@@ -1,9 +1,9 @@
 """The learning curve of a training run: per step metrics as JSON and CSV, and a PNG a user can look at.
 
-``Mem1Trainer`` calls :func:`write_learning_curve` after every step (and after the validation before training, as
-step 0), so a run stopped at any point leaves a readable curve; ``mem1 curve RUN_DIR`` redraws it. Held-out
-scores are compared with :func:`paired_difference`: the same tasks are evaluated before and after, so the standard
-error of the per-task difference is the honest yardstick for "better".
+``mem1 curve RUN_DIR`` draws it from verl's file logger (``metrics.jsonl``, which ``mem1 train`` and ``make learn``
+write into the run folder), at any point of the run. Held-out scores are compared with :func:`paired_difference`
+(``mem1 compare`` of two ``mem1 eval`` folders): the same tasks are evaluated before and after, so the standard error
+of the per-task difference is the honest yardstick for "better".
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,26 +27,23 @@ VERL_NAMES = {
 }
 # (column, what it is) in the CSV, in order; a run without a metric leaves its cells empty
 COLUMNS: tuple[tuple[str, str], ...] = (
-    ("training/global_step", "optimizer step (0: before training)"),
+    ("training/global_step", "optimizer step"),
     ("reward/mean", "train reward, mean over the step's episodes"),
     ("reward/moving_mean", "train reward, mean of the last MOVING_WINDOW steps"),
-    ("val/em", "held-out exact match (greedy)"),
-    ("val/em_se", "its standard error over held-out tasks"),
-    ("val/f1", "held-out token F1"),
-    ("val/f1_se", "its standard error"),
-    ("episode/invalid_action_rate", "train invalid actions per turn"),
-    ("val/invalid_action_rate", "held-out invalid actions per turn"),
-    ("mem1/peak_tokens", "train peak context tokens, mean per episode"),
-    ("val/peak_tokens", "held-out peak context tokens"),
+    ("val/reward", "held-out reward (verl's validation, val-core/*/reward/mean@N, averaged over data sources)"),
+    ("num_turns/mean", "turns per episode"),
+    ("response_length/mean", "packed response tokens per episode"),
     ("timing_s/rollout", "rollout seconds"),
-    ("timing_s/old_log_prob", "old-policy log-prob seconds (verl)"),
+    ("timing_s/old_log_prob", "old-policy log-prob seconds"),
     ("timing_s/ref", "reference-policy log-prob seconds"),
     ("timing_s/update_actor", "policy update seconds"),
     ("timing_s/validation", "held-out evaluation seconds"),
-    ("timing_s/step", "rollout + update seconds"),
-    ("actor/rollout_logprob_diff", "max |training - rollout log-prob|"),
+    ("timing_s/step", "seconds of the whole step"),
+    ("training/rollout_probs_diff_max", "max |training - rollout probability| (verl's rollout correction)"),
     ("actor/ppo_kl", "PPO KL to the rollout policy"),
+    ("actor/kl_loss", "KL to the reference policy"),
 )
+VAL_REWARD = re.compile(r"^val-core/.+/reward/mean@\d+$")
 
 
 def standard_error(values: Sequence[float]) -> float:
@@ -147,54 +145,6 @@ def compare_evaluations(before_dir: str | Path, after_dir: str | Path, keys: Seq
     return "\n".join(lines)
 
 
-def validation_scores(run_dir: str | Path, step: int, key: str = "em") -> dict[str, float]:
-    """Each held-out task's ``key`` score at ``step``, from the trainer's ``validation/step_N.jsonl``."""
-    from verl_mem1.jsonl import iter_json_objects
-
-    path = Path(run_dir) / "validation" / f"step_{step}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"no held-out evaluation at step {step}: {path} is missing")
-    return {str(row["id"]): float(row[key] or 0.0) for _, row in iter_json_objects(path)}
-
-
-def validation_steps(run_dir: str | Path) -> list[int]:
-    """The steps at which the run evaluated its held-out tasks, in order."""
-    folder = Path(run_dir) / "validation"
-    steps = [int(p.stem.removeprefix("step_")) for p in folder.glob("step_*.jsonl")] if folder.is_dir() else []
-    return sorted(steps)
-
-
-def summarize_run(run_dir: str | Path) -> str:
-    """Markdown: held-out EM and F1 (± SE) at every evaluation, then each one's paired change against the first."""
-    steps = validation_steps(run_dir)
-    if not steps:
-        raise FileNotFoundError(f"{run_dir} has no validation/step_N.jsonl (set trainer.test_freq or val_before_train)")
-    lines = [
-        f"| step | tasks | EM | F1 | EM change vs step {steps[0]} (paired) | F1 change (paired) |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    first = {key: validation_scores(run_dir, steps[0], key) for key in ("em", "f1")}
-    for step in steps:
-        cells = []
-        changes = []
-        for key in ("em", "f1"):
-            scores = validation_scores(run_dir, step, key)
-            values = list(scores.values())
-            cells.append(f"{sum(values) / len(values):.3f} ± {standard_error(values):.3f}")
-            mean, se, _ = paired_difference(first[key], scores)
-            changes.append(f"{mean:+.3f} ± {se:.3f} ({mean / se:+.1f} SE)" if se > 0 else f"{mean:+.3f}")
-        lines.append(f"| {step} | {len(scores)} | {cells[0]} | {cells[1]} | {changes[0]} | {changes[1]} |")
-    return "\n".join(lines)
-
-
-def read_learning_curve(run_dir: str | Path) -> list[dict[str, float]]:
-    """The rows ``write_learning_curve`` left in ``run_dir`` (empty when there are none)."""
-    path = Path(run_dir) / f"{CURVE_FILE}.json"
-    if not path.is_file():
-        return []
-    return json.loads(path.read_text(encoding="utf-8"))["steps"]
-
-
 def with_moving_mean(rows: Sequence[Mapping[str, Any]], window: int = MOVING_WINDOW) -> list[dict[str, Any]]:
     """The rows with ``reward/moving_mean``: the mean train reward of each step and the ``window - 1`` before it
     (the per-step mean over a few tasks is noisy; its trend is what a rising curve means)."""
@@ -227,6 +177,11 @@ def read_verl_metrics(run_dir: str | Path) -> list[dict[str, float]]:
         for key, value in data.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 row[VERL_NAMES.get(key, key)] = float(value)
+        row.update({f"_{k}": float(v) for k, v in data.items() if VAL_REWARD.match(k) and isinstance(v, int | float)})
+    for row in steps.values():  # held-out reward: the mean over the step's data sources
+        held_out = [row.pop(k) for k in [k for k in row if k.startswith("_val-core/")]]
+        if held_out:
+            row["val/reward"] = sum(held_out) / len(held_out)
     return [steps[k] for k in sorted(steps)]
 
 
@@ -252,38 +207,22 @@ def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], l
 
 
 def plot_learning_curve(rows: Sequence[Mapping[str, Any]], out_png: str | Path, *, title: str = "") -> Path:
-    """Four panels against the step: rewards and held-out scores (± 1 SE), invalid actions, peak tokens, seconds."""
+    """Four panels against the step: rewards (train and held-out), turns, packed response tokens, seconds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
-    (score, invalid), (memory, seconds) = axes
+    (score, turns), (tokens, seconds) = axes
     score.plot(*_series(rows, "reward/mean"), marker=".", alpha=0.5, label="train reward")
     score.plot(*_series(rows, "reward/moving_mean"), label=f"train reward, last {MOVING_WINDOW} steps")
-    for key, marker in (("val/em", "o"), ("val/f1", "s")):
-        xs, ys = _series(rows, key)
-        _, se = _series(rows, f"{key}_se")
-        if xs:
-            score.errorbar(
-                xs,
-                ys,
-                yerr=se if len(se) == len(ys) else None,
-                marker=marker,
-                capsize=3,
-                label=f"held-out {key.split('/')[1].upper()}",
-            )
-    score.set_ylabel("score")
-    score.set_ylim(bottom=0)
-    invalid.plot(*_series(rows, "episode/invalid_action_rate"), marker=".", label="train")
-    invalid.plot(*_series(rows, "val/invalid_action_rate"), marker="o", label="held-out")
-    invalid.set_ylabel("invalid actions per turn")
-    invalid.set_ylim(bottom=0)
-    memory.plot(*_series(rows, "mem1/peak_tokens"), marker=".", label="train")
-    memory.plot(*_series(rows, "val/peak_tokens"), marker="o", label="held-out")
-    memory.set_ylabel("peak context tokens (mean)")
-    memory.set_ylim(bottom=0)
+    score.plot(*_series(rows, "val/reward"), marker="o", label="held-out reward (verl validation)")
+    score.set_ylabel("reward")
+    turns.plot(*_series(rows, "num_turns/mean"), marker=".")
+    turns.set_ylabel("turns per episode (mean)")
+    tokens.plot(*_series(rows, "response_length/mean"), marker=".")
+    tokens.set_ylabel("packed response tokens (mean)")
     for key, label in (
         ("timing_s/rollout", "rollout"),
         ("timing_s/old_log_prob", "old log-probs"),
@@ -293,9 +232,9 @@ def plot_learning_curve(rows: Sequence[Mapping[str, Any]], out_png: str | Path, 
     ):
         seconds.plot(*_series(rows, key), marker=".", label=label)
     seconds.set_ylabel("seconds")
-    seconds.set_ylim(bottom=0)
     for ax in axes.flat:
         ax.set_xlabel("step")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()

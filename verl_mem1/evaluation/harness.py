@@ -13,7 +13,7 @@ from verl_mem1.records import Task
 from verl_mem1.rollout.backends.base import LLMBackend
 from verl_mem1.rollout.environment import Environment
 from verl_mem1.rollout.episode import EpisodeConfig
-from verl_mem1.rollout.runner import run_episodes
+from verl_mem1.rollout.runner import append_episode, run_episodes
 from verl_mem1.tasks.rewards import answer_reward
 
 
@@ -41,11 +41,6 @@ async def evaluate(
     shown = config(tasks[0] if tasks else None) if callable(config) else config
 
     with (out / "episodes.jsonl").open("w", encoding="utf-8") as fh:
-
-        def write(record):
-            fh.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-            fh.flush()
-
         records = await run_episodes(
             tasks,
             backend,
@@ -54,7 +49,7 @@ async def evaluate(
             config,
             concurrency=concurrency,
             reward_fn=answer_reward("em", reduce),  # the reported metric
-            on_episode=write,
+            on_episode=lambda record: append_episode(fh, record),
             progress=progress,
             desc=f"eval {shown.context}",
         )

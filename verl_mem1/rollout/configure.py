@@ -1,5 +1,5 @@
 """From a ``Mem1Config`` to what the episode loop runs: the one place an ``EpisodeConfig`` and an environment client
-are built, for the local trainer, the verl agent loop and the rollout/eval commands alike.
+are built, for the verl agent loop and the rollout/eval commands alike.
 
 Precedence, the same everywhere: an explicit ``mem1.*`` value, else the task's own (``extra_info.tags`` /
 ``extra_info.max_turns``, written by ``mem1 compose``), else the environment's default.

@@ -7,7 +7,7 @@ step say ``done`` with a reward.
 Calls that fail transiently are retried with backoff (``retries``): a connection refused or reset, a timeout, a 429 or
 5xx answer. A WebShop action is not idempotent, so it is retried only where the server cannot have applied it (no
 connection, 429, 503); a session the server lost (it restarted: 404) is opened again on the same goal and its actions
-replayed, so a restarted server loses no episode. What still fails raises ``EnvironmentError_``, which ends the
+replayed, so a restarted server loses no episode. What still fails raises ``EnvServerError``, which ends the
 episode as ``env_error``.
 """
 
@@ -34,7 +34,7 @@ def auth_headers(api_key: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-class EnvironmentError_(RuntimeError):
+class EnvServerError(RuntimeError):
     """The environment could not answer, after its retries; the episode ends as ``env_error`` (never trained on)."""
 
     def __init__(self, message: str, status: int | None = None):
@@ -116,7 +116,7 @@ class _HTTPEnvironment:
         self, method: str, url: str, body: dict[str, Any] | None = None, *, idempotent: bool = True, retry: bool = True
     ) -> httpx.Response:
         """One call, retried while it fails transiently (``retry``); the last answer (any status) or
-        ``EnvironmentError_``."""
+        ``EnvServerError``."""
 
         def transient(exc: BaseException) -> bool:
             if isinstance(exc, _Retryable):
@@ -141,7 +141,7 @@ class _HTTPEnvironment:
         except _Retryable as exc:
             return exc.response
         except httpx.HTTPError as exc:
-            raise EnvironmentError_(f"{self.name} server unreachable at {url}: {exc!r}") from exc
+            raise EnvServerError(f"{self.name} server unreachable at {url}: {exc!r}") from exc
         raise AssertionError("unreachable")  # pragma: no cover - AsyncRetrying either returns or raises
 
 
@@ -179,14 +179,14 @@ class RetrievalEnvironment(_HTTPEnvironment):
         body = {"queries": queries, "topk": self.topk, "return_scores": True}
         response = await self.request("POST", self.endpoint, body)
         if response.status_code != 200:
-            raise EnvironmentError_(
+            raise EnvServerError(
                 f"retrieval server answered {response.status_code}: {response.text[:200]}", response.status_code
             )
         try:
             results = response.json()["result"]
             return [[(item["document"] if "document" in item else item)["contents"] for item in r] for r in results]
         except (ValueError, KeyError, TypeError) as exc:
-            raise EnvironmentError_(f"malformed retrieval response: {response.text[:200]}") from exc
+            raise EnvServerError(f"malformed retrieval response: {response.text[:200]}") from exc
 
     async def observe(self, query: str) -> str:
         (docs,) = await self.search([query])
@@ -211,7 +211,7 @@ class WebShopSession:
     async def step(self, action: str) -> Step:
         try:
             data = await self._step(action)
-        except EnvironmentError_ as exc:
+        except EnvServerError as exc:
             if exc.status != 404 or self.goal_index is None:
                 raise
             await self._restore()
@@ -230,7 +230,7 @@ class WebShopSession:
     async def close(self) -> None:
         try:
             await self._env.call("DELETE", f"/sessions/{self.session_id}", retry=False)  # best effort: no waiting
-        except EnvironmentError_:
+        except EnvServerError:
             pass  # the server may have dropped it already; nothing to keep
 
 
@@ -250,13 +250,13 @@ class WebShopEnvironment(_HTTPEnvironment):
     ) -> dict[str, Any]:
         response = await self.request(method, self.url + path, body, idempotent=idempotent, retry=retry)
         if response.status_code != 200:
-            raise EnvironmentError_(
+            raise EnvServerError(
                 f"WebShop server answered {response.status_code}: {response.text[:200]}", response.status_code
             )
         try:
             return response.json()
         except ValueError as exc:
-            raise EnvironmentError_(f"malformed WebShop response: {response.text[:200]}") from exc
+            raise EnvServerError(f"malformed WebShop response: {response.text[:200]}") from exc
 
     @staticmethod
     def to_step(data: dict[str, Any]) -> Step:
@@ -265,17 +265,17 @@ class WebShopEnvironment(_HTTPEnvironment):
             page = format_webshop_page(data["observation"], bool(actions["has_search_bar"]), actions["clickables"])
             return Step(page, bool(data["done"]), float(data["reward"]), bool(data["valid"]), data.get("info") or {})
         except (KeyError, TypeError, ValueError) as exc:
-            raise EnvironmentError_(f"malformed WebShop step: {str(data)[:200]}") from exc
+            raise EnvServerError(f"malformed WebShop step: {str(data)[:200]}") from exc
 
     async def open(self, task: Task) -> WebShopSession:
         goal_index = task.extra_info.get("goal_index")
         if goal_index is None:
-            raise EnvironmentError_(f"task {task.id!r} has no extra_info.goal_index: it is not a WebShop task")
+            raise EnvServerError(f"task {task.id!r} has no extra_info.goal_index: it is not a WebShop task")
         data = await self.call("POST", "/sessions", {"goal_index": int(goal_index)}, idempotent=False)
         session = WebShopSession(self, str(data.get("session_id")), int(goal_index))
         if task.questions and data.get("instruction") != task.questions[0]:
             await session.close()
-            raise EnvironmentError_(
+            raise EnvServerError(
                 f"task {task.id!r}: goal {goal_index} on {self.url} has instruction {data.get('instruction')!r}, "
                 f"not the task's {task.questions[0]!r}: the task file was made from other WebShop data or seed"
             )

@@ -22,7 +22,7 @@ from verl_mem1.protocol import (
 )
 from verl_mem1.records import EpisodeRecord, Task, TurnRecord
 from verl_mem1.rollout.backends.base import LLMBackend, SamplingConfig
-from verl_mem1.rollout.environment import Environment, EnvironmentError_, EpisodeSession
+from verl_mem1.rollout.environment import Environment, EnvServerError, EpisodeSession
 from verl_mem1.tasks.rewards import RewardFn, penalised
 
 WEBSHOP_MAX_TURNS = 15
@@ -126,7 +126,7 @@ async def run_episode(
     )
     try:
         session = await env.open(task)
-    except EnvironmentError_ as exc:
+    except EnvServerError as exc:
         record.termination, record.error = "env_error", str(exc)
         record.wall_time_s = time.perf_counter() - started
         return record
@@ -198,7 +198,7 @@ async def _play_turns(
             t1 = time.perf_counter()
             try:
                 step = await session.step(action.text)
-            except EnvironmentError_ as exc:  # still failing after the client's retries: the episode cannot go on
+            except EnvServerError as exc:  # still failing after the client's retries: the episode cannot go on
                 record.termination, record.error = "env_error", str(exc)
                 step = None
             env_s = time.perf_counter() - t1

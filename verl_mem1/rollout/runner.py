@@ -6,9 +6,11 @@ import asyncio
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from tqdm.auto import tqdm
 
+from verl_mem1.jsonl import iter_json_objects, write_jsonl
 from verl_mem1.records import EpisodeRecord, Task
 from verl_mem1.rollout.backends.base import LLMBackend
 from verl_mem1.rollout.environment import Environment
@@ -53,20 +55,25 @@ async def run_episodes(
         bar.close()
 
 
-def write_jsonl(records: Sequence[EpisodeRecord], path: str | Path) -> None:
-    with Path(path).open("w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+def append_episode(fh: TextIO, record: EpisodeRecord) -> None:
+    """Append one episode record to an open JSONL file, flushed: streamed as episodes finish, so a stopped run keeps
+    what it played."""
+    fh.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+    fh.flush()
+
+
+def write_episodes(path: str | Path, records: Sequence[EpisodeRecord]) -> Path:
+    """Episode records as JSONL, one per line (what ``read_episodes``, ``mem1 sft`` and ``mem1 view`` read)."""
+    return write_jsonl(path, (record.to_dict() for record in records))
 
 
 def read_episodes(path: str | Path) -> list[EpisodeRecord]:
-    """Read an episodes JSONL file written by ``mem1 rollout``."""
+    """Read an episodes JSONL file written by ``mem1 rollout``/``eval``/``trajectories``; a line that is not an
+    episode record fails naming the file and line."""
     records = []
-    with Path(path).open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    records.append(EpisodeRecord.from_dict(json.loads(line)))
-                except (json.JSONDecodeError, TypeError) as exc:
-                    raise ValueError(f"{path}:{lineno}: not an episode record ({exc})") from exc
+    for lineno, row in iter_json_objects(path):
+        try:
+            records.append(EpisodeRecord.from_dict(row))
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ValueError(f"{path}:{lineno}: not an episode record ({exc})") from exc
     return records

@@ -168,8 +168,8 @@ RewardFn = Callable[[str | None, list[list[str]]], float]  # (final answer, one 
 def answer_reward(metric: Literal["em", "f1"] = "em", reduce: Literal["sum", "mean"] = "sum") -> RewardFn:
     """The QA reward of a final answer: EM or F1 (``metric``) over its objectives, summed or averaged (``reduce``),
     by :func:`score_answer`. Every consumer scores answers through it or through :func:`compute_score`, verl's custom
-    reward (the same two settings in ``reward_kwargs``): evaluation (EM), teacher trajectories (EM averaged), the
-    rollout CLI and the trainer (``mem1.reward_metric``/``reward_reduce``)."""
+    reward (the same two settings in ``reward_kwargs``), which verl's trainer calls: evaluation (EM), teacher
+    trajectories (EM averaged), the rollout CLI (EM summed)."""
     if metric not in ("em", "f1"):
         raise ValueError(f"metric must be 'em' or 'f1', got {metric!r}")
     if reduce not in ("sum", "mean"):

@@ -413,8 +413,8 @@ def flash_varlen_available() -> bool:
 
 
 def attention_backend(configured: str, device_type: str) -> str:
-    """The packed-attention backend a process runs on ``device_type``: the one resolver, for the local trainer and
-    verl's engine alike.
+    """The packed-attention backend a process runs on ``device_type``: the one resolver, for verl's RL and SFT
+    engines alike.
 
     ``$MEM1_ATTENTION_BACKEND`` (a worker-level override) wins over the configured ``mem1.attention``. ``auto`` is
     ``flash`` on CUDA where flash-attn or PyTorch's ``varlen_attn`` is installed, else ``segmented`` (memory linear in

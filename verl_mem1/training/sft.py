@@ -20,7 +20,6 @@ from verl_mem1.config import ConfigError
 from verl_mem1.training.forward import packed_logprobs_and_entropy
 from verl_mem1.training.layout import PackedSample
 from verl_mem1.training.streaming import streamed_logprobs_and_entropy
-from verl_mem1.training.validation import as_list
 
 if TYPE_CHECKING:
     from verl_mem1.records import EpisodeRecord
@@ -32,7 +31,7 @@ def load_episodes(paths: Any, *, min_reward: float | None = None) -> list[Episod
     from verl_mem1.rollout.runner import read_episodes
 
     records = []
-    for path in as_list(paths):
+    for path in [paths] if isinstance(paths, str | Path) else list(paths or []):
         path = Path(str(path)).expanduser()
         if not path.is_file():
             raise ConfigError(f"episode file not found: {path}")

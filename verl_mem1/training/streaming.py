@@ -8,7 +8,7 @@ computed once) with per-turn-sized working sets:
 1. the prompt runs once; its keys/values of every layer (and its last hidden state, the predictor of a segment
    that starts with a generated token) are kept and cut from the graph as leaves;
 2. each group of whole segments (at most ``group_tokens`` tokens) runs with the prompt's keys/values prepended in
-   attention (``mem1_prefix_kv``), its outputs (the policy's log-probs, or the critic's values) go to
+   attention (``mem1_prefix_kv``), its outputs (the policy's log-probs) go to
    ``group_loss`` and that loss is back-propagated at once, freeing the group's activations and accumulating the
    gradient of the prompt's keys/values;
 3. the accumulated gradients are back-propagated through the prompt.
@@ -17,6 +17,10 @@ Every token sees exactly the keys it sees in the packed row, so log-probs match 
 gradient is the packed gradient — provided the loss is a sum of per-token terms (each group's loss may only
 depend on its own tokens' outputs; PPO/GRPO's clipped policy loss, entropy and KL terms and the clipped value
 loss are).
+
+Used by ``mem1 parity`` (backend ``segment_groups``) and the SFT reference loss (``sft.sft_nll``); verl's RL engine
+back-propagates one packed row per micro-batch (its loss function sees the whole micro-batch), so RL on verl does not
+use it.
 """
 
 from __future__ import annotations
@@ -192,39 +196,3 @@ def streamed_logprobs_and_entropy(
     lp, ent = _stream(model, decoder, sample, logprobs, group_loss, group_tokens, backend, 2)
     empty = torch.zeros(0, device=device)  # no group: nothing generated
     return (empty if lp is None else lp), ((empty if ent is None else ent) if with_entropy else None)
-
-
-def critic_parts(critic: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module | None, torch.nn.Linear]:
-    """``(base model, dropout, score)`` of a one-label token-classification critic; ``TypeError`` otherwise."""
-    decoder = getattr(critic, getattr(critic, "base_model_prefix", ""), None)
-    score, dropout = getattr(critic, "score", None), getattr(critic, "dropout", None)
-    if not isinstance(decoder, torch.nn.Module) or not isinstance(score, torch.nn.Linear) or score.out_features != 1:
-        raise TypeError(
-            "segment-group critic training needs a one-label token-classification model (a base model, .dropout "
-            f"and a .score Linear with one output), got {type(critic).__name__}"
-        )
-    return decoder, dropout, score
-
-
-def streamed_values(
-    critic: torch.nn.Module,
-    sample: PackedSample,
-    group_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    *,
-    group_tokens: int = DEFAULT_GROUP_TOKENS,
-    backend: str = "segmented",
-) -> torch.Tensor:
-    """Critic values of the generated tokens (at their predictor positions, as ``packed_values``), in packed order,
-    detached, computed group by group; ``group_loss(values, index)`` is back-propagated per group.
-
-    ``critic``: a transformers token-classification model with one label (``.score`` over ``.dropout`` over its
-    base model's hidden states, as ``AutoModelForTokenClassification`` builds it).
-    """
-    decoder, dropout, score = critic_parts(critic)
-
-    def values(hidden: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor]:
-        out = score(dropout(hidden) if dropout is not None else hidden)
-        return (out[:, 0].float(),)
-
-    (out,) = _stream(critic, decoder, sample, values, group_loss, group_tokens, backend, 1)
-    return torch.zeros(0, device=model_device(critic)) if out is None else out

@@ -8,39 +8,20 @@ metrics."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support import metrics_by_step
+
 REPO = Path(__file__).resolve().parents[3]
-STEP_LINE = re.compile(r"step:(\d+) - (.*)$")
 # One main_ppo run (Ray, its actors, validation, two steps, a checkpoint): 135-151 s on a 2-core Xeon (Ice Lake),
 # ~1.6x that on a 2-core AMD EPYC; the limit keeps 3x over the slower. pytest's own limit for a test sits above the sum
 # of its runs' limits, so a slow run fails with its own log tail.
 RUN_TIMEOUT_S = 750
 FIXTURES_S = 150  # the session fixtures a test may be the first to build (tiny model, corpus, servers, tasks)
-
-
-def metrics_by_step(log: str) -> dict[int, dict[str, float]]:
-    """verl's console logger lines (``step:N - key:value - ...``) as numbers per step."""
-    steps: dict[int, dict[str, float]] = {}
-    for line in log.splitlines():
-        match = STEP_LINE.search(line)
-        if not match:
-            continue
-        values = {}
-        for item in match.group(2).split(" - "):
-            key, _, value = item.partition(":")
-            number = re.sub(r"^np\.\w+\((.*)\)$", r"\1", value.strip())
-            try:
-                values[key.strip()] = float(number)
-            except ValueError:
-                continue
-        steps.setdefault(int(match.group(1)), {}).update(values)  # the legacy trainer logs a step over two lines
-    return steps
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import re
 import torch
 
 from tests.training.records import mem1_record
-from verl_mem1.rollout.runner import write_jsonl
+from verl_mem1.rollout.runner import write_episodes
 
 STEP_LOSS = re.compile(r"step:(\d+) - .*?train/loss:([0-9.eE+-]+)")
 
@@ -22,7 +22,7 @@ def test_verl_sft_trainer_trains_mem1_episodes_with_the_packed_loss_on_cpu(tiny_
 
     records = [mem1_record(24, turns=3, gen_len=6, obs_len=5, seed=seed) for seed in range(4)]
     episodes = tmp_path / "episodes.jsonl"
-    write_jsonl(records, episodes)
+    write_episodes(episodes, records)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         sums = [sft_nll(model, pack_episode(r), backend="dense") for r in records]
@@ -54,7 +54,7 @@ def test_the_episode_dataset_refuses_to_reach_a_stock_engine(tmp_path, monkeypat
     from verl_mem1.training.verl_plugin.sft import MEM1EpisodeSFTDataset
 
     episodes = tmp_path / "episodes.jsonl"
-    write_jsonl([mem1_record(24, turns=2, gen_len=4, obs_len=3, seed=0)], episodes)
+    write_episodes(episodes, [mem1_record(24, turns=2, gen_len=4, obs_len=3, seed=0)])
     config = OmegaConf.create({"min_reward": None, "mem1_attention": "auto"})
     monkeypatch.delenv("VERL_ENGINE_VENDOR", raising=False)
     with pytest.raises(ValueError, match="export VERL_ENGINE_VENDOR=mem1"):

@@ -72,7 +72,7 @@ def prepare(cfg: Any) -> None:
     from omegaconf import open_dict
 
     from verl_mem1.config import ConfigError
-    from verl_mem1.rollout.runner import write_jsonl
+    from verl_mem1.rollout.runner import write_episodes
     from verl_mem1.training.attention import attention_backend
     from verl_mem1.training.sft import load_episodes, split_episodes
 
@@ -99,8 +99,8 @@ def prepare(cfg: Any) -> None:
         if not data.get("val_files") and val:
             root = Path(str(trainer.default_local_dir)).expanduser() / "data"
             root.mkdir(parents=True, exist_ok=True)
-            write_jsonl(train, root / "train.jsonl")
-            write_jsonl(val, root / "val.jsonl")
+            write_episodes(root / "train.jsonl", train)
+            write_episodes(root / "val.jsonl", val)
             data.train_files, data.val_files, data.min_reward = (
                 [str(root / "train.jsonl")],
                 [str(root / "val.jsonl")],
