@@ -24,10 +24,10 @@ def test_the_wheel_ships_recipes_and_data(tmp_path):
     )
     (wheel,) = tmp_path.glob("verl_mem1-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    recipes = {path.name for path in (REPO / "recipes").glob("*.yaml")}
-    assert recipes >= {"tiny.yaml", "qa.yaml", "webshop.yaml", "agent_loops.yaml"}
+    recipes = {str(path.relative_to(REPO / "recipes")) for path in (REPO / "recipes").rglob("*.yaml")}
+    assert recipes >= {"qa.yaml", "webshop.yaml", "agent_loops.yaml", "experiment/tiny.yaml", "platform/cpu.yaml"}
     assert {f"verl_mem1/recipes/{name}" for name in recipes} <= names
-    assert "verl_mem1/recipes/__init__.py" in names and "verl_mem1/cli/train.py" in names
+    assert "verl_mem1/recipes/__init__.py" in names and "verl_mem1/single_machine.py" in names
     assert {"env_servers/webshop/bundled/documents.jsonl", "env_servers/webshop/bundled/README.md"} <= names
     assert any(n.startswith("verl_mem1/data/hotpotqa/") for n in names)
     assert not any(n.startswith(("tests/", "recipes/", "benchmarks/")) for n in names), "no stray top-level packages"

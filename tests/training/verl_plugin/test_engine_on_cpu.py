@@ -350,3 +350,13 @@ def test_the_backend_follows_the_device_verl_computes_on(training_model, monkeyp
         with torch.no_grad():  # forward-only, as the reference computes
             assert engine._mem1_backend() == attention_backend("auto", device)
     assert attention_backend("auto", "cuda") != "segmented"
+
+
+def test_one_engine_runs_one_mem1_attention(training_model):
+    """``mem1.attention`` travels inside every sample (the engine has no other way to read the recipe): the first one
+    decides, and a sample naming another fails instead of running under the first one's backend."""
+    engine = make_engine(MEM1FSDPEngineWithLMHead, training_model, None)
+    assert engine._mem1_backend("dense") == "dense"
+    assert engine._mem1_backend("dense") == "dense" and engine._mem1_backend(None) == "dense"
+    with pytest.raises(ValueError, match="mem1.attention='segmented'.*'dense'"):
+        engine._mem1_backend("segmented")

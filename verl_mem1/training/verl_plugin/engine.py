@@ -259,8 +259,19 @@ class MEM1EngineMixin:
     """The MEM1 additions shared by the policy (LM head) and critic (value head) FSDP engines."""
 
     mem1_backend: str | None = None  # set from the samples' mem1.attention on first use
+    mem1_attention: str | None = None  # the mem1.attention the first MEM1 sample named
 
     def _mem1_backend(self, configured: str | None = None) -> str:
+        """The packed-attention backend of this engine, resolved once from the first MEM1 sample's ``mem1.attention``;
+        a later sample naming another fails (one run, one recipe value: two would mean two configs met here)."""
+        if configured is not None:
+            if self.mem1_attention is None:
+                self.mem1_attention = configured
+            elif configured != self.mem1_attention:
+                raise ValueError(
+                    f"a MEM1 sample asks for mem1.attention={configured!r}, but this engine runs the "
+                    f"{self.mem1_attention!r} its first sample named: one run must use one mem1.attention"
+                )
         if self.mem1_backend is None:
             from verl.utils import device as verl_device
 
