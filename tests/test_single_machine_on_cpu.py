@@ -56,3 +56,17 @@ def test_qa_tasks_are_composed_from_the_single_machine_section_and_named_files_a
 def test_a_bad_single_machine_section_fails_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match="single_machine.objectives=0"):
         prepare_tasks(_tiny(tmp_path, "single_machine.objectives=0"))
+
+
+def test_mem1_train_fails_at_start_up_naming_the_key_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from verl_mem1.cli import main
+    from verl_mem1.cli.train import with_default_experiment
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "mem1.topk=0", f"trainer.default_local_dir={tmp_path / 'run'}"]) == 2
+    assert "mem1 train: error: mem1.topk=0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    # the tiny experiment is the default unless the command names a recipe or an experiment itself
+    assert with_default_experiment(["a=1"]) == ["+experiment=tiny", "a=1"]
+    for named in (["--config-name", "webshop"], ["-cn=qa"], ["+experiment=smol_qa"]):
+        assert with_default_experiment(named) == named

@@ -156,7 +156,10 @@ def metrics_log(cfg: DictConfig) -> Path | None:
 
 def prepare(cfg: DictConfig, stack: contextlib.ExitStack) -> None:
     """Resolve the model, tasks and environment placeholders of ``cfg`` in place (servers live as long as
-    ``stack``), and place verl's metrics log."""
+    ``stack``), and place verl's metrics log. A bad ``mem1:`` or ``single_machine:`` value fails first, before
+    anything is written."""
+    Mem1Config.from_trainer_config(cfg)
+    SingleMachineConfig.from_trainer_config(cfg)
     prepare_model(cfg)
     prepare_tasks(cfg)
     serve_environment(cfg, stack)
