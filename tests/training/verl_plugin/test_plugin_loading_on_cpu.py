@@ -42,6 +42,29 @@ def test_plugin_loads_the_way_verl_loads_it():
     assert compose("qa").ray_kwargs.ray_init.runtime_env.env_vars[ENGINE_VENDOR_ENV] == ENGINE_VENDOR
 
 
+def test_a_rollout_server_process_registers_mem1_hf_without_a_warning():
+    """A Ray rollout server loads its class from ``cpu_rollout`` first, whose import of verl's replica module fires the
+    plug-in's hook mid-import: it used to log "the mem1_hf rollout is not available" (a circular ImportError) in every
+    CPU run; the module now registers as its own import completes."""
+    code = (
+        "import json, verl\n"
+        "from verl_mem1.training.verl_plugin import cpu_rollout\n"
+        "from verl.workers.rollout import base\n"
+        "from verl.workers.rollout.replica import RolloutReplicaRegistry as r\n"
+        "worker = base._ROLLOUT_REGISTRY[('mem1_hf', 'async')]\n"
+        "print(json.dumps({'replica': r.get('mem1_hf').__name__, 'worker': worker}))\n"
+    )
+    env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": PLUGIN_MODULE, "VERL_USE_EXTERNAL_PLUGINS": "none"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "not available" not in out.stderr and "circular import" not in out.stderr, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found == {
+        "replica": "HFRolloutReplica",
+        "worker": "verl_mem1.training.verl_plugin.cpu_rollout.HFServerAdapter",
+    }
+
+
 @pytest.mark.parametrize("device", ["cuda", "npu"])
 def test_without_a_mem1_recipe_verl_keeps_its_stock_engines(device):
     """verl-mem1 installed (its ``verl.plugins`` entry point loads the plug-in on ``import verl``), a verl run that is

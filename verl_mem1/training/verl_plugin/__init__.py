@@ -47,10 +47,10 @@ def _register_agent_loop(_module: object) -> None:
 
 
 def _register_rollout(_module: object) -> None:
+    # registers on import; when cpu_rollout.py itself is what imports verl's replica module (a Ray rollout server
+    # loading its class), this is its partial module and it registers as its import completes
     try:
-        from verl_mem1.training.verl_plugin.cpu_rollout import register_rollout
-
-        register_rollout()
+        from verl_mem1.training.verl_plugin import cpu_rollout  # noqa: F401
     except Exception:  # noqa: BLE001 - vLLM's processes import verl's replica module; mem1_hf is never needed there
         logger.warning("the mem1_hf rollout is not available in this process", exc_info=True)
 

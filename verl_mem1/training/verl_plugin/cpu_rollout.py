@@ -224,3 +224,6 @@ def register_rollout() -> None:
     module-level table in ``verl.workers.rollout.base``, which has no registration function in verl 0.9)."""
     RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: HFRolloutReplica)
     rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = f"{__name__}.HFServerAdapter"
+
+
+register_rollout()  # on import, as the engines register: the plug-in's hook on verl's replica module imports this
