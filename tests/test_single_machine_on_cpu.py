@@ -1,6 +1,6 @@
 """What `mem1 train` prepares before verl's trainer starts (verl_mem1/single_machine.py): the tiny model, tasks
 written under the run folder, the bundled environment served for the run, verl's metrics log in the run folder. The
-whole `mem1 train` on verl's trainer runs in tests/cli/test_train_on_cpu.py."""
+whole `mem1 train` on verl's trainer runs in tests/training/verl_plugin/test_main_ppo_on_cpu.py."""
 
 from __future__ import annotations
 
