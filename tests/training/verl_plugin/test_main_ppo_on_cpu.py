@@ -1,9 +1,10 @@
-"""verl's own trainer, unmodified, on the MEM1 recipes on CPU: ``python -m verl_mem1.train --config-name qa
-+platform=cpu`` (verl's ``main_ppo``: Ray, its agent-loop manager and the MEM1 agent loop, the ``mem1_hf`` rollout with
-weight sync, TransferQueue in the v1 trainer, the MEM1 FSDP2 engines on gloo, the optimizer, checkpoints and resume),
-the tiny model: ``qa`` against a real retrieval server on the v1 trainer with GRPO (and a resume), ``webshop`` against
-a real WebShop server on the legacy trainer with GAE (the MEM1 critic engine); and ``mem1 train``, which runs the same
-trainer on what it prepares itself. Read back from verl's own console metrics."""
+"""verl's own trainer, unmodified, on the MEM1 recipes on CPU (verl's ``main_ppo``: Ray, its agent-loop manager and
+the MEM1 agent loop, the ``mem1_hf`` rollout with weight sync, TransferQueue in the v1 trainer, the MEM1 FSDP2 engines
+on gloo, the optimizer, checkpoints and resume), the tiny model: ``mem1 train`` (``qa`` + the tiny experiment, on what
+it prepares itself: the bundled retriever, composed tasks) on the v1 trainer with GRPO (and a resume), and ``python -m
+verl_mem1.train --config-name webshop +platform=cpu`` against a real WebShop server on the legacy trainer with GAE
+(the MEM1 critic engine). Read back from verl's own console metrics. One file, so pytest-xdist never runs two of these
+at once: two Ray clusters training together passed 95% of a 24 GiB machine's memory and Ray killed their workers."""
 
 from __future__ import annotations
 
@@ -18,24 +19,12 @@ import pytest
 from tests.support import metrics_by_step
 
 REPO = Path(__file__).resolve().parents[3]
-# One main_ppo run (Ray, its actors, validation, two steps, a checkpoint): 135-151 s on a 2-core Xeon (Ice Lake),
+# One main_ppo run (Ray, its actors, two steps, a checkpoint; `mem1 train` also writes the tiny model, 600 tasks and
+# the BM25 index first): 135-185 s on a 2-core Xeon (Ice Lake),
 # ~1.6x that on a 2-core AMD EPYC; the limit keeps 3x over the slower. pytest's own limit for a test sits above the sum
 # of its runs' limits, so a slow run fails with its own log tail.
 RUN_TIMEOUT_S = 750
 FIXTURES_S = 150  # the session fixtures a test may be the first to build (tiny model, corpus, servers, tasks)
-
-
-@pytest.fixture(scope="module")
-def qa_tasks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("qa-tasks")
-    subprocess.run(
-        [sys.executable, "-m", "verl_mem1.cli", "compose", "--source", "hotpotqa-train", "--objectives", "1"]
-        + ["--count", "8", "--seed", "0", "--agent-name", "mem1_agent", "--out", str(out / "train.parquet")]
-        + ["--test-out", str(out / "test.parquet"), "--test-count", "2"],
-        check=True,
-        capture_output=True,
-    )
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +59,13 @@ def main_ppo(tmp_path, tiny_model_dir, env_url, tasks, *overrides: str, recipe: 
         f"trainer.default_local_dir={tmp_path / 'checkpoints'}",
         *overrides,
     ]
-    env = {**os.environ, "VERL_PLATFORM": "cpu", "RAY_DEDUP_LOGS": "0"}
-    log_file = tmp_path / f"main_ppo_{len(list(tmp_path.glob('main_ppo_*.log')))}.log"
+    return run_logged(command, tmp_path, {**os.environ, "VERL_PLATFORM": "cpu", "RAY_DEDUP_LOGS": "0"})
+
+
+def run_logged(command: list[str], tmp_path: Path, env: dict[str, str]) -> str:
+    """Run a trainer command in ``tmp_path`` within :data:`RUN_TIMEOUT_S`; its log (kept as a file), or the test
+    fails with the log's end."""
+    log_file = tmp_path / f"run_{len(list(tmp_path.glob('run_*.log')))}.log"
     try:
         result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
@@ -80,11 +74,19 @@ def main_ppo(tmp_path, tiny_model_dir, env_url, tasks, *overrides: str, recipe: 
             out.decode(errors="replace") if isinstance(out, bytes) else out or "" for out in (exc.stdout, exc.stderr)
         )
         log_file.write_text(log)
-        pytest.fail(f"main_ppo ran past {RUN_TIMEOUT_S} s; the end of its log ({log_file}):\n{log[-6000:]}")
+        pytest.fail(f"the run ran past {RUN_TIMEOUT_S} s; the end of its log ({log_file}):\n{log[-6000:]}")
     log = result.stdout + result.stderr
     log_file.write_text(log)
     assert result.returncode == 0, log[-6000:]
     return log
+
+
+def mem1_train(tmp_path: Path, *overrides: str) -> str:
+    """``mem1 train`` with nothing named but ``overrides``, ``VERL_PLATFORM`` unset (it picks the CPU platform)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM", "VERL_FILE_LOGGER_PATH")}
+    return run_logged(
+        [sys.executable, "-m", "verl_mem1.cli", "train", *overrides], tmp_path, {**env, "RAY_DEDUP_LOGS": "0"}
+    )
 
 
 # The random tiny model earns no reward, so GRPO's advantages are zero; an entropy bonus and a larger step make every
@@ -140,28 +142,38 @@ def check_logged_episodes(dump: Path, tiny_model_dir: Path, view: Path) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(2 * RUN_TIMEOUT_S + FIXTURES_S)
-def test_v1_trainer_grpo_two_steps_then_resume_on_cpu(tmp_path, tiny_model_dir, retrieval_url, qa_tasks):
-    dump = f"trainer.rollout_data_dir={tmp_path / 'rollouts'}"
-    steps = metrics_by_step(
-        main_ppo(tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING, *RECIPE_SWITCHES, dump)
-    )
+@pytest.mark.timeout(2 * RUN_TIMEOUT_S + 60)
+def test_mem1_train_v1_trainer_grpo_two_steps_then_resume_on_cpu(tmp_path):
+    """`mem1 train` with nothing named but the switches below: verl's v1 trainer (GRPO, KL, gradient checkpointing) on
+    the tiny model, tasks and bundled retriever that `mem1 train` prepares (verl_mem1/single_machine.py), the CPU
+    platform chosen because no CUDA device is visible; two steps, a checkpoint, the episode log, the metrics log and
+    `mem1 curve`; then a rerun resumes from the checkpoint."""
+    dump = tmp_path / "rollouts"
+    log = mem1_train(tmp_path, *LEARNING, *RECIPE_SWITCHES, f"trainer.rollout_data_dir={dump}")
+    run = (tmp_path / "outputs" / "train" / "mem1" / "tiny").resolve()  # the tiny experiment's default_local_dir
+    assert (run / "tiny-model" / "config.json").is_file() and (run / "data" / "train.parquet").is_file()
+    assert "serving the bundled HotpotQA BM25 retriever on http://127.0.0.1:" in log
+    steps = metrics_by_step(log)
     check_steps(steps, [1, 2])
-    check_logged_episodes(tmp_path / "rollouts", tiny_model_dir, tmp_path / "view")
+    check_logged_episodes(dump, run / "tiny-model", tmp_path / "view")
     assert all(metrics["actor/grad_norm"] > 0 for metrics in steps.values())
     # the reference scored step 1's tokens with the weights the policy had then (the same fp32 forward: no exact-zero
     # promise across two engines), and step 2's policy has moved away from it
     assert steps[1]["timing_s/ref"] > 0 and abs(steps[1]["actor/kl_loss"]) <= 1e-6
     assert steps[2]["actor/kl_loss"] > 1e-6
     assert steps[2]["timing_s/update_weights"] > 0  # the rollout got the trained weights (verl's naive sync)
-    checkpoint = tmp_path / "checkpoints" / "global_step_2" / "actor"
+    checkpoint = run / "global_step_2" / "actor"
     assert (checkpoint / "model_world_size_1_rank_0.pt").is_file()
     assert (checkpoint / "optim_world_size_1_rank_0.pt").is_file()
-    assert (tmp_path / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert (run / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in logged] == [1, 2] and "critic/score/mean" in logged[0]["data"]
 
-    log = main_ppo(
-        tmp_path, tiny_model_dir, retrieval_url, qa_tasks, *LEARNING, *RECIPE_SWITCHES, "trainer.total_training_steps=3"
-    )
+    from verl_mem1.cli import main
+
+    assert main(["curve", str(run)]) == 0 and (run / "learning_curve.png").stat().st_size > 10_000
+
+    log = mem1_train(tmp_path, *LEARNING, *RECIPE_SWITCHES, "trainer.total_training_steps=3")
     assert "global_step_2" in log  # verl's resume_mode=auto loads the step-2 checkpoint
     resumed = metrics_by_step(log)
     check_steps(resumed, [3])  # from global_step_2, one more step
@@ -178,38 +190,3 @@ def test_legacy_trainer_gae_on_webshop_on_cpu(tmp_path, tiny_model_dir, webshop_
     for metrics in steps.values():
         assert metrics["critic/vf_loss"] > 0  # the MEM1 value engine trained
         assert metrics["actor/grad_norm"] > 0  # advantages from the critic's values, not zero
-
-
-# 150-185 s on a 2-core Xeon (Ice Lake) from a cold start (the tiny model, 600 tasks, the BM25 index, Ray, one step
-# and a checkpoint); ~1.6x that on a 2-core AMD EPYC; the limit keeps 3x over the slower
-TRAIN_TIMEOUT_S = 900
-
-
-@pytest.mark.e2e
-@pytest.mark.timeout(TRAIN_TIMEOUT_S + 60)
-def test_mem1_train_runs_verls_trainer_on_what_it_prepares_on_cpu(tmp_path):
-    """`mem1 train` with no arguments but a step count: verl's trainer on the tiny model, tasks and the bundled
-    retriever that `mem1 train` prepares (verl_mem1/single_machine.py), the CPU platform chosen because no CUDA device
-    is visible. In this file so that it never runs beside another main_ppo run (pytest-xdist gives a file to one
-    worker): two Ray clusters training at once passed 95% of a 24 GiB machine's memory and Ray killed their workers."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM", "VERL_FILE_LOGGER_PATH")}
-    command = [sys.executable, "-m", "verl_mem1.cli", "train", "trainer.total_training_steps=1", "trainer.save_freq=1"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TRAIN_TIMEOUT_S)
-    log = result.stdout + result.stderr
-    (tmp_path / "train.log").write_text(log)
-    assert result.returncode == 0, log[-6000:]
-
-    run = tmp_path / "outputs" / "train" / "mem1" / "tiny"  # the tiny experiment's trainer.default_local_dir
-    assert (run / "tiny-model" / "config.json").is_file() and (run / "data" / "train.parquet").is_file()
-    assert "serving the bundled HotpotQA BM25 retriever on http://127.0.0.1:" in log
-    steps = metrics_by_step(log)  # verl's console logger
-    assert sorted(steps) == [1]
-    assert steps[1]["training/rollout_probs_diff_max"] <= 1e-8  # the fp32 MEM1 invariant, measured by verl
-    assert steps[1]["num_turns/mean"] >= 1 and steps[1]["response_length/mean"] > 0
-    assert (run / "global_step_1" / "actor" / "model_world_size_1_rank_0.pt").is_file()
-    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [entry["step"] for entry in logged] == [1] and "critic/score/mean" in logged[0]["data"]
-
-    from verl_mem1.cli import main
-
-    assert main(["curve", str(run)]) == 0 and (run / "learning_curve.png").stat().st_size > 10_000
