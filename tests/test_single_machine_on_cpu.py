@@ -11,10 +11,10 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from verl_mem1.config import ConfigError
+from verl_mem1.config import ConfigError, Mem1Config
 from verl_mem1.recipes import compose_config
 from verl_mem1.records import load_tasks
-from verl_mem1.single_machine import prepare, prepare_tasks
+from verl_mem1.single_machine import SingleMachineConfig, prepare, prepare_tasks
 
 
 def _tiny(tmp_path, *overrides):
@@ -46,7 +46,7 @@ def test_qa_tasks_are_composed_from_the_single_machine_section_and_named_files_a
     cfg = _tiny(tmp_path, "single_machine.objectives=2", "single_machine.val_source=hotpotqa-train")
     named = tmp_path / "mine.parquet"
     cfg.data.val_files = str(named)
-    prepare_tasks(cfg)
+    prepare_tasks(cfg, Mem1Config.from_trainer_config(cfg), SingleMachineConfig.from_trainer_config(cfg))
     assert cfg.data.val_files == str(named), "a task file the recipe names is used as it is"
     train = load_tasks(cfg.data.train_files)
     assert len(train) == 150 and {t.num_objectives for t in train} == {2}  # 300 bundled questions, 2 a task
@@ -54,8 +54,9 @@ def test_qa_tasks_are_composed_from_the_single_machine_section_and_named_files_a
 
 
 def test_a_bad_single_machine_section_fails_naming_the_key(tmp_path):
-    with pytest.raises(ConfigError, match="single_machine.objectives=0"):
-        prepare_tasks(_tiny(tmp_path, "single_machine.objectives=0"))
+    with pytest.raises(ConfigError, match="single_machine.objectives=0"), contextlib.ExitStack() as stack:
+        prepare(_tiny(tmp_path, "single_machine.objectives=0"), stack)
+    assert not (tmp_path / "run").exists(), "nothing written before the check"
 
 
 def test_mem1_train_fails_at_start_up_naming_the_key_and_writes_nothing(tmp_path, capsys, monkeypatch):

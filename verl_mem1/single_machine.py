@@ -114,12 +114,10 @@ def _write_split(cfg: DictConfig, mem1: Mem1Config, local: SingleMachineConfig, 
     return out
 
 
-def prepare_tasks(cfg: DictConfig) -> None:
+def prepare_tasks(cfg: DictConfig, mem1: Mem1Config, local: SingleMachineConfig) -> None:
     """Write the tasks of each split whose ``data.<split>_files`` is null and point the config at them."""
     from omegaconf import open_dict
 
-    mem1 = Mem1Config.from_trainer_config(cfg)
-    local = SingleMachineConfig.from_trainer_config(cfg)
     for split in SPLITS:
         if cfg.data.get(f"{split}_files") is None:
             path = _write_split(cfg, mem1, local, split)
@@ -127,15 +125,15 @@ def prepare_tasks(cfg: DictConfig) -> None:
                 cfg.data[f"{split}_files"] = str(path)
 
 
-def serve_environment(cfg: DictConfig, stack: contextlib.ExitStack) -> None:
+def serve_environment(cfg: DictConfig, mem1: Mem1Config, stack: contextlib.ExitStack) -> None:
     """Serve the bundled environment for the life of ``stack`` when its URL is ``auto``, and point the config at it
     (the agent-loop workers reach it on loopback: one machine)."""
     from omegaconf import open_dict
 
     from env_servers.bundled import serve_bundled
 
-    spec = env_spec(Mem1Config.from_trainer_config(cfg).env)
-    if cfg.mem1.get(spec.url_key) != AUTO:
+    spec = env_spec(mem1.env)
+    if getattr(mem1, spec.url_key) != AUTO:
         return
     url = serve_bundled(spec.servers[0], stack, run_dir(cfg) / "environment")
     with open_dict(cfg):
@@ -158,9 +156,9 @@ def prepare(cfg: DictConfig, stack: contextlib.ExitStack) -> None:
     """Resolve the model, tasks and environment placeholders of ``cfg`` in place (servers live as long as
     ``stack``), and place verl's metrics log. A bad ``mem1:`` or ``single_machine:`` value fails first, before
     anything is written."""
-    Mem1Config.from_trainer_config(cfg)
-    SingleMachineConfig.from_trainer_config(cfg)
+    mem1 = Mem1Config.from_trainer_config(cfg)
+    local = SingleMachineConfig.from_trainer_config(cfg)
     prepare_model(cfg)
-    prepare_tasks(cfg)
-    serve_environment(cfg, stack)
+    prepare_tasks(cfg, mem1, local)
+    serve_environment(cfg, mem1, stack)
     metrics_log(cfg)

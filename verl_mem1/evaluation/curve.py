@@ -177,9 +177,8 @@ def read_verl_metrics(run_dir: str | Path) -> list[dict[str, float]]:
         for key, value in data.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 row[VERL_NAMES.get(key, key)] = float(value)
-        row.update({f"_{k}": float(v) for k, v in data.items() if VAL_REWARD.match(k) and isinstance(v, int | float)})
     for row in steps.values():  # held-out reward: the mean over the step's data sources
-        held_out = [row.pop(k) for k in [k for k in row if k.startswith("_val-core/")]]
+        held_out = [value for key, value in row.items() if VAL_REWARD.match(key)]
         if held_out:
             row["val/reward"] = sum(held_out) / len(held_out)
     return [steps[k] for k in sorted(steps)]

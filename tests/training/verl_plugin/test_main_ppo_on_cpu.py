@@ -40,8 +40,9 @@ def webshop_tasks(tmp_path_factory):
     return out
 
 
-def main_ppo(tmp_path, tiny_model_dir, env_url, tasks, *overrides: str, recipe: str = "qa") -> str:
-    env_key = "mem1.webshop_url" if recipe == "webshop" else "mem1.retriever_url"
+def webshop_main_ppo(tmp_path, tiny_model_dir, webshop_url, tasks, *overrides: str) -> str:
+    """``python -m verl_mem1.train --config-name webshop +platform=cpu`` on the tiny model, as a cluster job names
+    everything (model, task files, server URL, agent-loop file); its log."""
     command = [
         sys.executable,
         "-m",
@@ -49,12 +50,12 @@ def main_ppo(tmp_path, tiny_model_dir, env_url, tasks, *overrides: str, recipe: 
         "--config-dir",
         str(REPO / "recipes"),
         "--config-name",
-        recipe,
+        "webshop",
         "+platform=cpu",
         f"actor_rollout_ref.model.path={tiny_model_dir}",
         f"data.train_files={tasks / 'train.parquet'}",
         f"data.val_files={tasks / 'test.parquet'}",
-        f"{env_key}={env_url}",
+        f"mem1.webshop_url={webshop_url}",
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={REPO / 'recipes' / 'agent_loops.yaml'}",
         f"trainer.default_local_dir={tmp_path / 'checkpoints'}",
         *overrides,
@@ -184,7 +185,7 @@ def test_mem1_train_v1_trainer_grpo_two_steps_then_resume_on_cpu(tmp_path):
 @pytest.mark.timeout(RUN_TIMEOUT_S + FIXTURES_S)
 def test_legacy_trainer_gae_on_webshop_on_cpu(tmp_path, tiny_model_dir, webshop_url, webshop_tasks):
     overrides = ("algorithm.adv_estimator=gae", "trainer.use_v1=false", *RECIPE_SWITCHES)
-    log = main_ppo(tmp_path, tiny_model_dir, webshop_url, webshop_tasks, *overrides, recipe="webshop")
+    log = webshop_main_ppo(tmp_path, tiny_model_dir, webshop_url, webshop_tasks, *overrides)
     steps = metrics_by_step(log)
     check_steps(steps, [1, 2])
     for metrics in steps.values():
