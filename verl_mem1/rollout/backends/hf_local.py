@@ -1,8 +1,10 @@
 """Local Hugging Face transformers backend, batched across concurrent episodes (the CPU default).
 
-Concurrent ``generate`` calls are queued; a worker takes whatever is waiting (up to ``max_batch_size``),
-left-pads it and decodes the batch with a KV cache in a thread, so the event loop keeps serving
-environment calls meanwhile. Each row keeps its own sampling settings, stop strings and length budget.
+Concurrent ``generate`` calls are queued; a worker decodes them one token at a time in a thread, so the event loop
+keeps serving environment calls meanwhile. Batching is continuous: between two decode steps the calls that arrived
+join the running batch (up to ``max_batch_size`` rows, left-padded into one KV cache) and finished rows leave it, so a
+turn never waits for another turn's longest generation. Each row keeps its own sampling settings, stop strings and
+length budget.
 
 Each row's context is prefilled on its own (no padding computed) and reuses the KV of the longest prefix of a recent
 context (:class:`PrefixCache`): a MEM1 context starts with the task's prompt at every turn, and a GRPO group's
@@ -17,7 +19,7 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -87,10 +89,81 @@ def use_grouped_decode(model: torch.nn.Module) -> bool:
 
 
 @dataclass
-class _Request:
+class _Row:
+    """One request in the running batch: its prompt, settings, token budget and what it has generated so far."""
+
     prompt_ids: list[int]
     sampling: SamplingConfig
-    future: asyncio.Future
+    budget: int
+    future: asyncio.Future | None = None  # None for :meth:`HFLocalBackend.generate_batch`'s rows
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def generation(self) -> Generation:
+        return Generation(token_ids=self.token_ids, logprobs=self.logprobs, finish_reason=self.finish_reason or "length")
+
+
+class _RunningBatch:
+    """The rows being decoded together: their left-padded KV cache, attention mask and next-token logits.
+
+    Rows join between decode steps (:meth:`admit`) and leave when they finish (:meth:`keep`), so a request never
+    waits for another row's longest generation (continuous batching). Every row's next position is the count of its
+    real tokens, so left padding never shifts positions.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.rows: list[_Row] = []
+        self.cache = None  # DynamicCache: per layer (rows, kv_heads, width, head_dim)
+        self.attention = torch.zeros((0, 0), dtype=torch.long)  # (rows, width): 1 where a row has a real token
+        self.logits = torch.zeros((0, 0))  # (rows, vocab): each row's next-token logits
+
+    def admit(self, rows: list[_Row], prefills: list[tuple[list, torch.Tensor]]) -> None:
+        """Add rows whose contexts were prefilled (per-layer KV ``(1, kv_heads, len, head_dim)`` and logits), left-
+        padding them and the running rows to one width."""
+        from transformers import DynamicCache
+
+        old_width = self.attention.shape[1]
+        width = max(old_width, *(len(r.prompt_ids) for r in rows))
+        attention = torch.zeros((len(self.rows) + len(rows), width), dtype=torch.long)
+        attention[: len(self.rows), width - old_width :] = self.attention
+        for i, row in enumerate(rows, start=len(self.rows)):
+            attention[i, width - len(row.prompt_ids) :] = 1
+        cache = DynamicCache()
+        for index, (key0, _) in enumerate(prefills[0][0]):
+            shape = (attention.shape[0], key0.shape[1], width, key0.shape[3])
+            keys, values = key0.new_zeros(shape), key0.new_zeros(shape)
+            if self.rows:
+                layer = self.cache.layers[index]
+                keys[: len(self.rows), :, width - old_width :] = layer.keys
+                values[: len(self.rows), :, width - old_width :] = layer.values
+            for i, (layers, _) in enumerate(prefills, start=len(self.rows)):
+                key, value = layers[index]
+                keys[i, :, width - key.shape[2] :] = key[0]
+                values[i, :, width - value.shape[2] :] = value[0]
+            cache.update(keys, values, index)
+        self.cache, self.attention = cache, attention
+        new_logits = torch.stack([logits for _, logits in prefills])
+        self.logits = torch.cat([self.logits, new_logits]) if self.rows else new_logits
+        self.rows = self.rows + rows
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only these rows, and drop the leading columns no remaining row attends to."""
+        if not indices:
+            self.clear()
+            return
+        select = torch.tensor(indices, dtype=torch.long)
+        self.rows = [self.rows[i] for i in indices]
+        self.attention, self.logits = self.attention[select], self.logits[select]
+        self.cache.batch_select_indices(select.to(self.cache.layers[0].keys.device))
+        start = int((self.attention.sum(0) > 0).nonzero()[0])
+        if start:
+            self.attention = self.attention[:, start:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
 
 
 DEFAULT_PREFIX_CACHE_BYTES = 2 << 30  # context KV kept for reuse (SmolLM2-135M fp32: 46 KB a token, ~46k tokens)
@@ -211,7 +284,8 @@ class HFLocalBackend:
         if prefix_cache_tokens is None:
             prefix_cache_tokens = DEFAULT_PREFIX_CACHE_BYTES // kv_bytes_per_token(model) if loaded else 0
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
-        self.batch_sizes: list[int] = []  # observed batch sizes, for tests and metrics
+        self.batch_sizes: list[int] = []  # running rows after each admission, for tests and metrics
+        self.decode_steps = 0  # decode steps taken (for tests and metrics)
 
     def clear_prefix_cache(self) -> None:
         """Forget every cached context (after the model's weights changed)."""
@@ -231,31 +305,8 @@ class HFLocalBackend:
             self._queue = asyncio.Queue()
             self._worker = loop.create_task(self._serve())
         future = loop.create_future()
-        await self._queue.put(_Request(list(prompt_ids), sampling, future))
+        await self._queue.put(self._row(prompt_ids, sampling, future))
         return await future
-
-    async def _serve(self) -> None:
-        queue = self._queue
-        while True:
-            batch = [await queue.get()]
-            await asyncio.sleep(self.batch_wait_s)  # let concurrent episodes join this batch
-            while len(batch) < self.max_batch_size and not queue.empty():
-                batch.append(queue.get_nowait())
-            self.batch_sizes.append(len(batch))
-            try:
-                results = await asyncio.to_thread(self._generate_batch, [(r.prompt_ids, r.sampling) for r in batch])
-            except Exception as exc:  # deliver the failure to every waiting caller, keep serving
-                for r in batch:
-                    if not r.future.done():
-                        r.future.set_exception(exc)
-                continue
-            for r, res in zip(batch, results, strict=True):
-                if not r.future.done():
-                    r.future.set_result(res)
-
-    def generate_batch(self, requests: list[tuple[list[int], SamplingConfig]]) -> list[Generation]:
-        """Synchronous batched generation (used by the async worker; handy in scripts)."""
-        return self._generate_batch(requests)
 
     @torch.no_grad()
     def _prefill_row(self, ids: list[int]) -> tuple[list, torch.Tensor]:
@@ -281,83 +332,86 @@ class HFLocalBackend:
         self.prefix_cache.add(ids, row)
         return row, out.logits[0, -1, :].float().cpu()
 
-    def _prefill(self, prompts: list[list[int]]):
-        """Every context prefilled on its own, then left-padded into one batch cache.
+    async def _serve(self) -> None:
+        """Admit what is waiting (up to ``max_batch_size`` rows), decode one token for every row, deliver the rows that
+        finished; between steps the event loop serves the episodes, whose next turns join the running batch."""
+        queue = self._queue
+        batch = _RunningBatch()
+        while True:
+            rows: list[_Row] = []
+            if not batch.rows:
+                rows.append(await queue.get())
+                await asyncio.sleep(self.batch_wait_s)  # let concurrent episodes join this batch
+            while len(batch.rows) + len(rows) < self.max_batch_size and not queue.empty():
+                rows.append(queue.get_nowait())
+            if rows:
+                self.batch_sizes.append(len(batch.rows) + len(rows))
+            try:
+                finished = await asyncio.to_thread(self._advance, batch, rows)
+            except Exception as exc:  # deliver the failure to every row of the batch, keep serving
+                for row in batch.rows + rows:
+                    if not row.future.done():
+                        row.future.set_exception(exc)
+                batch = _RunningBatch()
+                continue
+            for row in finished:
+                if not row.future.done():
+                    row.future.set_result(row.generation())
 
-        Returns:
-            ``(cache, attention (n, width), positions (n, width), next-token logits (n, vocab))``.
-        """
-        from transformers import DynamicCache
+    def _row(self, prompt_ids: list[int], sampling: SamplingConfig, future: asyncio.Future | None = None) -> _Row:
+        budget = sampling.max_new_tokens
+        if self.max_positions is not None:
+            budget = min(budget, self.max_positions - len(prompt_ids))
+        return _Row(list(prompt_ids), sampling, budget, future)
 
-        rows = [self._prefill_row(ids) for ids in prompts]
-        width = max(len(ids) for ids in prompts)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, ids in enumerate(prompts):
-            attention[i, width - len(ids) :] = 1
-        cache = DynamicCache()
-        for index, (key0, _) in enumerate(rows[0][0]):
-            shape = (len(prompts), key0.shape[1], width, key0.shape[3])
-            keys, values = key0.new_zeros(shape), key0.new_zeros(shape)
-            for i, (layers, _) in enumerate(rows):
-                key, value = layers[index]
-                keys[i, :, width - key.shape[2] :] = key[0]
-                values[i, :, width - value.shape[2] :] = value[0]
-            cache.update(keys, values, index)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        return cache, attention, positions, torch.stack([logits for _, logits in rows])
+    def generate_batch(self, requests: list[tuple[list[int], SamplingConfig]]) -> list[Generation]:
+        """Synchronous batched generation of these requests alone (handy in scripts and tests)."""
+        rows = [self._row(p, s) for p, s in requests]
+        batch = _RunningBatch()
+        self._advance(batch, rows)
+        while batch.rows:
+            self._advance(batch, [])
+        return [row.generation() for row in rows]
 
     @torch.no_grad()
-    def _generate_batch(self, requests: list[tuple[list[int], SamplingConfig]]) -> list[Generation]:
+    def _advance(self, batch: _RunningBatch, new_rows: list[_Row]) -> list[_Row]:
+        """Prefill and admit ``new_rows``, then one decode step of the whole batch; returns the rows that finished."""
         with self._model_lock:
-            n = len(requests)
-            lengths = [len(p) for p, _ in requests]
-            width = max(lengths)
-            limit = self.max_positions or width + max(s.max_new_tokens for _, s in requests)
-            budgets = [min(s.max_new_tokens, limit - length) for length, (_, s) in zip(lengths, requests, strict=True)]
-
-            outputs: list[list[int]] = [[] for _ in range(n)]
-            logprobs: list[list[float]] = [[] for _ in range(n)]
-            finish: list[str | None] = [None] * n
-            cache, attention, step_positions, logits = self._prefill([list(p) for p, _ in requests])
-            rows = list(range(n))  # the request behind each row of the running batch
-            for _step in range(max(budgets)):
-                tokens, token_logprobs = self._sample(logits, [requests[i][1] for i in rows])
-                running = []
-                for row, i in enumerate(rows):
-                    token, s = int(tokens[row]), requests[i][1]
-                    outputs[i].append(token)
-                    logprobs[i].append(float(token_logprobs[row]))
-                    if token in self.eos_ids:
-                        finish[i] = "eos"
-                    elif s.stop and find_stop(self._tail_text(outputs[i]), s.stop):
-                        finish[i] = "stop"
-                    elif len(outputs[i]) >= budgets[i]:
-                        finish[i] = "length"
-                    else:
-                        running.append(row)
-                if not running:
-                    break
-                if len(running) < len(rows):  # finished rows leave the batch: later steps compute only the rest
-                    keep = torch.tensor(running)
-                    cache.batch_select_indices(keep.to(self.device))
-                    attention, step_positions, tokens = attention[keep], step_positions[keep], tokens[keep]
-                    rows = [rows[row] for row in running]
-                attention = torch.cat([attention, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
-                step_positions = step_positions[:, -1:] + 1
+            if new_rows:
+                batch.admit(new_rows, [self._prefill_row(row.prompt_ids) for row in new_rows])
+            tokens, token_logprobs = self._sample(batch.logits, [row.sampling for row in batch.rows])
+            running, finished = [], []
+            for index, row in enumerate(batch.rows):
+                token = int(tokens[index])
+                row.token_ids.append(token)
+                row.logprobs.append(float(token_logprobs[index]))
+                if token in self.eos_ids:
+                    row.finish_reason = "eos"
+                elif row.sampling.stop and find_stop(self._tail_text(row.token_ids), row.sampling.stop):
+                    row.finish_reason = "stop"
+                elif len(row.token_ids) >= row.budget:
+                    row.finish_reason = "length"
+                else:
+                    running.append(index)
+                    continue
+                finished.append(row)
+            if len(running) < len(batch.rows):  # finished rows leave: later steps compute only the rest
+                batch.keep(running)
+                tokens = tokens[running]
+            if batch.rows:
+                batch.attention = torch.cat([batch.attention, torch.ones((len(batch.rows), 1), dtype=torch.long)], 1)
                 out = self.model(
                     input_ids=tokens[:, None].to(self.device),
-                    attention_mask=attention.to(self.device),
-                    position_ids=step_positions.to(self.device),
-                    past_key_values=cache,
+                    attention_mask=batch.attention.to(self.device),
+                    position_ids=(batch.attention.sum(-1, keepdim=True) - 1).to(self.device),
+                    past_key_values=batch.cache,
                     use_cache=True,
                     logits_to_keep=1,
                 )
-                cache = out.past_key_values
-                logits = out.logits[:, -1, :].float().cpu()
-            return [
-                Generation(token_ids=o, logprobs=lp, finish_reason=f or "length")
-                for o, lp, f in zip(outputs, logprobs, finish, strict=True)
-            ]
+                batch.cache = out.past_key_values
+                batch.logits = out.logits[:, -1, :].float().cpu()
+            self.decode_steps += 1
+            return finished
 
     def _tail_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids[-_STOP_TAIL_TOKENS:], skip_special_tokens=False)
