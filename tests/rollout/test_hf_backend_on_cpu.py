@@ -48,29 +48,40 @@ def test_rows_that_finish_leave_the_batch_and_the_rest_decode_as_alone(tiny_back
         assert max(abs(a - b) for a, b in zip(again, gen.logprobs, strict=True)) <= 1e-4
 
 
-def test_a_call_that_arrives_mid_batch_joins_it_and_returns_before_the_longer_row(tiny_model_dir, recompute_logprobs):
-    """Continuous batching: a turn requested while another row decodes is admitted at the next step (both rows in one
-    batch), returns as soon as its own budget is spent, and equals its unbatched greedy generation; the longer row too.
-    """
-    backend = HFLocalBackend(tiny_model_dir, seed=0, prefix_cache_tokens=0)
-    long_prompt, short_prompt = _prompts(backend.tokenizer, 2)
-    long, short = SamplingConfig(max_new_tokens=40, temperature=0.0), SamplingConfig(max_new_tokens=3, temperature=0.0)
+def _long_row_then_a_short_call(backend: HFLocalBackend, long_prompt, short_prompt, long, short):
+    """Start the long generation, request the short one five decode steps later; both generations and whether the
+    long one had finished when the short one returned."""
 
     async def go():
         first = asyncio.ensure_future(backend.generate(long_prompt, long))
         while backend.decode_steps < 5:
             await asyncio.sleep(0.001)
         second = await backend.generate(short_prompt, short)
-        assert not first.done() and backend.decode_steps < 40  # the long row is still decoding
-        return await first, second
+        finished_first = first.done()
+        return await first, second, finished_first
 
-    first, second = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_a_call_that_arrives_mid_batch_joins_it_and_returns_before_the_longer_row(tiny_model_dir, recompute_logprobs):
+    """Continuous batching: a turn requested while another row decodes is admitted at the next step (both rows in one
+    batch), returns as soon as its own budget is spent, and equals its unbatched greedy generation; the longer row too.
+    Static batching (``continuous=False``, the benchmark's comparison) queues it behind the running batch."""
+    backend = HFLocalBackend(tiny_model_dir, seed=0, prefix_cache_tokens=0)
+    long_prompt, short_prompt = _prompts(backend.tokenizer, 2)
+    long, short = SamplingConfig(max_new_tokens=40, temperature=0.0), SamplingConfig(max_new_tokens=3, temperature=0.0)
+    first, second, finished_first = _long_row_then_a_short_call(backend, long_prompt, short_prompt, long, short)
+    assert not finished_first  # the long row was still decoding when the short one returned
     assert backend.batch_sizes == [1, 2]  # admitted into the running batch, not queued behind it
     for prompt, sampling, gen in ((long_prompt, long, first), (short_prompt, short, second)):
         (alone,) = backend.generate_batch([(prompt, sampling)])
         assert gen.token_ids == alone.token_ids and len(gen.token_ids) == sampling.max_new_tokens
         again = recompute_logprobs(backend.model, prompt, gen.token_ids, 1.0)
         assert max(abs(a - b) for a, b in zip(again, gen.logprobs, strict=True)) <= 1e-4
+
+    static = HFLocalBackend(model=backend.model, tokenizer=backend.tokenizer, continuous=False)
+    assert _long_row_then_a_short_call(static, long_prompt, short_prompt, long, short)[2]
+    assert static.batch_sizes == [1, 1]
 
 
 def test_seeded_sampling_is_reproducible_and_stops_on_a_stop_string(tiny_backend):

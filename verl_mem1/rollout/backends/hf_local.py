@@ -101,7 +101,7 @@ class _Row:
     finish_reason: str | None = None
 
     def generation(self) -> Generation:
-        return Generation(token_ids=self.token_ids, logprobs=self.logprobs, finish_reason=self.finish_reason or "length")
+        return Generation(self.token_ids, self.logprobs, finish_reason=self.finish_reason or "length")
 
 
 class _RunningBatch:
@@ -255,10 +255,13 @@ class HFLocalBackend:
         batch_wait_s: float = 0.005,
         seed: int = 0,
         prefix_cache_tokens: int | None = None,
+        continuous: bool = True,
     ) -> None:
         """``prefix_cache_tokens``: context KV kept for reuse (:class:`PrefixCache`); default: what
         :data:`DEFAULT_PREFIX_CACHE_BYTES` holds for a model the backend loads, 0 (off) for a model passed in, whose
-        weights its owner may change in place (call :meth:`clear_prefix_cache` after changing them)."""
+        weights its owner may change in place (call :meth:`clear_prefix_cache` after changing them).
+        ``continuous=False`` decodes each batch to its end before the next one starts (static batching: the
+        comparison in benchmarks/rollout_speed.py)."""
         loaded = model is None
         if model is None:
             if model_name_or_path is None:
@@ -271,6 +274,7 @@ class HFLocalBackend:
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.max_batch_size = max_batch_size
+        self.continuous = continuous
         self.batch_wait_s = batch_wait_s
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
@@ -278,7 +282,7 @@ class HFLocalBackend:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
-        self._queue: asyncio.Queue[_Request] | None = None
+        self._queue: asyncio.Queue[_Row] | None = None
         self._worker: asyncio.Task | None = None
         self._model_lock = threading.Lock()
         if prefix_cache_tokens is None:
@@ -342,7 +346,8 @@ class HFLocalBackend:
             if not batch.rows:
                 rows.append(await queue.get())
                 await asyncio.sleep(self.batch_wait_s)  # let concurrent episodes join this batch
-            while len(batch.rows) + len(rows) < self.max_batch_size and not queue.empty():
+            admit = self.continuous or not batch.rows  # static batching admits only into an empty batch
+            while admit and len(batch.rows) + len(rows) < self.max_batch_size and not queue.empty():
                 rows.append(queue.get_nowait())
             if rows:
                 self.batch_sizes.append(len(batch.rows) + len(rows))
