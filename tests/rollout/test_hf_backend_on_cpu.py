@@ -84,6 +84,33 @@ def test_a_call_that_arrives_mid_batch_joins_it_and_returns_before_the_longer_ro
     assert static.batch_sizes == [1, 1]
 
 
+def test_the_cache_appends_in_place_and_regrows_past_its_spare_columns(tiny_model_dir, recompute_logprobs, monkeypatch):
+    """With 3 spare columns a row, every row outgrows its buffer several times, rows join mid-batch and leave (the
+    leading padding dropped): every sampled token's log-prob still equals a plain forward of prompt + tokens."""
+    from verl_mem1.rollout.backends import hf_local
+
+    monkeypatch.setattr(hf_local, "_SPARE_COLUMNS", 3)
+    backend = HFLocalBackend(tiny_model_dir, seed=3, prefix_cache_tokens=0)
+    prompts = _prompts(backend.tokenizer, 4)[::-1]  # the longest first, and first to leave: its padding is dropped
+    budgets = [6, 20, 14, 11]
+
+    async def go():
+        first = [asyncio.ensure_future(backend.generate(p, SamplingConfig(max_new_tokens=b))) for p, b in
+                 zip(prompts[:2], budgets[:2], strict=True)]  # fmt: skip
+        while backend.decode_steps < 4:
+            await asyncio.sleep(0.001)
+        later = [backend.generate(p, SamplingConfig(max_new_tokens=b)) for p, b in zip(prompts[2:], budgets[2:],
+                 strict=True)]  # fmt: skip
+        return await asyncio.gather(*first, *later)
+
+    generations = asyncio.run(go())
+    assert backend.batch_sizes[0] == 2 and max(backend.batch_sizes) == 4  # the later rows joined the running batch
+    assert max(len(g.token_ids) for g in generations) > 3 * 3
+    for prompt, gen in zip(prompts, generations, strict=True):
+        again = recompute_logprobs(backend.model, prompt, gen.token_ids, 1.0)
+        assert max(abs(a - b) for a, b in zip(again, gen.logprobs, strict=True)) <= 1e-4
+
+
 def test_seeded_sampling_is_reproducible_and_stops_on_a_stop_string(tiny_backend):
     def fresh():  # same weights, fresh generator with a fixed seed
         return HFLocalBackend(model=tiny_backend.model, tokenizer=tiny_backend.tokenizer, seed=7)
