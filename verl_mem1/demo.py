@@ -14,7 +14,7 @@
    Every prompt states the same turn budget (objectives + 2) in the teacher episodes and in evaluation;
 5. optionally (``--webshop-goals``) plays goals of the bundled WebShop with the fine-tuned model.
 
-About 30 minutes on 2 cores with SmolLM2 (README: 31 min on a 2-core Xeon). GRPO on verl's trainer is ``make learn``.
+About 18 minutes on a 2-core Xeon with SmolLM2 (README). GRPO on verl's trainer is ``make learn``.
 """
 
 from __future__ import annotations
