@@ -438,6 +438,8 @@ class HFLocalBackend:
         with self._model_lock:
             if new_rows:
                 batch.admit(new_rows, [self._prefill_row(row.prompt_ids) for row in new_rows])
+            if not batch.rows:
+                return []
             tokens, token_logprobs = self._sample(batch.logits, [row.sampling for row in batch.rows])
             running, finished = [], []
             for index, row in enumerate(batch.rows):
