@@ -18,21 +18,19 @@ import contextlib
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def play(model: str, tasks, url: str, *, temperature: float, group: int, max_new_tokens: int, seed: int):
-    """Every task ``group`` times at ``temperature``: the episode metrics rows (``evaluation.metrics``) and seconds."""
+def play(model: str, tasks, url: str, out: Path, *, temperature: float, group: int, max_new_tokens: int, seed: int):
+    """Every task ``group`` times at ``temperature`` through ``mem1 eval``'s harness (episodes and metrics under
+    ``out``): the per-episode metrics rows and the seconds it took."""
     from verl_mem1.config import Mem1Config
-    from verl_mem1.evaluation.metrics import episode_metrics
+    from verl_mem1.evaluation.harness import evaluate
     from verl_mem1.rollout.backends.hf_local import HFLocalBackend
     from verl_mem1.rollout.configure import episode_config, make_environment
-    from verl_mem1.rollout.runner import run_episodes
-    from verl_mem1.tasks.rewards import answer_reward
 
     backend = HFLocalBackend(model, seed=seed, max_batch_size=32)
     mem1 = Mem1Config(max_turns=tasks[0].num_objectives + 2, max_new_tokens=max_new_tokens)
@@ -41,15 +39,14 @@ def play(model: str, tasks, url: str, *, temperature: float, group: int, max_new
     async def go():
         env = make_environment(mem1, url)
         try:
-            return await run_episodes(episodes, backend, env, backend.tokenizer,
-                                      episode_config(mem1, temperature=temperature), concurrency=32,
-                                      reward_fn=answer_reward("em", "sum"), progress=False)  # fmt: skip
+            return await evaluate(episodes, backend, env, backend.tokenizer,
+                                  episode_config(mem1, temperature=temperature), out, concurrency=32,
+                                  progress=False)  # fmt: skip
         finally:
             await env.aclose()
 
-    start = time.perf_counter()
-    records = asyncio.run(go())
-    return [episode_metrics(r) for r in records], time.perf_counter() - start
+    metrics = asyncio.run(go())
+    return metrics["episodes"], metrics["wall_time_s"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         tasks = load_tasks(write_tasks_parquet(rows, Path(tmp) / "tasks.parquet"))
         url = serve_bundled("retrieval", stack, Path(tmp))
         for temperature in args.temperatures:
-            metrics, seconds = play(args.model, tasks, url, temperature=temperature, group=args.group,
-                                    max_new_tokens=args.max_new_tokens, seed=args.seed)  # fmt: skip
+            metrics, seconds = play(args.model, tasks, url, Path(tmp) / f"t{temperature:g}", temperature=temperature,
+                                    group=args.group, max_new_tokens=args.max_new_tokens, seed=args.seed)  # fmt: skip
             by_task: dict[str, list] = {}
             for m in metrics:
                 by_task.setdefault(m["id"], []).append(m)

@@ -92,7 +92,7 @@ def test_the_cache_appends_in_place_and_regrows_past_its_spare_columns(tiny_mode
     monkeypatch.setattr(hf_local, "_SPARE_COLUMNS", 3)
     backend = HFLocalBackend(tiny_model_dir, seed=3, prefix_cache_tokens=0)
     prompts = _prompts(backend.tokenizer, 4)[::-1]  # the longest first, and first to leave: its padding is dropped
-    budgets = [6, 20, 14, 11]
+    budgets = [12, 20, 14, 11]
 
     async def go():
         first = [asyncio.ensure_future(backend.generate(p, SamplingConfig(max_new_tokens=b))) for p, b in
