@@ -13,9 +13,9 @@ BIN=${BIN:-.venv/bin}
 MEM1=${MEM1:-$BIN/mem1}
 PORT=${PORT:-8011}
 SFT_STEPS=${SFT_STEPS:-24}
-RL_STEPS=${RL_STEPS:-12}
+RL_STEPS=${RL_STEPS:-5}
 RL_ARGS=${RL_ARGS:-}
-SWEEP_TASKS=${SWEEP_TASKS:-32}
+SWEEP_TASKS=${SWEEP_TASKS:-16}
 URL="http://127.0.0.1:$PORT"
 EVAL="--retriever $URL --temperature 0 --max-new-tokens 96 --concurrency 32 --max-batch-size 32"
 mkdir -p "$OUT/data"
